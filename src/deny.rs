@@ -1,0 +1,90 @@
+//! Stable, machine-readable reasons for refusing a connection.
+//!
+//! Every refusal maps to exactly one [`DenyReason`]. Its code is used in logs and metrics and
+//! never changes once released; the human detail goes to the service's own log only, and the
+//! client-facing error text stays generic.
+
+use std::fmt;
+
+/// Why a connection was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DenyReason {
+    /// The client presented no token (neither `auth_token` nor a password).
+    TokenMissing,
+    /// The token is not a well-formed compact JWT, or a claim has the wrong type.
+    TokenMalformed,
+    /// The token is larger than the configured limit.
+    TokenTooLarge,
+    /// The token's `alg` is not on the provider's allow-list (includes `none` and HS*).
+    AlgorithmNotAllowed,
+    /// The token header carries no `kid`.
+    KeyIdMissing,
+    /// No key with the token's `kid` is published by its issuer, even after a refresh.
+    KeyUnknown,
+    /// The issuer's keys could not be fetched and none are cached.
+    KeysUnavailable,
+    /// The signature does not verify with the issuer's key.
+    SignatureInvalid,
+    /// No configured provider issues tokens with this `iss`.
+    IssuerUnknown,
+    /// The `iss` does not match what the provider's metadata says it must be.
+    IssuerMismatch,
+    /// The token's tenant is not allowed by the provider.
+    TenantNotAllowed,
+    /// The token was issued for another audience.
+    AudienceMismatch,
+    /// The token has expired.
+    TokenExpired,
+    /// The token is not valid yet (`nbf` in the future).
+    TokenNotYetValid,
+    /// The token is an ID token or otherwise not an access token.
+    NotAnAccessToken,
+    /// The token's group claims were replaced by an overage marker.
+    GroupsOverage,
+    /// No policy rule grants this identity anything.
+    NoMatchingPolicy,
+    /// Matching rules disagree about the target account.
+    AccountConflict,
+    /// A claim value used in a subject placeholder is not a safe subject token.
+    UnsafeClaimValue,
+    /// The service is at its concurrency limit.
+    Overloaded,
+    /// A bug or an unexpected failure inside the service.
+    Internal,
+}
+
+impl DenyReason {
+    /// The stable snake_case code for logs and metric labels.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::TokenMissing => "token_missing",
+            Self::TokenMalformed => "token_malformed",
+            Self::TokenTooLarge => "token_too_large",
+            Self::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Self::KeyIdMissing => "key_id_missing",
+            Self::KeyUnknown => "key_unknown",
+            Self::KeysUnavailable => "keys_unavailable",
+            Self::SignatureInvalid => "signature_invalid",
+            Self::IssuerUnknown => "issuer_unknown",
+            Self::IssuerMismatch => "issuer_mismatch",
+            Self::TenantNotAllowed => "tenant_not_allowed",
+            Self::AudienceMismatch => "audience_mismatch",
+            Self::TokenExpired => "token_expired",
+            Self::TokenNotYetValid => "token_not_yet_valid",
+            Self::NotAnAccessToken => "not_an_access_token",
+            Self::GroupsOverage => "groups_overage",
+            Self::NoMatchingPolicy => "no_matching_policy",
+            Self::AccountConflict => "account_conflict",
+            Self::UnsafeClaimValue => "unsafe_claim_value",
+            Self::Overloaded => "overloaded",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
