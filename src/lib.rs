@@ -12,6 +12,7 @@
 )]
 
 pub mod deny;
+pub mod duration;
 pub mod identity;
 pub mod nats_jwt;
 pub mod oidc;

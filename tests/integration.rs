@@ -1,1 +1,10 @@
+//! The one integration-test binary: real nats-server, real HTTP, real signatures.
+//!
+//! Every test starts its own nats-server on a free loopback port and its own Entra-like issuer
+//! on `127.0.0.1:0`, so tests run in parallel without sharing state.
 
+#[path = "support/mod.rs"]
+mod support;
+
+mod callout;
+mod oidc;

@@ -1,0 +1,1 @@
+//! End-to-end: clients connect through a real nats-server to the callout service.

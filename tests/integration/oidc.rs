@@ -1,0 +1,1 @@
+//! Token verification against the in-process Entra-like issuer.

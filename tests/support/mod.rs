@@ -1,0 +1,5 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod issuer;
+pub mod nats;
