@@ -6,5 +6,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "integration/callout.rs"]
 mod callout;
+#[path = "integration/oidc.rs"]
 mod oidc;
