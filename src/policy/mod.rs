@@ -1,1 +1,231 @@
-//! (in progress)
+//! Authorization policies: the YAML format, its compilation, and evaluation of an identity.
+//!
+//! The pipeline is model → compile → evaluate:
+//! - `model` mirrors the file format with serde, keeping every value's position;
+//! - [`compile`] turns one or more files into a [`PolicySet`], reporting every problem it finds
+//!   with its `file:line:column`, and precompiles subjects into templates;
+//! - [`PolicySet::evaluate`] is pure and cheap: it maps an [`Identity`](crate::identity::Identity)
+//!   to a [`Grant`] or a [`PolicyDeny`], denying by default.
+//!
+//! Only [`PolicySet::load`] touches the filesystem.
+
+mod compile;
+mod eval;
+mod model;
+mod subject;
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+pub use compile::{PolicySet, compile};
+pub use eval::{Grant, Permissions, PolicyDeny, Responses};
+
+/// The text of one policy file.
+#[derive(Clone, Debug)]
+pub struct PolicySource {
+    /// Where the text came from (a file path), used in error messages.
+    pub name: String,
+    /// The YAML text.
+    pub text: String,
+}
+
+/// Settings that come from the service configuration rather than from policy files.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// Accounts no rule may target: the system account and the callout's own account. Granting
+    /// either would hand clients control of the server or of the callout itself.
+    pub forbidden_accounts: Vec<String>,
+    /// Credential lifetime cap for rules without `max_ttl`.
+    pub default_max_ttl: Duration,
+}
+
+/// One problem in a policy file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyError {
+    /// The source name (file path).
+    pub file: String,
+    /// 1-based line, or 0 when the problem concerns the whole file.
+    pub line: u64,
+    /// 1-based column (in characters), or 0 when the problem concerns the whole file.
+    pub column: u64,
+    /// What is wrong, as a lowercase sentence.
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+/// Every problem found while loading policies; never empty.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl PolicySet {
+    /// Load policies from a file, or from every `*.yaml` / `*.yml` file directly inside a
+    /// directory (sorted by name, hidden files skipped), and compile them together.
+    pub fn load(path: &Path, opts: &CompileOptions) -> Result<PolicySet, PolicyErrors> {
+        let whole = |message: String| {
+            PolicyErrors(vec![PolicyError {
+                file: path.display().to_string(),
+                line: 0,
+                column: 0,
+                message,
+            }])
+        };
+        let meta = std::fs::metadata(path).map_err(|e| whole(format!("cannot read: {e}")))?;
+        let files = if meta.is_dir() {
+            let entries =
+                std::fs::read_dir(path).map_err(|e| whole(format!("cannot list directory: {e}")))?;
+            let mut files = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| whole(format!("cannot list directory: {e}")))?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+                if name.starts_with('.') || !is_yaml {
+                    continue;
+                }
+                let file = entry.path();
+                // Follows symlinks, as Kubernetes ConfigMap mounts are symlinks to files.
+                if std::fs::metadata(&file).is_ok_and(|m| m.is_file()) {
+                    files.push(file);
+                }
+            }
+            files.sort();
+            if files.is_empty() {
+                return Err(whole(
+                    "directory has no policy files (*.yaml or *.yml)".to_owned(),
+                ));
+            }
+            files
+        } else {
+            vec![path.to_path_buf()]
+        };
+
+        let mut sources = Vec::with_capacity(files.len());
+        let mut errors = Vec::new();
+        for file in files {
+            let name = file.display().to_string();
+            match std::fs::read_to_string(&file) {
+                Ok(text) => sources.push(PolicySource { name, text }),
+                Err(e) => errors.push(PolicyError {
+                    file: name,
+                    line: 0,
+                    column: 0,
+                    message: format!("cannot read: {e}"),
+                }),
+            }
+        }
+        match compile(&sources, opts) {
+            Ok(set) if errors.is_empty() => Ok(set),
+            Ok(_) => Err(PolicyErrors(errors)),
+            Err(PolicyErrors(more)) => {
+                errors.extend(more);
+                Err(PolicyErrors(errors))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn opts() -> CompileOptions {
+        CompileOptions {
+            forbidden_accounts: vec!["SYS".into(), "AUTH".into()],
+            default_max_ttl: Duration::from_secs(3600),
+        }
+    }
+
+    fn data(rel: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+
+    #[test]
+    fn example_policy_compiles() {
+        let set = PolicySet::load(&data("policies/example.yaml"), &opts()).unwrap();
+        assert!(set.len() >= 3);
+    }
+
+    #[test]
+    fn loads_a_directory_sorted_skipping_hidden_and_other_files() {
+        let set = PolicySet::load(&data("tests/data/policies/good"), &opts()).unwrap();
+        assert_eq!(set.rule_names(), ["a-publishers", "b-readers"]);
+    }
+
+    #[test]
+    fn duplicate_names_across_files_are_reported_in_both() {
+        let err = PolicySet::load(&data("tests/data/policies/dup"), &opts()).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.0.len(), 2, "{text}");
+        assert!(text.contains("one.yaml:3:11: rule name `shared` is defined again at"), "{text}");
+        assert!(text.contains("two.yaml:3:11: duplicate rule name `shared`; also defined at"), "{text}");
+    }
+
+    #[test]
+    fn broken_fixture_reports_every_problem() {
+        let err = PolicySet::load(&data("tests/data/policies/broken.yaml"), &opts()).unwrap_err();
+        let text = err.to_string();
+        assert!(err.0.len() >= 3, "{text}");
+        for line in text.lines() {
+            assert!(line.contains("broken.yaml:"), "{line}");
+        }
+    }
+
+    #[test]
+    fn missing_path_and_empty_directory_are_errors() {
+        let err = PolicySet::load(&data("tests/data/policies/nope"), &opts()).unwrap_err();
+        assert!(err.to_string().contains("cannot read"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        let err = PolicySet::load(dir.path(), &opts()).unwrap_err();
+        assert!(err.to_string().contains("no policy files"));
+    }
+
+    #[test]
+    fn errors_display_one_per_line() {
+        let errs = PolicyErrors(vec![
+            PolicyError {
+                file: "a.yaml".into(),
+                line: 2,
+                column: 3,
+                message: "bad".into(),
+            },
+            PolicyError {
+                file: "b.yaml".into(),
+                line: 0,
+                column: 0,
+                message: "cannot read".into(),
+            },
+        ]);
+        assert_eq!(errs.to_string(), "a.yaml:2:3: bad\nb.yaml: cannot read");
+    }
+}
