@@ -156,7 +156,11 @@ mod tests {
         ));
         assert!(matches!(
             parse_duration("1hm"),
-            Err(DurationError::MissingNumber(_))
+            Err(DurationError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_duration("1h30"),
+            Err(DurationError::MissingUnit(_))
         ));
         assert!(matches!(
             parse_duration("5y"),

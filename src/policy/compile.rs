@@ -619,3 +619,229 @@ fn is_guid(s: &str) -> bool {
             .zip([8, 4, 4, 4, 12])
             .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> CompileOptions {
+        CompileOptions {
+            forbidden_accounts: vec!["SYS".into(), "AUTH".into()],
+            default_max_ttl: Duration::from_secs(3600),
+        }
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        let src = PolicySource {
+            name: "p.yaml".into(),
+            text: text.into(),
+        };
+        match compile(&[src], &opts()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|e| format!("{}:{}: {}", e.line, e.column, e.message)).collect(),
+        }
+    }
+
+    /// A valid rule with `extra` lines appended to its mapping, at line 3.
+    fn rule(extra: &str) -> String {
+        format!("version: 1\nrules:\n  - name: r\n{extra}")
+    }
+
+    const BODY: &str = "    when: { roles: [A] }\n    account: APP\n";
+
+    fn assert_one(errs: &[String], expected: &str) {
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        let e = errs.first().unwrap();
+        assert!(e.starts_with(expected), "expected `{expected}`, got `{e}`");
+    }
+
+    #[test]
+    fn valid_rule_compiles() {
+        let errs = errors(&rule(&format!("{BODY}    publish: {{ allow: [\"a.>\"] }}\n")));
+        assert!(errs.is_empty(), "{errs:#?}");
+    }
+
+    #[test]
+    fn unknown_field_is_located() {
+        let errs = errors(&rule(&format!("{BODY}    acount: X\n    publish: {{ allow: [a] }}\n")));
+        assert_one(&errs, "6:5: unknown field `acount`");
+    }
+
+    #[test]
+    fn wrong_type_is_located() {
+        let errs = errors(&rule("    when: { roles: A }\n    account: APP\n    publish: { allow: [a] }\n"));
+        assert_one(&errs, "4:20: ");
+    }
+
+    #[test]
+    fn syntax_error_is_located() {
+        let errs = errors("version: 1\nrules: [\n");
+        assert_one(&errs, "2:8: ");
+    }
+
+    #[test]
+    fn version_must_be_one() {
+        let errs = errors("version: 2\nrules: []\n");
+        assert_one(&errs, "1:10: unsupported version 2");
+        let errs = errors("rules: []\n");
+        assert_one(&errs, "1:1: missing `version`");
+        let errs = errors("version: \"1\"\n");
+        assert_one(&errs, "1:10: unsupported version \"1\"");
+    }
+
+    #[test]
+    fn duplicate_names_report_both_places() {
+        let text = "version: 1\nrules:\n  - name: r\n    when: { roles: [A] }\n    account: APP\n    publish: { allow: [a] }\n  - name: r\n    when: { roles: [B] }\n    account: APP\n    publish: { allow: [b] }\n";
+        let errs = errors(text);
+        assert_eq!(
+            errs,
+            [
+                "3:11: rule name `r` is defined again at p.yaml:7:11",
+                "7:11: duplicate rule name `r`; also defined at p.yaml:3:11",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_subjects_are_located() {
+        let cases = [
+            ("a..b", "has an empty token"),
+            (".a", "starts with `.`"),
+            ("a.", "ends with `.`"),
+            ("a.>.b", "has `>` before the last token"),
+            ("a*", "has a wildcard inside the token `a*`"),
+            ("a.{tenant}", "uses unknown placeholder `{tenant}`"),
+            ("a.{t.id}", "has a placeholder that spans across `.`"),
+            ("a b", "has a queue group; queue groups are allowed in subscribe only"),
+            ("a  b", "contains whitespace"),
+            ("", "is empty"),
+        ];
+        for (subject, msg) in cases {
+            let errs = errors(&rule(&format!("{BODY}    subscribe: {{ allow: [x] }}\n    publish: {{ allow: [ok, \"{subject}\"] }}\n")));
+            assert_one(&errs, &format!("7:28: publish allow subject `{subject}` {msg}"));
+        }
+        let errs = errors(&rule(&format!("{BODY}    subscribe: {{ allow: [\"a b\", \"a  b\"] }}\n")));
+        assert_one(&errs, "6:33: subscribe allow subject `a  b` contains whitespace");
+        let errs = errors(&rule(&format!("{BODY}    subscribe: {{ allow: [x], deny: [\"a.*b\"] }}\n")));
+        assert_one(&errs, "6:36: subscribe deny subject `a.*b` has a wildcard");
+    }
+
+    #[test]
+    fn forbidden_account_is_refused() {
+        let errs = errors(&rule("    when: { roles: [A] }\n    account: SYS\n    publish: { allow: [a] }\n"));
+        assert_one(&errs, "5:14: account `SYS` is the system or callout account");
+    }
+
+    #[test]
+    fn when_must_say_something() {
+        let errs = errors(&rule("    when: {}\n    account: APP\n    publish: { allow: [a] }\n"));
+        assert_one(&errs, "4:11: rule `r` has an empty `when`");
+        let errs = errors(&rule("    account: APP\n    publish: { allow: [a] }\n"));
+        assert_one(&errs, "3:11: rule `r` has no `when`");
+        let errs = errors(&rule("    when: { kind: user }\n    account: APP\n    publish: { allow: [a] }\n"));
+        assert_one(&errs, "4:19: `when` with only `kind`");
+        let errs = errors(&rule("    when: { roles: [] }\n    account: APP\n    publish: { allow: [a] }\n"));
+        assert_one(&errs, "4:20: `roles` is empty");
+        let errs = errors(&rule("    when: { any: false }\n    account: APP\n    publish: { allow: [a] }\n"));
+        assert_one(&errs, "4:18: `any` may only be `true`");
+        let errs = errors(&rule("    when: { any: true, roles: [A] }\n    account: APP\n    publish: { allow: [a] }\n"));
+        assert_one(&errs, "4:18: `any: true` cannot be combined");
+        let errs = errors(&rule("    when: { kind: robot }\n    account: APP\n    publish: { allow: [a] }\n"));
+        assert_one(&errs, "4:19: unknown variant `robot`");
+        assert!(errors(&rule("    when: { any: true, kind: user }\n    account: APP\n    publish: { allow: [a] }\n")).is_empty());
+        assert!(errors(&rule("    tenant: 72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41\n    when: { kind: user }\n    account: APP\n    publish: { allow: [a] }\n")).is_empty());
+    }
+
+    #[test]
+    fn tenant_must_be_a_guid() {
+        let errs = errors(&rule(&format!("    tenant: contoso\n{BODY}    publish: {{ allow: [a] }}\n")));
+        assert_one(&errs, "4:13: tenant `contoso` is not a guid");
+    }
+
+    #[test]
+    fn durations_are_checked() {
+        let errs = errors(&rule(&format!("{BODY}    publish: {{ allow: [a] }}\n    max_ttl: 1 hour\n")));
+        assert_one(&errs, "7:14: bad max_ttl: duration `1 hour`");
+        let errs = errors(&rule(&format!("{BODY}    publish: {{ allow: [a] }}\n    max_ttl: 500ms\n")));
+        assert_one(&errs, "7:14: max_ttl must be at least 1s");
+        let errs = errors(&rule(&format!("{BODY}    publish: {{ allow: [a] }}\n    allow_responses: {{ max: 1, ttl: 5 }}\n")));
+        assert_one(&errs, "7:37: bad allow_responses ttl");
+        let errs = errors(&rule(&format!("{BODY}    publish: {{ allow: [a] }}\n    allow_responses: {{ max: 0 }}\n")));
+        assert_one(&errs, "7:29: allow_responses max must be at least 1");
+        let errs = errors(&rule(&format!("{BODY}    publish: {{ allow: [a] }}\n    allow_responses: {{ maximum: 1 }}\n")));
+        assert_one(&errs, "7:24: unknown field `maximum`");
+    }
+
+    #[test]
+    fn rule_must_allow_something() {
+        let errs = errors(&rule(&format!("{BODY}    publish: {{ deny: [a] }}\n")));
+        assert_one(&errs, "3:11: rule `r` allows nothing");
+    }
+
+    #[test]
+    fn every_problem_in_a_file_is_reported() {
+        let text = "\
+version: 3
+rules:
+  - name: one
+    when: { roles: [A] }
+    acount: APP
+    publish: { allow: [a] }
+  - name: two
+    when: { roles: [A] }
+    account: SYS
+    publish: { allow: [a] }
+  - name: three
+    when:
+      roles: A
+    account: APP
+    publish: { allow: [a] }
+  - name: four
+    when: { roles: [A] }
+    account: APP
+    publish: { allow: [\"a b\"] }
+";
+        let errs = errors(text);
+        assert_eq!(errs.len(), 5, "{errs:#?}");
+        let starts = ["1:10: unsupported version", "5:5: unknown field `acount`", "9:14: account `SYS`", "13:14: ", "19:24: publish allow subject `a b`"];
+        for (e, start) in errs.iter().zip(starts) {
+            assert!(e.starts_with(start), "expected `{start}`, got `{e}`");
+        }
+    }
+
+    #[test]
+    fn isolation_handles_a_trailing_top_level_key_and_flow_rules() {
+        let text = "\
+rules:
+- name: one
+  when: { roles: [A] }
+  acount: APP
+- {name: two, when: {roles: [A]}, account: APP, publish: {allow: [a]}}
+- name: three
+  when: { roles: [A] }
+  account: APP
+  publish: { allow: [a], denny: [b] }
+version: 1
+";
+        let errs = errors(text);
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(errs.first().unwrap().starts_with("4:3: unknown field `acount`"));
+        assert!(errs.get(1).unwrap().starts_with("9:26: unknown field `denny`"));
+    }
+
+    #[test]
+    fn messages_escape_control_characters() {
+        let errs = errors(&rule(&format!("{BODY}    publish: {{ allow: [\"a\\u0007b\"] }}\n")));
+        assert_one(&errs, "6:24: publish allow subject `a\\u{7}b` contains a control character");
+        assert!(!errs.concat().contains('\u{7}'));
+    }
+
+    #[test]
+    fn groups_guids_are_lowercased_and_indexed() {
+        let text = rule("    when: { groups: [C3D9E1A7-5B2F-4D8E-9A61-0F4B7C2E8D15, admins] }\n    account: APP\n    publish: { allow: [a] }\n");
+        let set = compile(&[PolicySource { name: "p".into(), text }], &opts()).unwrap();
+        let groups: Vec<&String> = set.index.any_tenant.by_group.keys().collect();
+        assert!(groups.contains(&&"c3d9e1a7-5b2f-4d8e-9a61-0f4b7c2e8d15".to_owned()));
+        assert!(groups.contains(&&"admins".to_owned()));
+    }
+}
