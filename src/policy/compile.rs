@@ -723,7 +723,7 @@ mod tests {
         let errs = errors(&rule(&format!("{BODY}    subscribe: {{ allow: [\"a b\", \"a  b\"] }}\n")));
         assert_one(&errs, "6:33: subscribe allow subject `a  b` contains whitespace");
         let errs = errors(&rule(&format!("{BODY}    subscribe: {{ allow: [x], deny: [\"a.*b\"] }}\n")));
-        assert_one(&errs, "6:36: subscribe deny subject `a.*b` has a wildcard");
+        assert_one(&errs, "6:37: subscribe deny subject `a.*b` has a wildcard");
     }
 
     #[test]
