@@ -291,7 +291,11 @@ fn end_of_last_rule(text: &str, start: usize) -> usize {
         .and_then(|t| t.find('\n'))
         .map_or(text.len(), |p| start + p + 1);
     let mut offset = first_break;
-    for line in text.get(first_break..).unwrap_or_default().split_inclusive('\n') {
+    for line in text
+        .get(first_break..)
+        .unwrap_or_default()
+        .split_inclusive('\n')
+    {
         let opens_top_level = match line.chars().next() {
             None | Some(' ' | '\t' | '\r' | '\n' | '#') => false,
             Some('-') => line.starts_with("---"),
@@ -322,9 +326,7 @@ fn blank_outside(text: &str, keep: Option<(usize, usize)>) -> String {
 
 fn yaml_error(source: &PolicySource, e: &serde_saphyr::Error) -> PolicyError {
     let message = DefaultMessageFormatter.format_message(e.without_snippet());
-    let (line, column) = e
-        .location()
-        .map_or((0, 0), |l| (l.line(), l.column()));
+    let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
     PolicyError {
         file: source.name.clone(),
         line,
@@ -401,10 +403,18 @@ impl RuleChecker<'_> {
         };
 
         let account = &raw.account;
-        if account.value.is_empty() || account.value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if account.value.is_empty()
+            || account
+                .value
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
             self.err(
                 account.referenced,
-                format!("account `{}` is empty or contains whitespace", escape(&account.value)),
+                format!(
+                    "account `{}` is empty or contains whitespace",
+                    escape(&account.value)
+                ),
             );
         } else if self.opts.forbidden_accounts.contains(&account.value) {
             self.err(
@@ -434,17 +444,20 @@ impl RuleChecker<'_> {
             .as_ref()
             .and_then(|r| self.check_responses(r));
 
-        let max_ttl = raw.max_ttl.as_ref().and_then(|t| match parse_duration(&t.value) {
-            Ok(d) if d >= Duration::from_secs(1) => Some(d),
-            Ok(_) => {
-                self.err(t.referenced, "max_ttl must be at least 1s".to_owned());
-                None
-            }
-            Err(e) => {
-                self.err(t.referenced, format!("bad max_ttl: {e}"));
-                None
-            }
-        });
+        let max_ttl = raw
+            .max_ttl
+            .as_ref()
+            .and_then(|t| match parse_duration(&t.value) {
+                Ok(d) if d >= Duration::from_secs(1) => Some(d),
+                Ok(_) => {
+                    self.err(t.referenced, "max_ttl must be at least 1s".to_owned());
+                    None
+                }
+                Err(e) => {
+                    self.err(t.referenced, format!("bad max_ttl: {e}"));
+                    None
+                }
+            });
 
         if self.errors.len() > before {
             return None;
@@ -547,7 +560,10 @@ impl RuleChecker<'_> {
             if v.value.is_empty() || v.value.chars().any(char::is_control) {
                 self.err(
                     v.referenced,
-                    format!("`{field}` value `{}` is empty or has control characters", escape(&v.value)),
+                    format!(
+                        "`{field}` value `{}` is empty or has control characters",
+                        escape(&v.value)
+                    ),
                 );
             } else if lowercase_guids && is_guid(&v.value) {
                 // Entra writes group object ids in lowercase.
@@ -559,7 +575,11 @@ impl RuleChecker<'_> {
         out
     }
 
-    fn check_permissions(&mut self, raw: Option<&RawPermissions>, direction: Direction) -> Templates {
+    fn check_permissions(
+        &mut self,
+        raw: Option<&RawPermissions>,
+        direction: Direction,
+    ) -> Templates {
         let mut out = Templates::default();
         let Some(raw) = raw else {
             return out;
@@ -568,7 +588,10 @@ impl RuleChecker<'_> {
             Direction::Publish => "publish",
             Direction::Subscribe => "subscribe",
         };
-        for (list, target, what) in [(&raw.allow, &mut out.allow, "allow"), (&raw.deny, &mut out.deny, "deny")] {
+        for (list, target, what) in [
+            (&raw.allow, &mut out.allow, "allow"),
+            (&raw.deny, &mut out.deny, "deny"),
+        ] {
             for subject in list {
                 match SubjectTemplate::parse(&subject.value, direction) {
                     Ok(t) => target.push(t),
@@ -591,14 +614,20 @@ impl RuleChecker<'_> {
                 let mut out = DEFAULT_RESPONSES;
                 if let Some(max) = &limits.max {
                     if max.value < 1 {
-                        self.err(max.referenced, "allow_responses max must be at least 1".to_owned());
+                        self.err(
+                            max.referenced,
+                            "allow_responses max must be at least 1".to_owned(),
+                        );
                     }
                     out.max = max.value;
                 }
                 if let Some(ttl) = &limits.ttl {
                     match parse_duration(&ttl.value) {
                         Ok(d) if d.is_zero() => {
-                            self.err(ttl.referenced, "allow_responses ttl must be greater than zero".to_owned());
+                            self.err(
+                                ttl.referenced,
+                                "allow_responses ttl must be greater than zero".to_owned(),
+                            );
                         }
                         Ok(d) => out.ttl = d,
                         Err(e) => self.err(ttl.referenced, format!("bad allow_responses ttl: {e}")),
@@ -638,7 +667,11 @@ mod tests {
         };
         match compile(&[src], &opts()) {
             Ok(_) => Vec::new(),
-            Err(e) => e.0.iter().map(|e| format!("{}:{}: {}", e.line, e.column, e.message)).collect(),
+            Err(e) => {
+                e.0.iter()
+                    .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
+                    .collect()
+            }
         }
     }
 
@@ -657,19 +690,25 @@ mod tests {
 
     #[test]
     fn valid_rule_compiles() {
-        let errs = errors(&rule(&format!("{BODY}    publish: {{ allow: [\"a.>\"] }}\n")));
+        let errs = errors(&rule(&format!(
+            "{BODY}    publish: {{ allow: [\"a.>\"] }}\n"
+        )));
         assert!(errs.is_empty(), "{errs:#?}");
     }
 
     #[test]
     fn unknown_field_is_located() {
-        let errs = errors(&rule(&format!("{BODY}    acount: X\n    publish: {{ allow: [a] }}\n")));
+        let errs = errors(&rule(&format!(
+            "{BODY}    acount: X\n    publish: {{ allow: [a] }}\n"
+        )));
         assert_one(&errs, "6:5: unknown field `acount`");
     }
 
     #[test]
     fn wrong_type_is_located() {
-        let errs = errors(&rule("    when: { roles: A }\n    account: APP\n    publish: { allow: [a] }\n"));
+        let errs = errors(&rule(
+            "    when: { roles: A }\n    account: APP\n    publish: { allow: [a] }\n",
+        ));
         assert_one(&errs, "4:20: ");
     }
 
@@ -712,41 +751,73 @@ mod tests {
             ("a*", "has a wildcard inside the token `a*`"),
             ("a.{tenant}", "uses unknown placeholder `{tenant}`"),
             ("a.{t.id}", "has a placeholder that spans across `.`"),
-            ("a b", "has a queue group; queue groups are allowed in subscribe only"),
+            (
+                "a b",
+                "has a queue group; queue groups are allowed in subscribe only",
+            ),
             ("a  b", "contains whitespace"),
             ("", "is empty"),
         ];
         for (subject, msg) in cases {
-            let errs = errors(&rule(&format!("{BODY}    subscribe: {{ allow: [x] }}\n    publish: {{ allow: [ok, \"{subject}\"] }}\n")));
-            assert_one(&errs, &format!("7:28: publish allow subject `{subject}` {msg}"));
+            let errs = errors(&rule(&format!(
+                "{BODY}    subscribe: {{ allow: [x] }}\n    publish: {{ allow: [ok, \"{subject}\"] }}\n"
+            )));
+            assert_one(
+                &errs,
+                &format!("7:28: publish allow subject `{subject}` {msg}"),
+            );
         }
-        let errs = errors(&rule(&format!("{BODY}    subscribe: {{ allow: [\"a b\", \"a  b\"] }}\n")));
-        assert_one(&errs, "6:33: subscribe allow subject `a  b` contains whitespace");
-        let errs = errors(&rule(&format!("{BODY}    subscribe: {{ allow: [x], deny: [\"a.*b\"] }}\n")));
+        let errs = errors(&rule(&format!(
+            "{BODY}    subscribe: {{ allow: [\"a b\", \"a  b\"] }}\n"
+        )));
+        assert_one(
+            &errs,
+            "6:33: subscribe allow subject `a  b` contains whitespace",
+        );
+        let errs = errors(&rule(&format!(
+            "{BODY}    subscribe: {{ allow: [x], deny: [\"a.*b\"] }}\n"
+        )));
         assert_one(&errs, "6:37: subscribe deny subject `a.*b` has a wildcard");
     }
 
     #[test]
     fn forbidden_account_is_refused() {
-        let errs = errors(&rule("    when: { roles: [A] }\n    account: SYS\n    publish: { allow: [a] }\n"));
-        assert_one(&errs, "5:14: account `SYS` is the system or callout account");
+        let errs = errors(&rule(
+            "    when: { roles: [A] }\n    account: SYS\n    publish: { allow: [a] }\n",
+        ));
+        assert_one(
+            &errs,
+            "5:14: account `SYS` is the system or callout account",
+        );
     }
 
     #[test]
     fn when_must_say_something() {
-        let errs = errors(&rule("    when: {}\n    account: APP\n    publish: { allow: [a] }\n"));
+        let errs = errors(&rule(
+            "    when: {}\n    account: APP\n    publish: { allow: [a] }\n",
+        ));
         assert_one(&errs, "4:11: rule `r` has an empty `when`");
         let errs = errors(&rule("    account: APP\n    publish: { allow: [a] }\n"));
         assert_one(&errs, "3:11: rule `r` has no `when`");
-        let errs = errors(&rule("    when: { kind: user }\n    account: APP\n    publish: { allow: [a] }\n"));
+        let errs = errors(&rule(
+            "    when: { kind: user }\n    account: APP\n    publish: { allow: [a] }\n",
+        ));
         assert_one(&errs, "4:19: `when` with only `kind`");
-        let errs = errors(&rule("    when: { roles: [] }\n    account: APP\n    publish: { allow: [a] }\n"));
+        let errs = errors(&rule(
+            "    when: { roles: [] }\n    account: APP\n    publish: { allow: [a] }\n",
+        ));
         assert_one(&errs, "4:20: `roles` is empty");
-        let errs = errors(&rule("    when: { any: false }\n    account: APP\n    publish: { allow: [a] }\n"));
+        let errs = errors(&rule(
+            "    when: { any: false }\n    account: APP\n    publish: { allow: [a] }\n",
+        ));
         assert_one(&errs, "4:18: `any` may only be `true`");
-        let errs = errors(&rule("    when: { any: true, roles: [A] }\n    account: APP\n    publish: { allow: [a] }\n"));
+        let errs = errors(&rule(
+            "    when: { any: true, roles: [A] }\n    account: APP\n    publish: { allow: [a] }\n",
+        ));
         assert_one(&errs, "4:18: `any: true` cannot be combined");
-        let errs = errors(&rule("    when: { kind: robot }\n    account: APP\n    publish: { allow: [a] }\n"));
+        let errs = errors(&rule(
+            "    when: { kind: robot }\n    account: APP\n    publish: { allow: [a] }\n",
+        ));
         assert_one(&errs, "4:19: unknown variant `robot`");
         assert!(errors(&rule("    when: { any: true, kind: user }\n    account: APP\n    publish: { allow: [a] }\n")).is_empty());
         assert!(errors(&rule("    tenant: 72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41\n    when: { kind: user }\n    account: APP\n    publish: { allow: [a] }\n")).is_empty());
@@ -754,21 +825,33 @@ mod tests {
 
     #[test]
     fn tenant_must_be_a_guid() {
-        let errs = errors(&rule(&format!("    tenant: contoso\n{BODY}    publish: {{ allow: [a] }}\n")));
+        let errs = errors(&rule(&format!(
+            "    tenant: contoso\n{BODY}    publish: {{ allow: [a] }}\n"
+        )));
         assert_one(&errs, "4:13: tenant `contoso` is not a guid");
     }
 
     #[test]
     fn durations_are_checked() {
-        let errs = errors(&rule(&format!("{BODY}    publish: {{ allow: [a] }}\n    max_ttl: 1 hour\n")));
+        let errs = errors(&rule(&format!(
+            "{BODY}    publish: {{ allow: [a] }}\n    max_ttl: 1 hour\n"
+        )));
         assert_one(&errs, "7:14: bad max_ttl: duration `1 hour`");
-        let errs = errors(&rule(&format!("{BODY}    publish: {{ allow: [a] }}\n    max_ttl: 500ms\n")));
+        let errs = errors(&rule(&format!(
+            "{BODY}    publish: {{ allow: [a] }}\n    max_ttl: 500ms\n"
+        )));
         assert_one(&errs, "7:14: max_ttl must be at least 1s");
-        let errs = errors(&rule(&format!("{BODY}    publish: {{ allow: [a] }}\n    allow_responses: {{ max: 1, ttl: 5 }}\n")));
+        let errs = errors(&rule(&format!(
+            "{BODY}    publish: {{ allow: [a] }}\n    allow_responses: {{ max: 1, ttl: 5 }}\n"
+        )));
         assert_one(&errs, "7:37: bad allow_responses ttl");
-        let errs = errors(&rule(&format!("{BODY}    publish: {{ allow: [a] }}\n    allow_responses: {{ max: 0 }}\n")));
+        let errs = errors(&rule(&format!(
+            "{BODY}    publish: {{ allow: [a] }}\n    allow_responses: {{ max: 0 }}\n"
+        )));
         assert_one(&errs, "7:29: allow_responses max must be at least 1");
-        let errs = errors(&rule(&format!("{BODY}    publish: {{ allow: [a] }}\n    allow_responses: {{ maximum: 1 }}\n")));
+        let errs = errors(&rule(&format!(
+            "{BODY}    publish: {{ allow: [a] }}\n    allow_responses: {{ maximum: 1 }}\n"
+        )));
         assert_one(&errs, "7:24: unknown field `maximum`");
     }
 
@@ -803,7 +886,13 @@ rules:
 ";
         let errs = errors(text);
         assert_eq!(errs.len(), 5, "{errs:#?}");
-        let starts = ["1:10: unsupported version", "5:5: unknown field `acount`", "9:14: account `SYS`", "13:14: ", "19:24: publish allow subject `a b`"];
+        let starts = [
+            "1:10: unsupported version",
+            "5:5: unknown field `acount`",
+            "9:14: account `SYS`",
+            "13:14: ",
+            "19:24: publish allow subject `a b`",
+        ];
         for (e, start) in errs.iter().zip(starts) {
             assert!(e.starts_with(start), "expected `{start}`, got `{e}`");
         }
@@ -825,21 +914,43 @@ version: 1
 ";
         let errs = errors(text);
         assert_eq!(errs.len(), 2, "{errs:#?}");
-        assert!(errs.first().unwrap().starts_with("4:3: unknown field `acount`"));
-        assert!(errs.get(1).unwrap().starts_with("9:26: unknown field `denny`"));
+        assert!(
+            errs.first()
+                .unwrap()
+                .starts_with("4:3: unknown field `acount`")
+        );
+        assert!(
+            errs.get(1)
+                .unwrap()
+                .starts_with("9:26: unknown field `denny`")
+        );
     }
 
     #[test]
     fn messages_escape_control_characters() {
-        let errs = errors(&rule(&format!("{BODY}    publish: {{ allow: [\"a\\u0007b\"] }}\n")));
-        assert_one(&errs, "6:24: publish allow subject `a\\u{7}b` contains a control character");
+        let errs = errors(&rule(&format!(
+            "{BODY}    publish: {{ allow: [\"a\\u0007b\"] }}\n"
+        )));
+        assert_one(
+            &errs,
+            "6:24: publish allow subject `a\\u{7}b` contains a control character",
+        );
         assert!(!errs.concat().contains('\u{7}'));
     }
 
     #[test]
     fn groups_guids_are_lowercased_and_indexed() {
-        let text = rule("    when: { groups: [C3D9E1A7-5B2F-4D8E-9A61-0F4B7C2E8D15, admins] }\n    account: APP\n    publish: { allow: [a] }\n");
-        let set = compile(&[PolicySource { name: "p".into(), text }], &opts()).unwrap();
+        let text = rule(
+            "    when: { groups: [C3D9E1A7-5B2F-4D8E-9A61-0F4B7C2E8D15, admins] }\n    account: APP\n    publish: { allow: [a] }\n",
+        );
+        let set = compile(
+            &[PolicySource {
+                name: "p".into(),
+                text,
+            }],
+            &opts(),
+        )
+        .unwrap();
         let groups: Vec<&String> = set.index.any_tenant.by_group.keys().collect();
         assert!(groups.contains(&&"c3d9e1a7-5b2f-4d8e-9a61-0f4b7c2e8d15".to_owned()));
         assert!(groups.contains(&&"admins".to_owned()));

@@ -114,7 +114,9 @@ impl PolicySet {
                 )
             };
             publish.add(&rule.publish, &values).map_err(unsafe_claim)?;
-            subscribe.add(&rule.subscribe, &values).map_err(unsafe_claim)?;
+            subscribe
+                .add(&rule.subscribe, &values)
+                .map_err(unsafe_claim)?;
             if let Some(r) = rule.responses {
                 responses = Some(match responses {
                     None => r,
@@ -231,6 +233,300 @@ impl Merged {
         Permissions {
             allow: self.allow,
             deny: self.deny,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Map;
+
+    use super::*;
+    use crate::identity::PrincipalKind;
+    use crate::policy::{CompileOptions, PolicySource, compile};
+
+    const TID: &str = "72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41";
+    const OTHER_TID: &str = "0d9a1f3e-8c2b-4b7a-a5e6-3f1c9d8b7e20";
+    const NOW: u64 = 1_000_000;
+
+    fn set(rules: &str) -> PolicySet {
+        let text = format!("version: 1\nrules:\n{rules}");
+        let opts = CompileOptions {
+            forbidden_accounts: vec!["SYS".into()],
+            default_max_ttl: Duration::from_secs(3600),
+        };
+        match compile(
+            &[PolicySource {
+                name: "t.yaml".into(),
+                text,
+            }],
+            &opts,
+        ) {
+            Ok(set) => set,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn user() -> Identity {
+        Identity {
+            provider: Arc::from("entra"),
+            issuer: format!("https://login.microsoftonline.com/{TID}/v2.0"),
+            tenant: Some(TID.into()),
+            object_id: Some("5f1d2c3b-0000-4000-8000-000000000001".into()),
+            subject: "AAAAsubject".into(),
+            app_id: Some("app1".into()),
+            kind: PrincipalKind::User,
+            roles: vec![],
+            groups: vec![],
+            scopes: vec![],
+            guest: false,
+            display_name: None,
+            expires_at: NOW + 86_400,
+            token_id: None,
+            claims: Map::new(),
+        }
+    }
+
+    fn with_roles(roles: &[&str]) -> Identity {
+        let mut id = user();
+        id.roles = roles.iter().map(|r| (*r).to_owned()).collect();
+        id
+    }
+
+    const RULES: &str = "
+  - name: publishers
+    tenant: 72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41
+    when: { roles: [Nats.Publisher] }
+    account: APP
+    publish: { allow: [\"ml.{tid}.>\"], deny: [\"ml.{tid}.admin.>\"] }
+    max_ttl: 10m
+  - name: readers
+    when: { groups: [c3d9e1a7-5b2f-4d8e-9a61-0f4b7c2e8d15] }
+    account: APP
+    subscribe: { allow: [\"_INBOX.>\", \"ml.>\"] }
+    allow_responses: true
+  - name: apps
+    tenant: 72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41
+    when: { kind: application }
+    account: APP
+    publish: { allow: [\"apps.{app_id}.>\"] }
+    allow_responses: { max: 5, ttl: 1s }
+";
+
+    #[test]
+    fn role_match_substitutes_placeholders() {
+        let grant = set(RULES)
+            .evaluate(&with_roles(&["Nats.Publisher"]), NOW)
+            .unwrap();
+        assert_eq!(grant.account, "APP");
+        assert_eq!(grant.publish.allow, [format!("ml.{TID}.>")]);
+        assert_eq!(grant.publish.deny, [format!("ml.{TID}.admin.>")]);
+        assert!(grant.subscribe.allow.is_empty());
+        assert_eq!(grant.responses, None);
+        assert_eq!(grant.matched, [Arc::from("publishers")]);
+    }
+
+    #[test]
+    fn group_match() {
+        let mut id = user();
+        id.groups = vec![
+            "other".into(),
+            "c3d9e1a7-5b2f-4d8e-9a61-0f4b7c2e8d15".into(),
+        ];
+        let grant = set(RULES).evaluate(&id, NOW).unwrap();
+        assert_eq!(grant.matched, [Arc::from("readers")]);
+        assert_eq!(grant.subscribe.allow, ["_INBOX.>", "ml.>"]);
+        assert!(grant.publish.allow.is_empty());
+        assert_eq!(
+            grant.responses,
+            Some(Responses {
+                max: 1,
+                ttl: Duration::from_secs(120)
+            })
+        );
+    }
+
+    #[test]
+    fn no_match_is_denied() {
+        let deny = set(RULES)
+            .evaluate(&with_roles(&["Other"]), NOW)
+            .unwrap_err();
+        assert_eq!(deny.reason(), DenyReason::NoMatchingPolicy);
+        // Role names are case-sensitive.
+        let deny = set(RULES)
+            .evaluate(&with_roles(&["nats.publisher"]), NOW)
+            .unwrap_err();
+        assert_eq!(deny.reason(), DenyReason::NoMatchingPolicy);
+    }
+
+    #[test]
+    fn tenant_mismatch_is_denied() {
+        let mut id = with_roles(&["Nats.Publisher"]);
+        id.tenant = Some(OTHER_TID.into());
+        let deny = set(RULES).evaluate(&id, NOW).unwrap_err();
+        assert_eq!(deny.reason(), DenyReason::NoMatchingPolicy);
+        id.tenant = None;
+        let deny = set(RULES).evaluate(&id, NOW).unwrap_err();
+        assert_eq!(deny.reason(), DenyReason::NoMatchingPolicy);
+    }
+
+    #[test]
+    fn kind_filter() {
+        let policies = set(RULES);
+        assert_eq!(
+            policies.evaluate(&user(), NOW).unwrap_err().reason(),
+            DenyReason::NoMatchingPolicy
+        );
+        let mut app = user();
+        app.kind = PrincipalKind::Application;
+        let grant = policies.evaluate(&app, NOW).unwrap();
+        assert_eq!(grant.matched, [Arc::from("apps")]);
+        assert_eq!(grant.publish.allow, ["apps.app1.>"]);
+    }
+
+    #[test]
+    fn matching_rules_merge() {
+        let mut id = with_roles(&["Nats.Publisher"]);
+        id.kind = PrincipalKind::Application;
+        id.groups = vec!["c3d9e1a7-5b2f-4d8e-9a61-0f4b7c2e8d15".into()];
+        let grant = set(RULES).evaluate(&id, NOW).unwrap();
+        assert_eq!(
+            grant.matched,
+            [
+                Arc::from("publishers"),
+                Arc::from("readers"),
+                Arc::from("apps")
+            ]
+        );
+        assert_eq!(
+            grant.publish.allow,
+            [format!("ml.{TID}.>"), "apps.app1.>".to_owned()]
+        );
+        assert_eq!(grant.subscribe.allow, ["_INBOX.>", "ml.>"]);
+        // Most generous of {1, 2m} and {5, 1s}.
+        assert_eq!(
+            grant.responses,
+            Some(Responses {
+                max: 5,
+                ttl: Duration::from_secs(120)
+            })
+        );
+        // Strictest lifetime: publishers caps at 10m.
+        assert_eq!(grant.expires_at, NOW + 600);
+    }
+
+    #[test]
+    fn account_conflict_is_denied() {
+        let policies = set("
+  - name: a
+    when: { roles: [A] }
+    account: ONE
+    publish: { allow: [a] }
+  - name: b
+    when: { roles: [B] }
+    account: TWO
+    publish: { allow: [b] }
+");
+        assert!(policies.evaluate(&with_roles(&["A"]), NOW).is_ok());
+        let deny = policies
+            .evaluate(&with_roles(&["A", "B"]), NOW)
+            .unwrap_err();
+        assert_eq!(deny.reason(), DenyReason::AccountConflict);
+        assert!(deny.detail().contains("`a` and `b`"), "{}", deny.detail());
+    }
+
+    #[test]
+    fn expiry_is_capped() {
+        let policies = set(RULES);
+        let mut id = with_roles(&["Nats.Publisher"]);
+        // Rule cap (10m) below token expiry.
+        assert_eq!(policies.evaluate(&id, NOW).unwrap().expires_at, NOW + 600);
+        // Token expiry below the rule cap.
+        id.expires_at = NOW + 60;
+        assert_eq!(policies.evaluate(&id, NOW).unwrap().expires_at, NOW + 60);
+        // Default cap (1h) for a rule without max_ttl.
+        let mut reader = user();
+        reader.groups = vec!["c3d9e1a7-5b2f-4d8e-9a61-0f4b7c2e8d15".into()];
+        assert_eq!(
+            policies.evaluate(&reader, NOW).unwrap().expires_at,
+            NOW + 3600
+        );
+    }
+
+    #[test]
+    fn unsafe_claim_values_are_refused() {
+        let policies = set("
+  - name: mailbox
+    when: { any: true }
+    account: APP
+    subscribe: { allow: [\"mail.u-{oid}.>\"] }
+");
+        for bad in ["a.b", "*", ">", "a b", "\n", "", "é"] {
+            let mut id = user();
+            id.object_id = Some(bad.into());
+            let deny = policies.evaluate(&id, NOW).unwrap_err();
+            assert_eq!(deny.reason(), DenyReason::UnsafeClaimValue, "value {bad:?}");
+            // The detail names the claim, never its (attacker-controlled) value.
+            assert!(deny.detail().contains("{oid}"), "{}", deny.detail());
+            assert!(!deny.detail().contains("a.b") && !deny.detail().contains('é'));
+        }
+        let mut id = user();
+        id.object_id = None;
+        assert_eq!(
+            policies.evaluate(&id, NOW).unwrap_err().reason(),
+            DenyReason::UnsafeClaimValue
+        );
+        id.object_id = Some("abc".into());
+        assert_eq!(
+            policies.evaluate(&id, NOW).unwrap().subscribe.allow,
+            ["mail.u-abc.>"]
+        );
+    }
+
+    #[test]
+    fn an_unsafe_rule_refuses_the_whole_grant() {
+        // Dropping only the unsafe rule would drop its deny and leave `a.>` fully open.
+        let policies = set("
+  - name: broad
+    when: { roles: [A] }
+    account: APP
+    publish: { allow: [\"a.>\"] }
+  - name: narrowing
+    when: { roles: [A] }
+    account: APP
+    publish: { allow: [x], deny: [\"a.{oid}.secret\"] }
+");
+        let mut id = with_roles(&["A"]);
+        id.object_id = Some("*".into());
+        assert_eq!(
+            policies.evaluate(&id, NOW).unwrap_err().reason(),
+            DenyReason::UnsafeClaimValue
+        );
+    }
+
+    #[test]
+    fn rendered_subjects_never_gain_tokens() {
+        // Property-style sweep: whatever the claim, a grant keeps the template's token count
+        // and never contains a wildcard the policy did not write.
+        let policies = set("
+  - name: own
+    when: { any: true }
+    account: APP
+    publish: { allow: [\"u.{sub}.x\"] }
+");
+        let alphabet = [
+            'a', 'Z', '0', '-', '_', '.', '*', '>', ' ', '\t', '\u{0}', 'é', '{', '}', '$',
+        ];
+        for a in alphabet {
+            for b in alphabet {
+                let mut id = user();
+                id.subject = format!("{a}{b}");
+                if let Ok(grant) = policies.evaluate(&id, NOW) {
+                    let s = grant.publish.allow.first().unwrap();
+                    assert_eq!(s.split('.').count(), 3, "{s:?}");
+                    assert!(!s.contains(['*', '>', ' ']), "{s:?}");
+                }
+            }
         }
     }
 }

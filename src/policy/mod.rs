@@ -99,8 +99,8 @@ impl PolicySet {
         };
         let meta = std::fs::metadata(path).map_err(|e| whole(format!("cannot read: {e}")))?;
         let files = if meta.is_dir() {
-            let entries =
-                std::fs::read_dir(path).map_err(|e| whole(format!("cannot list directory: {e}")))?;
+            let entries = std::fs::read_dir(path)
+                .map_err(|e| whole(format!("cannot list directory: {e}")))?;
             let mut files = Vec::new();
             for entry in entries {
                 let entry = entry.map_err(|e| whole(format!("cannot list directory: {e}")))?;
@@ -186,8 +186,14 @@ mod tests {
         let err = PolicySet::load(&data("tests/data/policies/dup"), &opts()).unwrap_err();
         let text = err.to_string();
         assert_eq!(err.0.len(), 2, "{text}");
-        assert!(text.contains("one.yaml:3:11: rule name `shared` is defined again at"), "{text}");
-        assert!(text.contains("two.yaml:3:11: duplicate rule name `shared`; also defined at"), "{text}");
+        assert!(
+            text.contains("one.yaml:3:11: rule name `shared` is defined again at"),
+            "{text}"
+        );
+        assert!(
+            text.contains("two.yaml:3:11: duplicate rule name `shared`; also defined at"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -98,8 +98,7 @@ impl SubjectTemplate {
                 check_no_other_whitespace(queue)?;
                 parse_subject(subject, &mut parts)?;
                 push_literal(&mut parts, " ");
-                parse_subject(queue, &mut parts)
-                    .map_err(|e| SubjectError::InQueue(Box::new(e)))?;
+                parse_subject(queue, &mut parts).map_err(|e| SubjectError::InQueue(Box::new(e)))?;
             }
             _ => return Err(SubjectError::Whitespace),
         }
@@ -240,7 +239,9 @@ pub(crate) enum SubjectError {
     TrailingDot,
     #[error("has an empty token (`..`)")]
     DoubleDot,
-    #[error("contains whitespace; only subscribe subjects may have one space, before a queue group")]
+    #[error(
+        "contains whitespace; only subscribe subjects may have one space, before a queue group"
+    )]
     Whitespace,
     #[error("contains a control character {0:?}")]
     ControlCharacter(char),
@@ -250,7 +251,9 @@ pub(crate) enum SubjectError {
     FullWildcardNotLast,
     #[error("has a wildcard inside the token `{0}`; `*` and `>` must be whole tokens")]
     WildcardInsideToken(String),
-    #[error("uses unknown placeholder `{{{0}}}`; known placeholders are {{tid}}, {{oid}}, {{sub}}, {{app_id}}")]
+    #[error(
+        "uses unknown placeholder `{{{0}}}`; known placeholders are {{tid}}, {{oid}}, {{sub}}, {{app_id}}"
+    )]
     UnknownPlaceholder(String),
     #[error("has a placeholder that spans across `.`")]
     PlaceholderSpansDot,
@@ -360,7 +363,18 @@ mod tests {
 
     #[test]
     fn accepts_valid_subjects() {
-        for s in ["a", "a.b.c", "a.*.c", "a.>", ">", "*", "_INBOX.>", "ml.{tid}.>", "t-{tid}-x.y", "{oid}{sub}"] {
+        for s in [
+            "a",
+            "a.b.c",
+            "a.*.c",
+            "a.>",
+            ">",
+            "*",
+            "_INBOX.>",
+            "ml.{tid}.>",
+            "t-{tid}-x.y",
+            "{oid}{sub}",
+        ] {
             let t = pubs(s).unwrap();
             assert_eq!(t.to_string(), s);
         }
@@ -380,9 +394,17 @@ mod tests {
         assert_eq!(subs(" a"), Err(SubjectError::Whitespace));
         assert_eq!(subs("a\tb"), Err(SubjectError::ControlCharacter('\t')));
         assert_eq!(pubs("a.>.b"), Err(SubjectError::FullWildcardNotLast));
-        assert!(matches!(pubs("a*"), Err(SubjectError::WildcardInsideToken(_))));
-        assert!(matches!(pubs("a.b>"), Err(SubjectError::WildcardInsideToken(_))));
-        assert!(matches!(pubs("a.{tenant}"), Err(SubjectError::UnknownPlaceholder(n)) if n == "tenant"));
+        assert!(matches!(
+            pubs("a*"),
+            Err(SubjectError::WildcardInsideToken(_))
+        ));
+        assert!(matches!(
+            pubs("a.b>"),
+            Err(SubjectError::WildcardInsideToken(_))
+        ));
+        assert!(
+            matches!(pubs("a.{tenant}"), Err(SubjectError::UnknownPlaceholder(n)) if n == "tenant")
+        );
         assert!(matches!(pubs("a.{}"), Err(SubjectError::UnknownPlaceholder(n)) if n.is_empty()));
         assert_eq!(pubs("a.{t.id}"), Err(SubjectError::PlaceholderSpansDot));
         assert_eq!(pubs("a.{tid"), Err(SubjectError::UnclosedBrace));
