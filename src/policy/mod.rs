@@ -198,12 +198,19 @@ mod tests {
 
     #[test]
     fn broken_fixture_reports_every_problem() {
-        let err = PolicySet::load(&data("tests/data/policies/broken.yaml"), &opts()).unwrap_err();
-        let text = err.to_string();
-        assert!(err.0.len() >= 3, "{text}");
-        for line in text.lines() {
-            assert!(line.contains("broken.yaml:"), "{line}");
-        }
+        let path = data("tests/data/policies/broken.yaml");
+        let err = PolicySet::load(&path, &opts()).unwrap_err();
+        let locations: Vec<String> = err
+            .0
+            .iter()
+            .map(|e| format!("{}:{}", e.line, e.column))
+            .collect();
+        assert_eq!(locations, ["6:5", "9:20", "15:24", "17:11"], "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}:6:5: unknown field `acount`", path.display())),
+            "{err}"
+        );
     }
 
     #[test]

@@ -341,7 +341,7 @@ mod tests {
         SubjectTemplate::parse(s, Direction::Subscribe)
     }
 
-    pub(crate) fn identity() -> Identity {
+    fn identity() -> Identity {
         Identity {
             provider: Arc::from("entra"),
             issuer: "https://login.microsoftonline.com/t/v2.0".into(),
