@@ -349,7 +349,13 @@ pub trait NatsClaim: Default {
 impl<T: Default> Claims<T> {
     /// Claims with the given subject and `nats` object; the encoder fills `iss`, `iat`, `jti`.
     pub fn with_subject(sub: impl Into<String>, nats: T) -> Self {
-        Claims { base: ClaimsData { sub: sub.into(), ..ClaimsData::default() }, nats }
+        Claims {
+            base: ClaimsData {
+                sub: sub.into(),
+                ..ClaimsData::default()
+            },
+            nats,
+        }
     }
 }
 
@@ -485,7 +491,11 @@ struct Redacted<'a>(&'a str);
 
 impl fmt::Debug for Redacted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() { f.write_str("\"\"") } else { f.write_str("<redacted>") }
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("<redacted>")
+        }
     }
 }
 

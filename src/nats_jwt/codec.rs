@@ -41,7 +41,9 @@ pub fn encode<T: NatsClaim + Serialize>(
 ) -> Result<String, JwtError> {
     let kind = signer.key_pair_type();
     if !kind_matches(T::ISSUER, &kind) {
-        return Err(JwtError::SignerKind { expected: kind_name(T::ISSUER) });
+        return Err(JwtError::SignerKind {
+            expected: kind_name(T::ISSUER),
+        });
     }
     claims.base.iss = signer.public_key();
     claims.base.iat = now;
@@ -66,7 +68,10 @@ pub fn encode<T: NatsClaim + Serialize>(
 /// `header.payload` with the `iss` key. Time claims are left to the caller.
 pub fn decode<T: NatsClaim + DeserializeOwned>(token: &str) -> Result<Claims<T>, JwtError> {
     if token.len() > MAX_TOKEN_SIZE {
-        return Err(JwtError::TooLarge { len: token.len(), max: MAX_TOKEN_SIZE });
+        return Err(JwtError::TooLarge {
+            len: token.len(),
+            max: MAX_TOKEN_SIZE,
+        });
     }
     let mut chunks = token.split('.');
     let (Some(header), Some(payload), Some(signature), None) =
@@ -76,22 +81,34 @@ pub fn decode<T: NatsClaim + DeserializeOwned>(token: &str) -> Result<Claims<T>,
     };
 
     let header_bytes = decode_b64(header, "header")?;
-    let parsed: Header = serde_json::from_slice(&header_bytes)
-        .map_err(|e| JwtError::Json { part: "header", line: e.line(), column: e.column() })?;
+    let parsed: Header = serde_json::from_slice(&header_bytes).map_err(|e| JwtError::Json {
+        part: "header",
+        line: e.line(),
+        column: e.column(),
+    })?;
     if !parsed.typ.eq_ignore_ascii_case("jwt") {
-        return Err(JwtError::HeaderType { typ: echo(&parsed.typ) });
+        return Err(JwtError::HeaderType {
+            typ: echo(&parsed.typ),
+        });
     }
     let alg = parsed.alg.to_ascii_lowercase();
     // Go accepts the v1 name too; the version check below still demands a v2 claim.
     if alg != "ed25519-nkey" && alg != "ed25519" {
-        return Err(JwtError::HeaderAlgorithm { alg: echo(&parsed.alg) });
+        return Err(JwtError::HeaderAlgorithm {
+            alg: echo(&parsed.alg),
+        });
     }
 
     let payload_bytes = decode_b64(payload, "payload")?;
-    let claims: Claims<T> = serde_json::from_slice(&payload_bytes)
-        .map_err(|e| JwtError::Json { part: "payload", line: e.line(), column: e.column() })?;
+    let claims: Claims<T> = serde_json::from_slice(&payload_bytes).map_err(|e| JwtError::Json {
+        part: "payload",
+        line: e.line(),
+        column: e.column(),
+    })?;
     if claims.nats.version() != CLAIM_VERSION {
-        return Err(JwtError::Version { found: claims.nats.version() });
+        return Err(JwtError::Version {
+            found: claims.nats.version(),
+        });
     }
     if claims.nats.claim_type() != T::TYPE {
         return Err(JwtError::ClaimType {
@@ -110,7 +127,9 @@ pub fn decode<T: NatsClaim + DeserializeOwned>(token: &str) -> Result<Claims<T>,
     let signature = decode_b64(signature, "signature")?;
     let signed_len = header.len() + 1 + payload.len();
     let signed = token.get(..signed_len).ok_or(JwtError::Chunks)?;
-    issuer.verify(signed.as_bytes(), &signature).map_err(|_| JwtError::Signature)?;
+    issuer
+        .verify(signed.as_bytes(), &signature)
+        .map_err(|_| JwtError::Signature)?;
     Ok(claims)
 }
 
@@ -141,7 +160,9 @@ pub(super) fn is_public_key_of(key: &str, kind: &KeyPairType) -> bool {
 }
 
 fn decode_b64(chunk: &str, part: &'static str) -> Result<Vec<u8>, JwtError> {
-    BASE64URL_NOPAD.decode(chunk.as_bytes()).map_err(|_| JwtError::Base64 { part })
+    BASE64URL_NOPAD
+        .decode(chunk.as_bytes())
+        .map_err(|_| JwtError::Base64 { part })
 }
 
 fn kind_matches(expected: IssuerKind, kind: &KeyPairType) -> bool {

@@ -47,7 +47,11 @@ pub enum JwtError {
     Base64 { part: &'static str },
     /// A chunk is not the expected JSON; only the position is kept, never the content.
     #[error("jwt {part} is not valid json (line {line}, column {column})")]
-    Json { part: &'static str, line: usize, column: usize },
+    Json {
+        part: &'static str,
+        line: usize,
+        column: usize,
+    },
     /// The header `typ` is not `JWT`.
     #[error("jwt header type {typ:?} is not \"JWT\"")]
     HeaderType { typ: String },
@@ -59,7 +63,10 @@ pub enum JwtError {
     Version { found: i64 },
     /// `nats.type` is not the expected claim kind.
     #[error("jwt nats.type is {found:?}, expected {expected:?}")]
-    ClaimType { expected: &'static str, found: String },
+    ClaimType {
+        expected: &'static str,
+        found: String,
+    },
     /// `iss` is not a public key of the kind allowed to issue this claim.
     #[error("jwt issuer {iss:?} is not a {expected} public key")]
     IssuerKind { expected: &'static str, iss: String },
@@ -76,7 +83,9 @@ pub enum JwtError {
     #[error("claims could not be serialized to json")]
     Serialize,
     /// The request carries the xkey header but this service has no xkey configured.
-    #[error("request is sealed (Nats-Server-Xkey header present) but no service xkey is configured")]
+    #[error(
+        "request is sealed (Nats-Server-Xkey header present) but no service xkey is configured"
+    )]
     SealedButNoServiceXkey,
     /// A service xkey is configured but the request arrived as a plaintext JWT.
     #[error("request is plaintext but a service xkey is configured")]
@@ -112,7 +121,9 @@ pub enum JwtError {
     #[error("request user_nkey {found:?} is not a user public key")]
     UserNkey { found: String },
     /// The signed `server_id.xkey` differs from the unsigned header it was sealed with.
-    #[error("request server_id.xkey {signed:?} does not match the Nats-Server-Xkey header {header:?}")]
+    #[error(
+        "request server_id.xkey {signed:?} does not match the Nats-Server-Xkey header {header:?}"
+    )]
     XkeyMismatch { signed: String, header: String },
     /// A response carries neither a user JWT nor an error text.
     #[error("response has neither a user jwt nor an error")]
@@ -150,7 +161,10 @@ pub fn open_request(
 ) -> Result<Request, JwtError> {
     let max = MAX_TOKEN_SIZE + SEAL_OVERHEAD;
     if payload.len() > max {
-        return Err(JwtError::TooLarge { len: payload.len(), max });
+        return Err(JwtError::TooLarge {
+            len: payload.len(),
+            max,
+        });
     }
     // Go's callout library uses the same test: every plaintext request starts with the header.
     let plaintext = payload.starts_with(b"eyJ");
@@ -160,8 +174,10 @@ pub fn open_request(
         (Some(_), _) if plaintext => return Err(JwtError::PlaintextButServiceXkey),
         (Some(_), None) => return Err(JwtError::MissingXkeyHeader),
         (Some(service), Some(header)) => {
-            let sender = XKey::from_public_key(header)
-                .map_err(|_| JwtError::InvalidXkeyHeader { value: codec::echo(header) })?;
+            let sender =
+                XKey::from_public_key(header).map_err(|_| JwtError::InvalidXkeyHeader {
+                    value: codec::echo(header),
+                })?;
             let opened = service.open(payload, &sender).map_err(|_| JwtError::Open)?;
             (opened, Some(header.to_owned()))
         }
@@ -171,16 +187,26 @@ pub fn open_request(
 
     let base = &claims.base;
     if base.aud != REQUEST_AUDIENCE {
-        return Err(JwtError::Audience { found: codec::echo(&base.aud) });
+        return Err(JwtError::Audience {
+            found: codec::echo(&base.aud),
+        });
     }
     if base.exp == 0 {
         return Err(JwtError::MissingExpiry);
     }
     if now > base.exp.saturating_add(leeway_secs) {
-        return Err(JwtError::Expired { exp: base.exp, now, leeway: leeway_secs });
+        return Err(JwtError::Expired {
+            exp: base.exp,
+            now,
+            leeway: leeway_secs,
+        });
     }
     if base.nbf != 0 && base.nbf > now.saturating_add(leeway_secs) {
-        return Err(JwtError::NotYetValid { nbf: base.nbf, now, leeway: leeway_secs });
+        return Err(JwtError::NotYetValid {
+            nbf: base.nbf,
+            now,
+            leeway: leeway_secs,
+        });
     }
     let server = &claims.nats.server_id;
     if base.iss != server.id {
@@ -190,7 +216,9 @@ pub fn open_request(
         });
     }
     if !codec::is_public_key_of(&claims.nats.user_nkey, &KeyPairType::User) {
-        return Err(JwtError::UserNkey { found: codec::echo(&claims.nats.user_nkey) });
+        return Err(JwtError::UserNkey {
+            found: codec::echo(&claims.nats.user_nkey),
+        });
     }
     if let Some(header) = &server_xkey
         && server.xkey != *header
@@ -200,7 +228,10 @@ pub fn open_request(
             header: codec::echo(header),
         });
     }
-    Ok(Request { claims, server_xkey })
+    Ok(Request {
+        claims,
+        server_xkey,
+    })
 }
 
 /// Builds the signed response to `req`: `Ok(user_jwt)` admits, `Err(reason)` refuses.
@@ -221,16 +252,24 @@ pub fn encode_response(
         _ => return Err(JwtError::EmptyOutcome),
     }
     let mut claims = Claims::with_subject(req.claims.nats.user_nkey.clone(), nats);
-    req.claims.nats.server_id.id.clone_into(&mut claims.base.aud);
+    req.claims
+        .nats
+        .server_id
+        .id
+        .clone_into(&mut claims.base.aud);
     let token = encode(&mut claims, signer, now)?;
 
     let Some(server_xkey) = &req.server_xkey else {
         return Ok(token.into_bytes());
     };
     let service = service_xkey.ok_or(JwtError::ResponseNeedsServiceXkey)?;
-    let recipient = XKey::from_public_key(server_xkey)
-        .map_err(|_| JwtError::InvalidXkeyHeader { value: codec::echo(server_xkey) })?;
-    service.seal(token.as_bytes(), &recipient).map_err(|_| JwtError::Seal)
+    let recipient =
+        XKey::from_public_key(server_xkey).map_err(|_| JwtError::InvalidXkeyHeader {
+            value: codec::echo(server_xkey),
+        })?;
+    service
+        .seal(token.as_bytes(), &recipient)
+        .map_err(|_| JwtError::Seal)
 }
 
 #[cfg(test)]
