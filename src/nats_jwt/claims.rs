@@ -346,7 +346,7 @@ pub trait NatsClaim: Default {
     fn stamp(&mut self);
 }
 
-impl<T: Default> Claims<T> {
+impl<T> Claims<T> {
     /// Claims with the given subject and `nats` object; the encoder fills `iss`, `iat`, `jti`.
     pub fn with_subject(sub: impl Into<String>, nats: T) -> Self {
         Claims {

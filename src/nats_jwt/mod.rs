@@ -29,6 +29,9 @@ pub const XKEY_HEADER: &str = "Nats-Server-Xkey";
 /// Size of the xkv1 envelope around a sealed payload: version tag, nonce and Poly1305 tag.
 const SEAL_OVERHEAD: usize = 4 + 24 + 16;
 
+/// Length of every encoded nkey public key.
+const PUBLIC_KEY_LEN: usize = 56;
+
 /// Why a NATS JWT could not be encoded, decoded, or accepted as a request.
 ///
 /// Messages never contain secrets; untrusted strings are echoed only capped and only where
@@ -174,10 +177,14 @@ pub fn open_request(
         (Some(_), _) if plaintext => return Err(JwtError::PlaintextButServiceXkey),
         (Some(_), None) => return Err(JwtError::MissingXkeyHeader),
         (Some(service), Some(header)) => {
-            let sender =
-                XKey::from_public_key(header).map_err(|_| JwtError::InvalidXkeyHeader {
-                    value: codec::echo(header),
-                })?;
+            let invalid = || JwtError::InvalidXkeyHeader {
+                value: codec::echo(header),
+            };
+            // Every encoded public key is 56 characters; anything else is not worth decoding.
+            if header.len() != PUBLIC_KEY_LEN {
+                return Err(invalid());
+            }
+            let sender = XKey::from_public_key(header).map_err(|_| invalid())?;
             let opened = service.open(payload, &sender).map_err(|_| JwtError::Open)?;
             (opened, Some(header.to_owned()))
         }
