@@ -1,0 +1,789 @@
+//! The pure verification core: a compact JWT, one provider's settings, its keys and the current
+//! time in, an [`Identity`] or a [`TokenError`] out. No I/O, no clock.
+//!
+//! The header and payload are parsed here, strictly (base64url without padding, JSON objects
+//! without duplicate members), so routing and verification read the same bytes the same way.
+//! jsonwebtoken only checks the signature; every claim check is done here against `now`.
+
+use std::fmt;
+
+use data_encoding::BASE64URL_NOPAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::keys::KeySet;
+use super::settings::{ProviderSettings, is_lowercase_guid};
+use super::TokenError;
+use crate::identity::{Identity, PrincipalKind};
+
+/// Longest `alg` or `kid` quoted in an error; longer values are replaced by a placeholder.
+const MAX_QUOTED_HEADER_CHARS: usize = 64;
+
+/// Claims whose presence marks an ID token, which must never pass as an access token.
+const ID_TOKEN_MARKERS: [&str; 3] = ["nonce", "at_hash", "c_hash"];
+
+/// A token whose structure has been checked but whose signature has not.
+pub(crate) struct ParsedToken {
+    kid: String,
+    claims: Map<String, Value>,
+}
+
+/// A JSON object that refuses duplicate members (serde_json would silently keep the last one,
+/// letting two parsers disagree about what a token says).
+struct StrictObject(Map<String, Value>);
+
+/// Verifies `token` with `keys` as a token of the provider `settings`, at time `now` (unix
+/// seconds), and maps its claims to an [`Identity`].
+pub fn verify_with_keys(
+    token: &str,
+    settings: &ProviderSettings,
+    keys: &KeySet,
+    now: u64,
+) -> Result<Identity, TokenError> {
+    let parsed = ParsedToken::parse(token, settings.max_token_bytes())?;
+    verify_parsed(parsed, token, settings, keys, now)
+}
+
+/// The checks after parsing: key, signature, then claims.
+pub(crate) fn verify_parsed(
+    parsed: ParsedToken,
+    token: &str,
+    settings: &ProviderSettings,
+    keys: &KeySet,
+    now: u64,
+) -> Result<Identity, TokenError> {
+    let provider = settings.name();
+    if token.len() > settings.max_token_bytes() {
+        return Err(TokenError::TooLarge {
+            len: token.len(),
+            limit: settings.max_token_bytes(),
+        });
+    }
+    let key = keys.get(&parsed.kid).ok_or_else(|| TokenError::KeyUnknown {
+        provider: provider.clone(),
+        kid: quote_header_value(&parsed.kid),
+    })?;
+    check_signature(token, &key.decoding, settings)?;
+
+    let claims = parsed.claims;
+    let issuer = required_str(&claims, "iss")?;
+    if issuer != settings.issuer() {
+        return Err(TokenError::IssuerMismatch {
+            provider: provider.clone(),
+            detail: "iss is not the provider's issuer",
+        });
+    }
+    let tenant = required_str(&claims, "tid")?;
+    if !is_lowercase_guid(tenant) {
+        return Err(TokenError::InvalidClaim {
+            claim: "tid",
+            expected: "a lowercase GUID",
+        });
+    }
+    if tenant != settings.tenant() {
+        return Err(TokenError::TenantNotAllowed {
+            provider: provider.clone(),
+        });
+    }
+    if issuer_tenant_segment(issuer) != Some(tenant) {
+        return Err(TokenError::IssuerMismatch {
+            provider: provider.clone(),
+            detail: "iss names another tenant than tid",
+        });
+    }
+    if let Some(template) = key.issuer()
+        && template.replace("{tenantid}", tenant) != issuer
+    {
+        return Err(TokenError::IssuerMismatch {
+            provider: provider.clone(),
+            detail: "the signing key belongs to another issuer",
+        });
+    }
+    check_audience(&claims, settings)?;
+    let expires_at = check_lifetime(&claims, settings.leeway_secs(), now)?;
+    let subject = required_str(&claims, "sub")?;
+
+    if let Some(marker) = ID_TOKEN_MARKERS.iter().find(|m| claims.contains_key(**m)) {
+        tracing::debug!(provider = %provider, claim = marker, "id-token marker in token");
+        return Err(TokenError::NotAnAccessToken(
+            "it carries an id-token claim (nonce, at_hash or c_hash)",
+        ));
+    }
+    check_groups_overage(&claims)?;
+
+    let scopes = optional_str(&claims, "scp")?.map(|scp| {
+        scp.split(' ')
+            .filter(|scope| !scope.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    });
+    let roles = string_array(&claims, "roles")?;
+    let groups = string_array(&claims, "groups")?;
+    let object_id = optional_str(&claims, "oid")?;
+    let kind = match optional_str(&claims, "idtyp")? {
+        // `idtyp` is Microsoft's "most accurate way" to tell the two apart; trust it when present.
+        Some("app") => PrincipalKind::Application,
+        Some(_) => PrincipalKind::User,
+        // Microsoft's documented fallback: app-only tokens have `sub == oid` and never `scp`.
+        None if object_id == Some(subject) && scopes.is_none() => PrincipalKind::Application,
+        None => PrincipalKind::User,
+    };
+    // Delegated tokens always carry `scp`; a "user" token without it is an ID token or something
+    // stranger. App-only tokens without roles are legal (the policy denies them).
+    if kind == PrincipalKind::User && scopes.is_none() {
+        return Err(TokenError::NotAnAccessToken("a user token without scp"));
+    }
+    let app_id = first_str(&claims, &["azp", "appid"])?;
+    let guest = match claims.get("acct") {
+        None => false,
+        Some(acct) => match acct.as_u64() {
+            Some(value) => value == 1,
+            None => {
+                return Err(TokenError::InvalidClaim {
+                    claim: "acct",
+                    expected: "a non-negative integer",
+                });
+            }
+        },
+    };
+    let display_name = first_str(&claims, &["preferred_username", "upn", "name"])?;
+    let token_id = first_str(&claims, &["uti", "jti"])?;
+
+    Ok(Identity {
+        provider: provider.clone(),
+        issuer: issuer.to_owned(),
+        tenant: Some(tenant.to_owned()),
+        object_id: object_id.map(str::to_owned),
+        subject: subject.to_owned(),
+        app_id,
+        kind,
+        roles,
+        groups,
+        scopes: scopes.unwrap_or_default(),
+        guest,
+        display_name,
+        expires_at,
+        token_id,
+        claims,
+    })
+}
+
+impl ParsedToken {
+    /// Splits and decodes `token`, checking the size, the shape, `alg` and `kid`.
+    pub(crate) fn parse(token: &str, max_bytes: usize) -> Result<Self, TokenError> {
+        if token.len() > max_bytes {
+            return Err(TokenError::TooLarge {
+                len: token.len(),
+                limit: max_bytes,
+            });
+        }
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed("not three dot-separated parts"));
+        };
+        if signature.is_empty() {
+            return Err(TokenError::Malformed("empty signature"));
+        }
+        let header = decode_object(header).ok_or(TokenError::Malformed(
+            "header is not base64url-encoded JSON object",
+        ))?;
+        match header.get("alg") {
+            Some(Value::String(alg)) if alg == "RS256" => {}
+            Some(Value::String(alg)) => {
+                return Err(TokenError::AlgorithmNotAllowed {
+                    alg: quote_header_value(alg),
+                });
+            }
+            Some(_) => return Err(TokenError::Malformed("header alg is not a string")),
+            None => {
+                return Err(TokenError::AlgorithmNotAllowed {
+                    alg: "(none)".to_owned(),
+                });
+            }
+        }
+        // No critical extension is understood here, so RFC 7515 requires refusing any.
+        if header.contains_key("crit") {
+            return Err(TokenError::Malformed("header has critical extensions"));
+        }
+        let kid = match header.get("kid") {
+            Some(Value::String(kid)) if !kid.is_empty() => kid.clone(),
+            Some(Value::String(_)) | None => return Err(TokenError::KeyIdMissing),
+            Some(_) => return Err(TokenError::Malformed("header kid is not a string")),
+        };
+        let claims = decode_object(payload).ok_or(TokenError::Malformed(
+            "payload is not base64url-encoded JSON object",
+        ))?;
+        Ok(Self { kid, claims })
+    }
+
+    /// The unverified `iss`, for routing only.
+    pub(crate) fn issuer(&self) -> Option<&str> {
+        self.claims.get("iss").and_then(Value::as_str)
+    }
+
+    /// The header's `kid`.
+    pub(crate) fn kid(&self) -> &str {
+        &self.kid
+    }
+}
+
+impl<'de> Deserialize<'de> for StrictObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StrictVisitor;
+
+        impl<'de> Visitor<'de> for StrictVisitor {
+            type Value = Map<String, Value>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut map = Map::new();
+                while let Some(key) = access.next_key::<String>()? {
+                    if map.contains_key(&key) {
+                        return Err(de::Error::custom("duplicate member"));
+                    }
+                    let value = access.next_value::<Value>()?;
+                    map.insert(key, value);
+                }
+                Ok(map)
+            }
+        }
+
+        deserializer.deserialize_map(StrictVisitor).map(StrictObject)
+    }
+}
+
+fn decode_object(part: &str) -> Option<Map<String, Value>> {
+    let bytes = BASE64URL_NOPAD.decode(part.as_bytes()).ok()?;
+    serde_json::from_slice::<StrictObject>(&bytes)
+        .ok()
+        .map(|object| object.0)
+}
+
+fn check_signature(
+    token: &str,
+    key: &jsonwebtoken::DecodingKey,
+    settings: &ProviderSettings,
+) -> Result<(), TokenError> {
+    // Only the signature is jsonwebtoken's job: time is our parameter, not its clock, and the
+    // claim checks above need Entra-specific rules anyway.
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    match jsonwebtoken::decode::<IgnoredAny>(token, key, &validation) {
+        Ok(_) => Ok(()),
+        Err(error) => Err(match error.kind() {
+            ErrorKind::InvalidSignature => TokenError::SignatureInvalid {
+                provider: settings.name().clone(),
+            },
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                TokenError::AlgorithmNotAllowed {
+                    alg: "(rejected by verifier)".to_owned(),
+                }
+            }
+            ErrorKind::Base64(_) => TokenError::Malformed("signature is not base64url"),
+            _ => TokenError::Malformed("token rejected by the signature verifier"),
+        }),
+    }
+}
+
+fn check_audience(
+    claims: &Map<String, Value>,
+    settings: &ProviderSettings,
+) -> Result<(), TokenError> {
+    let accepted = |audience: &str| settings.audiences().iter().any(|a| a == audience);
+    let matches = match claims.get("aud") {
+        None => return Err(TokenError::MissingClaim("aud")),
+        Some(Value::String(audience)) => accepted(audience),
+        Some(Value::Array(audiences)) => {
+            let mut any = false;
+            for audience in audiences {
+                let audience = audience.as_str().ok_or(TokenError::InvalidClaim {
+                    claim: "aud",
+                    expected: "a string or an array of strings",
+                })?;
+                any |= accepted(audience);
+            }
+            any
+        }
+        Some(_) => {
+            return Err(TokenError::InvalidClaim {
+                claim: "aud",
+                expected: "a string or an array of strings",
+            });
+        }
+    };
+    if matches {
+        Ok(())
+    } else {
+        Err(TokenError::AudienceMismatch {
+            provider: settings.name().clone(),
+        })
+    }
+}
+
+/// Checks `exp` (required) and `nbf` (optional) against `now`; returns `exp`.
+fn check_lifetime(
+    claims: &Map<String, Value>,
+    leeway: u64,
+    now: u64,
+) -> Result<u64, TokenError> {
+    let exp = numeric_date(claims, "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
+    if exp.saturating_add(leeway) <= now {
+        return Err(TokenError::Expired { exp, now, leeway });
+    }
+    if let Some(nbf) = numeric_date(claims, "nbf")?
+        && nbf > now.saturating_add(leeway)
+    {
+        return Err(TokenError::NotYetValid { nbf, now, leeway });
+    }
+    Ok(exp)
+}
+
+/// Entra replaces `groups` by `_claim_names.groups` above 200 groups, and by `hasgroups` in the
+/// implicit flow. Either means "membership unknown", which must never read as "no groups".
+fn check_groups_overage(claims: &Map<String, Value>) -> Result<(), TokenError> {
+    match claims.get("_claim_names") {
+        None => {}
+        Some(Value::Object(names)) if names.contains_key("groups") => {
+            return Err(TokenError::GroupsOverage);
+        }
+        Some(Value::Object(_)) => {}
+        Some(_) => {
+            return Err(TokenError::InvalidClaim {
+                claim: "_claim_names",
+                expected: "an object",
+            });
+        }
+    }
+    match claims.get("hasgroups") {
+        None | Some(Value::Bool(false)) => Ok(()),
+        Some(_) => Err(TokenError::GroupsOverage),
+    }
+}
+
+/// The tenant segment of `https://{host}/{tenant}/...`.
+fn issuer_tenant_segment(issuer: &str) -> Option<&str> {
+    let rest = issuer.strip_prefix("https://")?;
+    let mut segments = rest.split('/');
+    let _host = segments.next()?;
+    segments.next()
+}
+
+fn required_str<'a>(
+    claims: &'a Map<String, Value>,
+    claim: &'static str,
+) -> Result<&'a str, TokenError> {
+    optional_str(claims, claim)?.ok_or(TokenError::MissingClaim(claim))
+}
+
+fn optional_str<'a>(
+    claims: &'a Map<String, Value>,
+    claim: &'static str,
+) -> Result<Option<&'a str>, TokenError> {
+    match claims.get(claim) {
+        None => Ok(None),
+        Some(Value::String(value)) => Ok(Some(value)),
+        Some(_) => Err(TokenError::InvalidClaim {
+            claim,
+            expected: "a string",
+        }),
+    }
+}
+
+/// The first of `names` that is present, type-checked.
+fn first_str(
+    claims: &Map<String, Value>,
+    names: &[&'static str],
+) -> Result<Option<String>, TokenError> {
+    for name in names {
+        if let Some(value) = optional_str(claims, name)? {
+            return Ok(Some(value.to_owned()));
+        }
+    }
+    Ok(None)
+}
+
+fn string_array(
+    claims: &Map<String, Value>,
+    claim: &'static str,
+) -> Result<Vec<String>, TokenError> {
+    let invalid = TokenError::InvalidClaim {
+        claim,
+        expected: "an array of strings",
+    };
+    match claims.get(claim) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(values)) => values
+            .iter()
+            .map(|value| value.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(invalid),
+        Some(_) => Err(invalid),
+    }
+}
+
+/// A NumericDate: non-negative seconds; fractions are truncated (RFC 7519 allows them).
+fn numeric_date(
+    claims: &Map<String, Value>,
+    claim: &'static str,
+) -> Result<Option<u64>, TokenError> {
+    let Some(value) = claims.get(claim) else {
+        return Ok(None);
+    };
+    if let Some(seconds) = value.as_u64() {
+        return Ok(Some(seconds));
+    }
+    match value.as_f64() {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        Some(seconds) if seconds.is_finite() && seconds >= 0.0 && seconds < u64::MAX as f64 => {
+            Ok(Some(seconds as u64))
+        }
+        _ => Err(TokenError::InvalidClaim {
+            claim,
+            expected: "a non-negative number of seconds",
+        }),
+    }
+}
+
+/// `alg` and `kid` come from the attacker; quote them only when short and plain.
+fn quote_header_value(value: &str) -> String {
+    let plain = value.len() <= MAX_QUOTED_HEADER_CHARS
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.=+/".contains(&b));
+    if plain {
+        value.to_owned()
+    } else {
+        format!("({} bytes, not shown)", value.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::EncodingKey;
+    use jsonwebtoken::jwk::Jwk;
+    use serde_json::json;
+
+    use super::*;
+    use crate::deny::DenyReason;
+
+    const TENANT: &str = "72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41";
+    const OTHER_TENANT: &str = "0b9e7c2a-4d1f-4e8b-a3c6-9f2d5e8b1a07";
+    const AUDIENCE: &str = "6e3f1d0c-8b5a-4c2e-9f41-2d7a9b0c5e11";
+    const USER_OID: &str = "5a1c8e2f-9d47-4b63-8f0a-2e6c4d9b7a35";
+    const APP_OID: &str = "8f2b6c1d-4e9a-4a7b-b3c5-1d0e8f7a6b92";
+    const NOW: u64 = 1_767_225_700;
+    const KEY_1: &str = include_str!("../../tests/data/keys/test-key-1.pem");
+    const KEY_2: &str = include_str!("../../tests/data/keys/test-key-2.pem");
+    const TEMPLATE: &str = "https://login.microsoftonline.com/{tenantid}/v2.0";
+
+    fn settings() -> ProviderSettings {
+        ProviderSettings::new("entra", TENANT, vec![AUDIENCE.to_owned()]).unwrap()
+    }
+
+    fn jwk(pem: &str, kid: &str, issuer: &str) -> Value {
+        let key = EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+        let jwk = Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
+        let mut value = serde_json::to_value(jwk).unwrap();
+        value["kid"] = json!(kid);
+        value["use"] = json!("sig");
+        value["issuer"] = json!(issuer);
+        value
+    }
+
+    /// k1 and k2 published with Entra's template issuer; k3 (key 2) claims another tenant.
+    fn keys() -> KeySet {
+        let other = format!("https://login.microsoftonline.com/{OTHER_TENANT}/v2.0");
+        let document = json!({"keys": [
+            jwk(KEY_1, "k1", TEMPLATE), jwk(KEY_2, "k2", TEMPLATE), jwk(KEY_2, "k3", &other),
+        ]});
+        KeySet::from_jwks(document.to_string().as_bytes()).unwrap()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        BASE64URL_NOPAD.encode(bytes)
+    }
+
+    fn sign_raw(pem: &str, header: &str, payload: &str) -> String {
+        let key = EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+        let message = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::RS256);
+        format!("{message}.{}", signature.unwrap())
+    }
+
+    fn sign(kid: &str, claims: &Value) -> String {
+        let pem = if kid == "k1" { KEY_1 } else { KEY_2 };
+        let header = json!({"typ": "JWT", "alg": "RS256", "kid": kid});
+        sign_raw(pem, &header.to_string(), &claims.to_string())
+    }
+
+    fn user_claims() -> Value {
+        json!({
+            "aud": AUDIENCE,
+            "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"),
+            "iat": NOW - 100, "nbf": NOW - 100, "exp": NOW + 3600,
+            "azp": "b9c2a7e5-1f34-4d8b-a0c6-7e2d9f4b3a18", "azpacr": "0",
+            "groups": ["c3d9e1a7-2b4f-4c8e-9a61-0f5d7b2e8c43"],
+            "idtyp": "user", "name": "Alex Wilber", "oid": USER_OID,
+            "preferred_username": "alexw@contoso.com",
+            "roles": ["Nats.Publisher", "Nats.Subscriber"],
+            "scp": "Nats.Connect  Nats.Read",
+            "sub": "yR1cQ2p8vWm3kX0fHjN7tLs5aB9dE4gU6oIzC1rT8eY",
+            "tid": TENANT, "uti": "kX3b9VnQ0Ee2c7T1mZpAAA", "ver": "2.0",
+        })
+    }
+
+    fn app_claims() -> Value {
+        json!({
+            "aud": AUDIENCE,
+            "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"),
+            "iat": NOW - 100, "nbf": NOW - 100, "exp": NOW + 3600,
+            "azp": "0d4e7b2a-6c1f-4e83-9a5d-3b8c2f1e7d64", "azpacr": "2",
+            "idtyp": "app", "oid": APP_OID, "roles": ["Nats.Service.Orders"],
+            "sub": APP_OID, "tid": TENANT, "uti": "Qp7cT2zL0kWn4dA9hXyBAA", "ver": "2.0",
+        })
+    }
+
+    fn with(mut claims: Value, overrides: Value) -> Value {
+        for (name, value) in overrides.as_object().unwrap() {
+            if value.is_null() {
+                claims.as_object_mut().unwrap().remove(name);
+            } else {
+                claims[name] = value.clone();
+            }
+        }
+        claims
+    }
+
+    fn verify(token: &str) -> Result<Identity, TokenError> {
+        verify_with_keys(token, &settings(), &keys(), NOW)
+    }
+
+    fn reason(token: &str) -> DenyReason {
+        verify(token).unwrap_err().reason()
+    }
+
+    fn user(overrides: Value) -> DenyReason {
+        reason(&sign("k1", &with(user_claims(), overrides)))
+    }
+
+    #[test]
+    fn maps_a_user_token() {
+        let identity = verify(&sign("k1", &user_claims())).unwrap();
+        assert_eq!(identity.kind, PrincipalKind::User);
+        assert_eq!(&*identity.provider, "entra");
+        assert_eq!(identity.tenant.as_deref(), Some(TENANT));
+        assert_eq!(identity.object_id.as_deref(), Some(USER_OID));
+        assert_eq!(identity.subject, "yR1cQ2p8vWm3kX0fHjN7tLs5aB9dE4gU6oIzC1rT8eY");
+        assert_eq!(identity.app_id.as_deref(), Some("b9c2a7e5-1f34-4d8b-a0c6-7e2d9f4b3a18"));
+        assert_eq!(identity.scopes, ["Nats.Connect", "Nats.Read"]);
+        assert_eq!(identity.roles, ["Nats.Publisher", "Nats.Subscriber"]);
+        assert_eq!(identity.groups, ["c3d9e1a7-2b4f-4c8e-9a61-0f5d7b2e8c43"]);
+        assert!(!identity.guest);
+        assert_eq!(identity.display_name.as_deref(), Some("alexw@contoso.com"));
+        assert_eq!(identity.expires_at, NOW + 3600);
+        assert_eq!(identity.token_id.as_deref(), Some("kX3b9VnQ0Ee2c7T1mZpAAA"));
+        assert_eq!(identity.claims.get("azpacr"), Some(&json!("0")));
+    }
+
+    #[test]
+    fn display_name_guest_and_token_id_fall_back() {
+        let claims = with(
+            user_claims(),
+            json!({"preferred_username": null, "upn": "alex@contoso.com", "acct": 1,
+                   "uti": null, "jti": "j-1", "azp": null, "appid": "client"}),
+        );
+        let identity = verify(&sign("k1", &claims)).unwrap();
+        assert_eq!(identity.display_name.as_deref(), Some("alex@contoso.com"));
+        assert!(identity.guest);
+        assert_eq!(identity.token_id.as_deref(), Some("j-1"));
+        assert_eq!(identity.app_id.as_deref(), Some("client"));
+    }
+
+    #[test]
+    fn maps_app_tokens() {
+        let identity = verify(&sign("k2", &app_claims())).unwrap();
+        assert_eq!(identity.kind, PrincipalKind::Application);
+        assert_eq!(identity.roles, ["Nats.Service.Orders"]);
+        assert!(identity.scopes.is_empty());
+
+        // Without `idtyp`, Microsoft's fallback: sub == oid and no scp.
+        let identity = verify(&sign("k1", &with(app_claims(), json!({"idtyp": null})))).unwrap();
+        assert_eq!(identity.kind, PrincipalKind::Application);
+
+        // App-only tokens without roles are legal; the policy denies them later.
+        let identity = verify(&sign("k1", &with(app_claims(), json!({"roles": null})))).unwrap();
+        assert!(identity.roles.is_empty());
+    }
+
+    #[test]
+    fn refuses_user_tokens_without_scp() {
+        assert_eq!(user(json!({"scp": null})), DenyReason::NotAnAccessToken);
+        assert_eq!(user(json!({"scp": null, "roles": null})), DenyReason::NotAnAccessToken);
+        assert_eq!(
+            user(json!({"scp": null, "idtyp": null, "roles": null})),
+            DenyReason::NotAnAccessToken
+        );
+    }
+
+    #[test]
+    fn refuses_id_token_markers() {
+        for marker in ["nonce", "at_hash", "c_hash"] {
+            assert_eq!(user(json!({ marker: "x" })), DenyReason::NotAnAccessToken);
+        }
+    }
+
+    #[test]
+    fn refuses_groups_overage() {
+        let overage = json!({"groups": null, "_claim_names": {"groups": "src1"},
+            "_claim_sources": {"src1": {"endpoint": "https://graph.windows.net/x"}}});
+        assert_eq!(user(overage), DenyReason::GroupsOverage);
+        assert_eq!(user(json!({"groups": null, "hasgroups": true})), DenyReason::GroupsOverage);
+        assert!(verify(&sign("k1", &with(user_claims(), json!({"hasgroups": false})))).is_ok());
+    }
+
+    #[test]
+    fn refuses_claims_of_the_wrong_type() {
+        for overrides in [
+            json!({"roles": "Nats.Publisher"}),
+            json!({"roles": [1]}),
+            json!({"groups": {"a": 1}}),
+            json!({"scp": ["Nats.Connect"]}),
+            json!({"acct": "1"}),
+            json!({"oid": 5}),
+            json!({"exp": "99999999999"}),
+            json!({"nbf": -1}),
+            json!({"exp": null}),
+            json!({"sub": null}),
+            json!({"aud": 1}),
+            json!({"aud": null}),
+            json!({"tid": null}),
+            json!({"_claim_names": "groups"}),
+        ] {
+            assert_eq!(user(overrides.clone()), DenyReason::TokenMalformed, "{overrides}");
+        }
+    }
+
+    #[test]
+    fn checks_lifetime_with_leeway_against_now() {
+        assert_eq!(user(json!({"exp": NOW - 60})), DenyReason::TokenExpired);
+        assert!(verify(&sign("k1", &with(user_claims(), json!({"exp": NOW - 59})))).is_ok());
+        assert_eq!(user(json!({"nbf": NOW + 61})), DenyReason::TokenNotYetValid);
+        assert!(verify(&sign("k1", &with(user_claims(), json!({"nbf": NOW + 60})))).is_ok());
+        assert!(verify(&sign("k1", &with(user_claims(), json!({"nbf": null})))).is_ok());
+    }
+
+    #[test]
+    fn checks_audience() {
+        assert_eq!(user(json!({"aud": "api://other"})), DenyReason::AudienceMismatch);
+        assert_eq!(
+            user(json!({"aud": "00000003-0000-0000-c000-000000000000"})),
+            DenyReason::AudienceMismatch
+        );
+        let both = with(user_claims(), json!({"aud": ["api://other", AUDIENCE]}));
+        assert!(verify(&sign("k1", &both)).is_ok());
+    }
+
+    #[test]
+    fn checks_issuer_and_tenant() {
+        let other_iss = format!("https://login.microsoftonline.com/{OTHER_TENANT}/v2.0");
+        assert_eq!(user(json!({"iss": other_iss})), DenyReason::IssuerMismatch);
+        assert_eq!(
+            user(json!({"iss": format!("https://sts.windows.net/{TENANT}/")})),
+            DenyReason::IssuerMismatch
+        );
+        assert_eq!(user(json!({"tid": OTHER_TENANT})), DenyReason::TenantNotAllowed);
+        assert_eq!(user(json!({"tid": TENANT.to_uppercase()})), DenyReason::TokenMalformed);
+        assert_eq!(user(json!({"iss": null})), DenyReason::TokenMalformed);
+        // The key k3 is published for another tenant.
+        assert_eq!(reason(&sign("k3", &user_claims())), DenyReason::IssuerMismatch);
+    }
+
+    #[test]
+    fn checks_the_signature() {
+        // Signed by key 1 but naming k2.
+        let header = json!({"alg": "RS256", "kid": "k2"}).to_string();
+        let forged = sign_raw(KEY_1, &header, &user_claims().to_string());
+        assert_eq!(reason(&forged), DenyReason::SignatureInvalid);
+
+        let token = sign("k1", &user_claims());
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let elevated = b64(with(user_claims(), json!({"roles": ["Nats.Admin"]}))
+            .to_string()
+            .as_bytes());
+        parts[1] = &elevated;
+        assert_eq!(reason(&parts.join(".")), DenyReason::SignatureInvalid);
+    }
+
+    #[test]
+    fn allows_only_rs256_with_a_kid() {
+        let claims = b64(user_claims().to_string().as_bytes());
+        for alg in ["none", "HS256", "RS512", "PS256", "ES256", "rs256"] {
+            let header = b64(json!({"alg": alg, "kid": "k1"}).to_string().as_bytes());
+            let token = format!("{header}.{claims}.c2lnbmF0dXJl");
+            assert_eq!(reason(&token), DenyReason::AlgorithmNotAllowed, "{alg}");
+        }
+        let header = b64(json!({"kid": "k1"}).to_string().as_bytes());
+        assert_eq!(reason(&format!("{header}.{claims}.c2ln")), DenyReason::AlgorithmNotAllowed);
+
+        let no_kid = sign_raw(KEY_1, r#"{"alg":"RS256"}"#, &user_claims().to_string());
+        assert_eq!(reason(&no_kid), DenyReason::KeyIdMissing);
+        let unknown = sign_raw(KEY_1, r#"{"alg":"RS256","kid":"k9"}"#, &user_claims().to_string());
+        assert_eq!(reason(&unknown), DenyReason::KeyUnknown);
+    }
+
+    #[test]
+    fn refuses_malformed_tokens() {
+        let token = sign("k1", &user_claims());
+        let (head, _) = token.rsplit_once('.').unwrap();
+        assert_eq!(reason(head), DenyReason::TokenMalformed);
+        assert_eq!(reason(&format!("{head}.")), DenyReason::TokenMalformed);
+        assert_eq!(reason(&format!("{token}.x")), DenyReason::TokenMalformed);
+        assert_eq!(reason("a.b.c"), DenyReason::TokenMalformed);
+        assert_eq!(reason(""), DenyReason::TokenMalformed);
+
+        let header = r#"{"alg":"RS256","kid":"k1"}"#;
+        let duplicate = user_claims().to_string().replacen('{', r#"{"tid":"x","#, 1);
+        assert_eq!(reason(&sign_raw(KEY_1, header, &duplicate)), DenyReason::TokenMalformed);
+        assert_eq!(reason(&sign_raw(KEY_1, header, "[1]")), DenyReason::TokenMalformed);
+        let crit = r#"{"alg":"RS256","kid":"k1","crit":["exp"]}"#;
+        let critical = sign_raw(KEY_1, crit, &user_claims().to_string());
+        assert_eq!(reason(&critical), DenyReason::TokenMalformed);
+
+        let padded = format!("{}=", token.split('.').next().unwrap());
+        let rest = token.split_once('.').unwrap().1;
+        assert_eq!(reason(&format!("{padded}.{rest}")), DenyReason::TokenMalformed);
+    }
+
+    #[test]
+    fn refuses_oversized_tokens_before_parsing() {
+        let padding = "x".repeat(17 * 1024);
+        let token = sign("k1", &with(user_claims(), json!({ "pad": padding })));
+        assert_eq!(reason(&token), DenyReason::TokenTooLarge);
+    }
+
+    #[test]
+    fn errors_never_contain_the_token() {
+        let token = sign("k1", &with(user_claims(), json!({"aud": "api://other"})));
+        let error = verify(&token).unwrap_err();
+        let signature = token.rsplit('.').next().unwrap();
+        for text in [error.to_string(), format!("{error:?}")] {
+            assert!(!text.contains(signature));
+            assert!(!text.contains(token.split('.').nth(1).unwrap()));
+        }
+        let long_kid = "k".repeat(500);
+        let header = json!({"alg": "RS256", "kid": long_kid}).to_string();
+        let error = verify(&sign_raw(KEY_1, &header, &user_claims().to_string())).unwrap_err();
+        assert!(!error.to_string().contains(&long_kid));
+    }
+}
