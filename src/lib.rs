@@ -11,9 +11,16 @@
     clippy::await_holding_lock
 )]
 
+pub mod callout;
+pub mod cli;
+pub mod config;
 pub mod deny;
+pub mod diagnostic;
 pub mod duration;
 pub mod identity;
+pub mod keys;
 pub mod nats_jwt;
 pub mod oidc;
 pub mod policy;
+pub mod service;
+pub mod telemetry;

@@ -13,7 +13,7 @@ use serde_saphyr::{DefaultMessageFormatter, Location, MessageFormatter, Spanned}
 use super::eval::Responses;
 use super::model::{Document, Outline, RawKind, RawPermissions, RawResponses, RawRule, RawWhen};
 use super::subject::{Direction, SubjectTemplate};
-use super::{CompileOptions, PolicyError, PolicyErrors, PolicySource};
+use super::{CompileOptions, Diagnostic, PolicyErrors, PolicySource};
 use crate::duration::parse_duration;
 use crate::identity::PrincipalKind;
 
@@ -121,7 +121,7 @@ impl Index {
 
 /// Compile policy sources into one [`PolicySet`], or report every problem found.
 pub fn compile(sources: &[PolicySource], opts: &CompileOptions) -> Result<PolicySet, PolicyErrors> {
-    let mut errors: Vec<(usize, PolicyError)> = Vec::new();
+    let mut errors: Vec<(usize, Diagnostic)> = Vec::new();
     let mut rules = Vec::new();
     // name → (source index, error position) of the first definition.
     let mut seen: HashMap<String, (usize, Location)> = HashMap::new();
@@ -188,7 +188,7 @@ pub fn compile(sources: &[PolicySource], opts: &CompileOptions) -> Result<Policy
 }
 
 /// Deserialize one file into raw rules, collecting syntax, shape and version errors.
-fn parse_source(source: &PolicySource, errors: &mut Vec<PolicyError>) -> Vec<RawRule> {
+fn parse_source(source: &PolicySource, errors: &mut Vec<Diagnostic>) -> Vec<RawRule> {
     let first = match serde_saphyr::from_str::<Document>(&source.text) {
         Ok(doc) => {
             check_version(source, doc.version.as_ref(), errors);
@@ -226,10 +226,10 @@ fn parse_source(source: &PolicySource, errors: &mut Vec<PolicyError>) -> Vec<Raw
 fn check_version(
     source: &PolicySource,
     version: Option<&Spanned<serde_json::Value>>,
-    errors: &mut Vec<PolicyError>,
+    errors: &mut Vec<Diagnostic>,
 ) {
     match version {
-        None => errors.push(PolicyError {
+        None => errors.push(Diagnostic {
             file: source.name.clone(),
             line: 1,
             column: 1,
@@ -324,10 +324,10 @@ fn blank_outside(text: &str, keep: Option<(usize, usize)>) -> String {
         .collect()
 }
 
-fn yaml_error(source: &PolicySource, e: &serde_saphyr::Error) -> PolicyError {
+fn yaml_error(source: &PolicySource, e: &serde_saphyr::Error) -> Diagnostic {
     let message = DefaultMessageFormatter.format_message(e.without_snippet());
     let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-    PolicyError {
+    Diagnostic {
         file: source.name.clone(),
         line,
         column,
@@ -335,8 +335,8 @@ fn yaml_error(source: &PolicySource, e: &serde_saphyr::Error) -> PolicyError {
     }
 }
 
-fn error_at(source: &PolicySource, at: Location, message: String) -> PolicyError {
-    PolicyError {
+fn error_at(source: &PolicySource, at: Location, message: String) -> Diagnostic {
+    Diagnostic {
         file: source.name.clone(),
         line: at.line(),
         column: at.column(),
@@ -362,7 +362,7 @@ fn escape(s: &str) -> String {
 struct RuleChecker<'a> {
     source: &'a PolicySource,
     opts: &'a CompileOptions,
-    errors: &'a mut Vec<PolicyError>,
+    errors: &'a mut Vec<Diagnostic>,
 }
 
 impl RuleChecker<'_> {

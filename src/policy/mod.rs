@@ -21,6 +21,8 @@ use std::time::Duration;
 pub use compile::{PolicySet, compile};
 pub use eval::{Grant, Permissions, PolicyDeny, Responses};
 
+pub use crate::diagnostic::Diagnostic;
+
 /// The text of one policy file.
 #[derive(Clone, Debug)]
 pub struct PolicySource {
@@ -40,38 +42,9 @@ pub struct CompileOptions {
     pub default_max_ttl: Duration,
 }
 
-/// One problem in a policy file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PolicyError {
-    /// The source name (file path).
-    pub file: String,
-    /// 1-based line, or 0 when the problem concerns the whole file.
-    pub line: u64,
-    /// 1-based column (in characters), or 0 when the problem concerns the whole file.
-    pub column: u64,
-    /// What is wrong, as a lowercase sentence.
-    pub message: String,
-}
-
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}: {}", self.file, self.message)
-        } else {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file, self.line, self.column, self.message
-            )
-        }
-    }
-}
-
-impl std::error::Error for PolicyError {}
-
 /// Every problem found while loading policies; never empty.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub struct PolicyErrors(pub Vec<PolicyError>);
+pub struct PolicyErrors(pub Vec<Diagnostic>);
 
 impl fmt::Display for PolicyErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -90,7 +63,7 @@ impl PolicySet {
     /// directory (sorted by name, hidden files skipped), and compile them together.
     pub fn load(path: &Path, opts: &CompileOptions) -> Result<PolicySet, PolicyErrors> {
         let whole = |message: String| {
-            PolicyErrors(vec![PolicyError {
+            PolicyErrors(vec![Diagnostic {
                 file: path.display().to_string(),
                 line: 0,
                 column: 0,
@@ -133,7 +106,7 @@ impl PolicySet {
             let name = file.display().to_string();
             match std::fs::read_to_string(&file) {
                 Ok(text) => sources.push(PolicySource { name, text }),
-                Err(e) => errors.push(PolicyError {
+                Err(e) => errors.push(Diagnostic {
                     file: name,
                     line: 0,
                     column: 0,
@@ -226,13 +199,13 @@ mod tests {
     #[test]
     fn errors_display_one_per_line() {
         let errs = PolicyErrors(vec![
-            PolicyError {
+            Diagnostic {
                 file: "a.yaml".into(),
                 line: 2,
                 column: 3,
                 message: "bad".into(),
             },
-            PolicyError {
+            Diagnostic {
                 file: "b.yaml".into(),
                 line: 0,
                 column: 0,

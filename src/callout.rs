@@ -1,0 +1,298 @@
+//! The callout decision: one authorization request in, one signed answer out.
+//!
+//! [`Authorizer::handle`] opens and checks the server's request, takes the client's token,
+//! verifies it, evaluates the policies and mints a user JWT scoped to exactly what they grant —
+//! or answers with an error. It does no NATS I/O (the service loop does), and reads no clock:
+//! `now` is a parameter. Every outcome is logged once as an audit event on target `audit`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use crate::deny::DenyReason;
+use crate::identity::Identity;
+use crate::nats_jwt::{self, Claims, JwtError, Permission, Request, ResponsePermission, User};
+use crate::oidc::Verifier;
+use crate::policy::{Grant, PolicySet};
+
+/// The longest user name we put into a minted JWT; longer display names are cut.
+const MAX_NAME_LEN: usize = 256;
+
+/// Everything a decision needs, shared by all request tasks.
+pub struct Authorizer {
+    issuer: nkeys::KeyPair,
+    xkey: Option<nkeys::XKey>,
+    verifier: Arc<Verifier>,
+    policies: ArcSwap<PolicySet>,
+    request_leeway_secs: u64,
+    counts: Counts,
+}
+
+/// How many requests this authorizer answered, by outcome.
+#[derive(Debug, Default)]
+struct Counts {
+    allowed: AtomicU64,
+    denied: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// A snapshot of [`Authorizer`] counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Clients admitted.
+    pub allowed: u64,
+    /// Clients refused with a signed error response.
+    pub denied: u64,
+    /// Requests not answered because the request itself was unacceptable.
+    pub dropped: u64,
+}
+
+/// What [`Authorizer::handle`] decided.
+#[derive(Debug)]
+pub enum Handled {
+    /// Send `body` to the request's reply subject.
+    Respond {
+        /// The (possibly sealed) response JWT.
+        body: Vec<u8>,
+        /// Whether the client was admitted.
+        allowed: bool,
+    },
+    /// Send nothing: the request itself is not acceptable (garbage, forged, expired). The server
+    /// times the client out; answering would mean signing for a request we cannot trust.
+    Drop(JwtError),
+}
+
+impl Authorizer {
+    /// Builds an authorizer. `issuer` signs user JWTs and responses; `xkey` opens sealed requests.
+    pub fn new(
+        issuer: nkeys::KeyPair,
+        xkey: Option<nkeys::XKey>,
+        verifier: Arc<Verifier>,
+        policies: PolicySet,
+        request_leeway_secs: u64,
+    ) -> Self {
+        Self {
+            issuer,
+            xkey,
+            verifier,
+            policies: ArcSwap::from_pointee(policies),
+            request_leeway_secs,
+            counts: Counts::default(),
+        }
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            allowed: self.counts.allowed.load(Ordering::Relaxed),
+            denied: self.counts.denied.load(Ordering::Relaxed),
+            dropped: self.counts.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The token verifier, for warming keys and background refresh.
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.verifier
+    }
+
+    /// Replaces the policies; requests already being evaluated finish with the old set.
+    pub fn replace_policies(&self, policies: PolicySet) {
+        self.policies.store(Arc::new(policies));
+    }
+
+    /// Handles one request message. `xkey_header` is the `Nats-Server-Xkey` header, if any.
+    pub async fn handle(&self, payload: &[u8], xkey_header: Option<&str>, now: u64) -> Handled {
+        let request = match nats_jwt::open_request(
+            payload,
+            xkey_header,
+            self.xkey.as_ref(),
+            now,
+            self.request_leeway_secs,
+        ) {
+            Ok(request) => request,
+            Err(err) => {
+                warn!(target: "audit", outcome = "dropped", error = %err, "authorization request refused");
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+                return Handled::Drop(err);
+            }
+        };
+
+        let decision = self.decide(&request, now).await;
+        let (outcome, allowed) = match &decision {
+            Ok(minted) => (Ok(minted.jwt.as_str()), true),
+            // The error text reaches only the server log and the AUTH.ERR advisory in the callout
+            // account, never the client; the stable code helps operators correlate.
+            Err(denial) => (Err(denial.reason.code()), false),
+        };
+        audit(&request, &decision);
+        match nats_jwt::encode_response(&request, outcome, &self.issuer, self.xkey.as_ref(), now) {
+            Ok(body) => {
+                let counter = if allowed { &self.counts.allowed } else { &self.counts.denied };
+                counter.fetch_add(1, Ordering::Relaxed);
+                Handled::Respond { body, allowed }
+            }
+            Err(err) => {
+                warn!(error = %err, "could not encode the authorization response");
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+                Handled::Drop(err)
+            }
+        }
+    }
+
+    async fn decide(&self, request: &Request, now: u64) -> Result<Minted, Denial> {
+        let opts = &request.claims.nats.connect_opts;
+        let token = [opts.auth_token.as_str(), opts.pass.as_str()]
+            .into_iter()
+            .find(|t| !t.is_empty())
+            .ok_or_else(|| Denial::new(DenyReason::TokenMissing, "no auth_token or password"))?;
+        let token_hash = token_hash(token);
+
+        let identity = self.verifier.verify(token, now).await.map_err(|err| Denial {
+            reason: err.reason(),
+            detail: err.to_string(),
+            token_hash: Some(token_hash.clone()),
+            identity: None,
+        })?;
+        let policies = self.policies.load();
+        let grant = policies.evaluate(&identity, now).map_err(|err| Denial {
+            reason: err.reason(),
+            detail: err.detail().to_owned(),
+            token_hash: Some(token_hash.clone()),
+            identity: Some(identity.clone()),
+        })?;
+        let jwt = mint_user(&self.issuer, &request.claims.nats.user_nkey, &identity, &grant, now)
+            .map_err(|err| Denial {
+                reason: DenyReason::Internal,
+                detail: format!("could not mint the user JWT: {err}"),
+                token_hash: Some(token_hash.clone()),
+                identity: Some(identity.clone()),
+            })?;
+        Ok(Minted { jwt, identity, grant, token_hash })
+    }
+}
+
+/// An admitted client.
+struct Minted {
+    jwt: String,
+    identity: Identity,
+    grant: Grant,
+    token_hash: String,
+}
+
+/// A refused client, with everything the audit log needs.
+struct Denial {
+    reason: DenyReason,
+    detail: String,
+    token_hash: Option<String>,
+    identity: Option<Identity>,
+}
+
+impl Denial {
+    fn new(reason: DenyReason, detail: &str) -> Self {
+        Self { reason, detail: detail.to_owned(), token_hash: None, identity: None }
+    }
+}
+
+/// Builds and signs the user JWT for `grant`.
+///
+/// A direction without allows gets `deny: [">"]`: a user JWT without explicit permissions would
+/// get the whole account, so nothing is ever left open by omission.
+pub fn mint_user(
+    issuer: &nkeys::KeyPair,
+    user_nkey: &str,
+    identity: &Identity,
+    grant: &Grant,
+    now: u64,
+) -> Result<String, MintError> {
+    if grant.publish.allow.is_empty() && grant.subscribe.allow.is_empty() {
+        return Err(MintError::NoPermissions);
+    }
+    let direction = |allow: &[String], deny: &[String]| {
+        if allow.is_empty() {
+            Permission { allow: Vec::new(), deny: vec![">".to_owned()] }
+        } else {
+            Permission { allow: allow.to_vec(), deny: deny.to_vec() }
+        }
+    };
+    let name = user_name(identity);
+    let mut claims = Claims::<User>::new(user_nkey, &grant.account, &name, grant.expires_at);
+    claims.nats.publish = direction(&grant.publish.allow, &grant.publish.deny);
+    claims.nats.subscribe = direction(&grant.subscribe.allow, &grant.subscribe.deny);
+    claims.nats.resp = grant.responses.as_ref().map(|r| ResponsePermission {
+        max: r.max,
+        ttl: i64::try_from(r.ttl.as_nanos()).unwrap_or(i64::MAX),
+    });
+    Ok(nats_jwt::encode(&mut claims, issuer, now)?)
+}
+
+/// Why a user JWT could not be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// The grant allows nothing in either direction; such a JWT would get the whole account.
+    #[error("the grant allows neither publish nor subscribe")]
+    NoPermissions,
+    /// Encoding or signing failed.
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+}
+
+/// The connection's user name as the server reports it: a display name, else the object id.
+fn user_name(identity: &Identity) -> String {
+    let name = identity
+        .display_name
+        .as_deref()
+        .or(identity.object_id.as_deref())
+        .unwrap_or(&identity.subject);
+    name.chars().filter(|c| !c.is_control()).take(MAX_NAME_LEN).collect()
+}
+
+/// A short, non-reversible fingerprint of a token for correlating log lines.
+pub fn token_hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    data_encoding::HEXLOWER.encode(digest.get(..8).unwrap_or_default())
+}
+
+fn audit(request: &Request, decision: &Result<Minted, Denial>) {
+    let server = &request.claims.nats.server_id;
+    let client = &request.claims.nats.client_info;
+    match decision {
+        Ok(m) => info!(
+            target: "audit",
+            outcome = "allow",
+            server_id = %server.id,
+            client_host = %client.host,
+            client_id = client.id,
+            provider = %m.identity.provider,
+            tenant = m.identity.tenant.as_deref().unwrap_or(""),
+            object_id = m.identity.object_id.as_deref().unwrap_or(""),
+            app_id = m.identity.app_id.as_deref().unwrap_or(""),
+            kind = m.identity.kind.as_str(),
+            name = m.identity.display_name.as_deref().unwrap_or(""),
+            token = %m.token_hash,
+            rules = ?m.grant.matched,
+            account = %m.grant.account,
+            publish = ?m.grant.publish.allow,
+            subscribe = ?m.grant.subscribe.allow,
+            expires_at = m.grant.expires_at,
+            "client admitted"
+        ),
+        Err(d) => info!(
+            target: "audit",
+            outcome = "deny",
+            reason = d.reason.code(),
+            detail = %d.detail,
+            server_id = %server.id,
+            client_host = %client.host,
+            client_id = client.id,
+            provider = d.identity.as_ref().map_or("", |i| &*i.provider),
+            tenant = d.identity.as_ref().and_then(|i| i.tenant.as_deref()).unwrap_or(""),
+            object_id = d.identity.as_ref().and_then(|i| i.object_id.as_deref()).unwrap_or(""),
+            app_id = d.identity.as_ref().and_then(|i| i.app_id.as_deref()).unwrap_or(""),
+            token = d.token_hash.as_deref().unwrap_or(""),
+            "client refused"
+        ),
+    }
+}
