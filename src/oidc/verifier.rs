@@ -15,10 +15,10 @@ use arc_swap::ArcSwapOption;
 use moka::Expiry;
 use moka::future::Cache;
 
+use super::TokenError;
 use super::keys::{Fetcher, KeySet, KeysError};
 use super::settings::ProviderSettings;
 use super::verify::{ParsedToken, verify_parsed};
-use super::TokenError;
 use crate::identity::Identity;
 
 /// After a failed fetch the last good keys are served for this long before the next attempt.
@@ -137,7 +137,9 @@ impl Verifier {
             .copied()
             .ok_or(TokenError::IssuerUnknown)?;
         let provider = self.provider(index)?;
-        let keys = self.keys_for_kid(index, provider, parsed.kid(), now).await?;
+        let keys = self
+            .keys_for_kid(index, provider, parsed.kid(), now)
+            .await?;
         verify_parsed(parsed, token, &provider.settings, &keys, now)
     }
 
