@@ -105,10 +105,9 @@ impl Verifier {
             .map(ProviderSettings::max_token_bytes)
             .max()
             .unwrap_or(super::DEFAULT_MAX_TOKEN_BYTES);
-        let keys = Cache::builder()
-            .max_capacity(providers.len() as u64)
-            .expire_after(KeysExpiry)
-            .build();
+        // One entry per provider index, so no capacity bound is needed (and none can evict a
+        // provider's keys through moka's admission policy).
+        let keys = Cache::builder().expire_after(KeysExpiry).build();
         let providers = providers
             .into_iter()
             .map(|settings| Provider {

@@ -272,7 +272,8 @@ impl TestIssuer {
     }
 
     /// Adds `kid` to the published key set.
-    pub fn publish(&self, kid: &'static str) {
+    pub fn publish(&self, kid: &str) {
+        let kid = self.key(kid).kid;
         let mut published = self.state.published.lock().unwrap();
         if !published.contains(&kid) {
             published.push(kid);
