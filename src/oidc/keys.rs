@@ -371,7 +371,16 @@ mod tests {
         bad_n["n"] = json!("!!!");
         let mut rs256 = rsa_jwk("rs");
         rs256["alg"] = json!("RS256");
-        let set = parse(vec![enc, ps256, oct, short, no_kid, bad_n, rs256, json!("junk")]);
+        let set = parse(vec![
+            enc,
+            ps256,
+            oct,
+            short,
+            no_kid,
+            bad_n,
+            rs256,
+            json!("junk"),
+        ]);
         assert_eq!(set.kids().collect::<Vec<_>>(), vec!["rs"]);
     }
 

@@ -22,8 +22,8 @@ use crate::deny::DenyReason;
 
 pub use keys::{KeySet, KeysError, SigningKey};
 pub use settings::{
-    DEFAULT_KEY_REFRESH_INTERVAL, DEFAULT_LEEWAY_SECS, DEFAULT_LOGIN_HOST,
-    DEFAULT_MAX_TOKEN_BYTES, DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL, ProviderSettings, SettingsError,
+    DEFAULT_KEY_REFRESH_INTERVAL, DEFAULT_LEEWAY_SECS, DEFAULT_LOGIN_HOST, DEFAULT_MAX_TOKEN_BYTES,
+    DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL, ProviderSettings, SettingsError,
 };
 pub use verifier::{Verifier, VerifierError};
 pub use verify::verify_with_keys;

@@ -344,7 +344,11 @@ mod tests {
     fn tenant_is_lowercased_and_must_be_a_guid() {
         let upper = ProviderSettings::new("e", &TENANT.to_uppercase(), vec!["a".into()]).unwrap();
         assert_eq!(upper.tenant(), TENANT);
-        for bad in ["common", "72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c4", "72f1e1d43c5b4e0a9d625b8e0f3a9c41"] {
+        for bad in [
+            "common",
+            "72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c4",
+            "72f1e1d43c5b4e0a9d625b8e0f3a9c41",
+        ] {
             assert!(matches!(
                 ProviderSettings::new("e", bad, vec!["a".into()]),
                 Err(SettingsError::TenantNotGuid { .. })
@@ -366,7 +370,9 @@ mod tests {
 
     #[test]
     fn login_host_moves_the_issuer_and_default_authority() {
-        let settings = settings().with_login_host("login.microsoftonline.us").unwrap();
+        let settings = settings()
+            .with_login_host("login.microsoftonline.us")
+            .unwrap();
         assert_eq!(
             settings.issuer(),
             format!("https://login.microsoftonline.us/{TENANT}/v2.0")
@@ -390,8 +396,16 @@ mod tests {
             settings().with_authority("ftp://127.0.0.1"),
             Err(SettingsError::AuthorityInsecure { .. })
         ));
-        assert!(settings().with_authority("https://idp.example/?x=1").is_err());
-        assert!(settings().with_authority("https://u:p@idp.example").is_err());
+        assert!(
+            settings()
+                .with_authority("https://idp.example/?x=1")
+                .is_err()
+        );
+        assert!(
+            settings()
+                .with_authority("https://u:p@idp.example")
+                .is_err()
+        );
         assert!(settings().with_authority("not a url").is_err());
     }
 
@@ -399,6 +413,10 @@ mod tests {
     fn limits_are_bounded() {
         assert!(settings().with_leeway_secs(301).is_err());
         assert!(settings().with_max_token_bytes(10).is_err());
-        assert!(settings().with_key_refresh_interval(Duration::ZERO).is_err());
+        assert!(
+            settings()
+                .with_key_refresh_interval(Duration::ZERO)
+                .is_err()
+        );
     }
 }

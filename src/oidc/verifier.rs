@@ -15,10 +15,10 @@ use arc_swap::ArcSwapOption;
 use moka::Expiry;
 use moka::future::Cache;
 
+use super::TokenError;
 use super::keys::{Fetcher, KeySet, KeysError};
 use super::settings::ProviderSettings;
 use super::verify::{ParsedToken, verify_parsed};
-use super::TokenError;
 use crate::identity::Identity;
 
 /// After a failed fetch the last good keys are served for this long before the next attempt.
@@ -105,10 +105,9 @@ impl Verifier {
             .map(ProviderSettings::max_token_bytes)
             .max()
             .unwrap_or(super::DEFAULT_MAX_TOKEN_BYTES);
-        let keys = Cache::builder()
-            .max_capacity(providers.len() as u64)
-            .expire_after(KeysExpiry)
-            .build();
+        // One entry per provider index, so no capacity bound is needed (and none can evict a
+        // provider's keys through moka's admission policy).
+        let keys = Cache::builder().expire_after(KeysExpiry).build();
         let providers = providers
             .into_iter()
             .map(|settings| Provider {
@@ -137,7 +136,9 @@ impl Verifier {
             .copied()
             .ok_or(TokenError::IssuerUnknown)?;
         let provider = self.provider(index)?;
-        let keys = self.keys_for_kid(index, provider, parsed.kid(), now).await?;
+        let keys = self
+            .keys_for_kid(index, provider, parsed.kid(), now)
+            .await?;
         verify_parsed(parsed, token, &provider.settings, &keys, now)
     }
 

@@ -10,13 +10,13 @@ use std::fmt;
 use data_encoding::BASE64URL_NOPAD;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
+use super::TokenError;
 use super::keys::KeySet;
 use super::settings::{ProviderSettings, is_lowercase_guid};
-use super::TokenError;
 use crate::identity::{Identity, PrincipalKind};
 
 /// Longest `alg` or `kid` quoted in an error; longer values are replaced by a placeholder.
@@ -62,10 +62,12 @@ pub(crate) fn verify_parsed(
             limit: settings.max_token_bytes(),
         });
     }
-    let key = keys.get(&parsed.kid).ok_or_else(|| TokenError::KeyUnknown {
-        provider: provider.clone(),
-        kid: quote_header_value(&parsed.kid),
-    })?;
+    let key = keys
+        .get(&parsed.kid)
+        .ok_or_else(|| TokenError::KeyUnknown {
+            provider: provider.clone(),
+            kid: quote_header_value(&parsed.kid),
+        })?;
     check_signature(token, &key.decoding, settings)?;
 
     let claims = parsed.claims;
@@ -186,9 +188,6 @@ impl ParsedToken {
         else {
             return Err(TokenError::Malformed("not three dot-separated parts"));
         };
-        if signature.is_empty() {
-            return Err(TokenError::Malformed("empty signature"));
-        }
         let header = decode_object(header).ok_or(TokenError::Malformed(
             "header is not base64url-encoded JSON object",
         ))?;
@@ -215,6 +214,10 @@ impl ParsedToken {
             Some(Value::String(_)) | None => return Err(TokenError::KeyIdMissing),
             Some(_) => return Err(TokenError::Malformed("header kid is not a string")),
         };
+        // Checked after `alg`, so an `alg: none` token is reported as what it is.
+        if signature.is_empty() {
+            return Err(TokenError::Malformed("empty signature"));
+        }
         let claims = decode_object(payload).ok_or(TokenError::Malformed(
             "payload is not base64url-encoded JSON object",
         ))?;
@@ -256,7 +259,9 @@ impl<'de> Deserialize<'de> for StrictObject {
             }
         }
 
-        deserializer.deserialize_map(StrictVisitor).map(StrictObject)
+        deserializer
+            .deserialize_map(StrictVisitor)
+            .map(StrictObject)
     }
 }
 
@@ -332,11 +337,7 @@ fn check_audience(
 }
 
 /// Checks `exp` (required) and `nbf` (optional) against `now`; returns `exp`.
-fn check_lifetime(
-    claims: &Map<String, Value>,
-    leeway: u64,
-    now: u64,
-) -> Result<u64, TokenError> {
+fn check_lifetime(claims: &Map<String, Value>, leeway: u64, now: u64) -> Result<u64, TokenError> {
     let exp = numeric_date(claims, "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
     if exp.saturating_add(leeway) <= now {
         return Err(TokenError::Expired { exp, now, leeway });
@@ -584,8 +585,14 @@ mod tests {
         assert_eq!(&*identity.provider, "entra");
         assert_eq!(identity.tenant.as_deref(), Some(TENANT));
         assert_eq!(identity.object_id.as_deref(), Some(USER_OID));
-        assert_eq!(identity.subject, "yR1cQ2p8vWm3kX0fHjN7tLs5aB9dE4gU6oIzC1rT8eY");
-        assert_eq!(identity.app_id.as_deref(), Some("b9c2a7e5-1f34-4d8b-a0c6-7e2d9f4b3a18"));
+        assert_eq!(
+            identity.subject,
+            "yR1cQ2p8vWm3kX0fHjN7tLs5aB9dE4gU6oIzC1rT8eY"
+        );
+        assert_eq!(
+            identity.app_id.as_deref(),
+            Some("b9c2a7e5-1f34-4d8b-a0c6-7e2d9f4b3a18")
+        );
         assert_eq!(identity.scopes, ["Nats.Connect", "Nats.Read"]);
         assert_eq!(identity.roles, ["Nats.Publisher", "Nats.Subscriber"]);
         assert_eq!(identity.groups, ["c3d9e1a7-2b4f-4c8e-9a61-0f5d7b2e8c43"]);
@@ -629,7 +636,10 @@ mod tests {
     #[test]
     fn refuses_user_tokens_without_scp() {
         assert_eq!(user(json!({"scp": null})), DenyReason::NotAnAccessToken);
-        assert_eq!(user(json!({"scp": null, "roles": null})), DenyReason::NotAnAccessToken);
+        assert_eq!(
+            user(json!({"scp": null, "roles": null})),
+            DenyReason::NotAnAccessToken
+        );
         assert_eq!(
             user(json!({"scp": null, "idtyp": null, "roles": null})),
             DenyReason::NotAnAccessToken
@@ -648,8 +658,17 @@ mod tests {
         let overage = json!({"groups": null, "_claim_names": {"groups": "src1"},
             "_claim_sources": {"src1": {"endpoint": "https://graph.windows.net/x"}}});
         assert_eq!(user(overage), DenyReason::GroupsOverage);
-        assert_eq!(user(json!({"groups": null, "hasgroups": true})), DenyReason::GroupsOverage);
-        assert!(verify(&sign("k1", &with(user_claims(), json!({"hasgroups": false})))).is_ok());
+        assert_eq!(
+            user(json!({"groups": null, "hasgroups": true})),
+            DenyReason::GroupsOverage
+        );
+        assert!(
+            verify(&sign(
+                "k1",
+                &with(user_claims(), json!({"hasgroups": false}))
+            ))
+            .is_ok()
+        );
     }
 
     #[test]
@@ -670,7 +689,11 @@ mod tests {
             json!({"tid": null}),
             json!({"_claim_names": "groups"}),
         ] {
-            assert_eq!(user(overrides.clone()), DenyReason::TokenMalformed, "{overrides}");
+            assert_eq!(
+                user(overrides.clone()),
+                DenyReason::TokenMalformed,
+                "{overrides}"
+            );
         }
     }
 
@@ -685,7 +708,10 @@ mod tests {
 
     #[test]
     fn checks_audience() {
-        assert_eq!(user(json!({"aud": "api://other"})), DenyReason::AudienceMismatch);
+        assert_eq!(
+            user(json!({"aud": "api://other"})),
+            DenyReason::AudienceMismatch
+        );
         assert_eq!(
             user(json!({"aud": "00000003-0000-0000-c000-000000000000"})),
             DenyReason::AudienceMismatch
@@ -702,11 +728,20 @@ mod tests {
             user(json!({"iss": format!("https://sts.windows.net/{TENANT}/")})),
             DenyReason::IssuerMismatch
         );
-        assert_eq!(user(json!({"tid": OTHER_TENANT})), DenyReason::TenantNotAllowed);
-        assert_eq!(user(json!({"tid": TENANT.to_uppercase()})), DenyReason::TokenMalformed);
+        assert_eq!(
+            user(json!({"tid": OTHER_TENANT})),
+            DenyReason::TenantNotAllowed
+        );
+        assert_eq!(
+            user(json!({"tid": TENANT.to_uppercase()})),
+            DenyReason::TokenMalformed
+        );
         assert_eq!(user(json!({"iss": null})), DenyReason::TokenMalformed);
         // The key k3 is published for another tenant.
-        assert_eq!(reason(&sign("k3", &user_claims())), DenyReason::IssuerMismatch);
+        assert_eq!(
+            reason(&sign("k3", &user_claims())),
+            DenyReason::IssuerMismatch
+        );
     }
 
     #[test]
@@ -734,11 +769,18 @@ mod tests {
             assert_eq!(reason(&token), DenyReason::AlgorithmNotAllowed, "{alg}");
         }
         let header = b64(json!({"kid": "k1"}).to_string().as_bytes());
-        assert_eq!(reason(&format!("{header}.{claims}.c2ln")), DenyReason::AlgorithmNotAllowed);
+        assert_eq!(
+            reason(&format!("{header}.{claims}.c2ln")),
+            DenyReason::AlgorithmNotAllowed
+        );
 
         let no_kid = sign_raw(KEY_1, r#"{"alg":"RS256"}"#, &user_claims().to_string());
         assert_eq!(reason(&no_kid), DenyReason::KeyIdMissing);
-        let unknown = sign_raw(KEY_1, r#"{"alg":"RS256","kid":"k9"}"#, &user_claims().to_string());
+        let unknown = sign_raw(
+            KEY_1,
+            r#"{"alg":"RS256","kid":"k9"}"#,
+            &user_claims().to_string(),
+        );
         assert_eq!(reason(&unknown), DenyReason::KeyUnknown);
     }
 
@@ -754,15 +796,24 @@ mod tests {
 
         let header = r#"{"alg":"RS256","kid":"k1"}"#;
         let duplicate = user_claims().to_string().replacen('{', r#"{"tid":"x","#, 1);
-        assert_eq!(reason(&sign_raw(KEY_1, header, &duplicate)), DenyReason::TokenMalformed);
-        assert_eq!(reason(&sign_raw(KEY_1, header, "[1]")), DenyReason::TokenMalformed);
+        assert_eq!(
+            reason(&sign_raw(KEY_1, header, &duplicate)),
+            DenyReason::TokenMalformed
+        );
+        assert_eq!(
+            reason(&sign_raw(KEY_1, header, "[1]")),
+            DenyReason::TokenMalformed
+        );
         let crit = r#"{"alg":"RS256","kid":"k1","crit":["exp"]}"#;
         let critical = sign_raw(KEY_1, crit, &user_claims().to_string());
         assert_eq!(reason(&critical), DenyReason::TokenMalformed);
 
         let padded = format!("{}=", token.split('.').next().unwrap());
         let rest = token.split_once('.').unwrap().1;
-        assert_eq!(reason(&format!("{padded}.{rest}")), DenyReason::TokenMalformed);
+        assert_eq!(
+            reason(&format!("{padded}.{rest}")),
+            DenyReason::TokenMalformed
+        );
     }
 
     #[test]

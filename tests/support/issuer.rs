@@ -1,1 +1,420 @@
 //! A local stand-in for Microsoft Entra ID: discovery, JWKS and token minting.
+//!
+//! [`TestIssuer::start`] serves, on `127.0.0.1:0`, Entra's per-tenant v2 paths:
+//! `/{tid}/v2.0/.well-known/openid-configuration` (with Entra's real issuer string
+//! `https://login.microsoftonline.com/{tid}/v2.0` and a loopback `jwks_uri`) and
+//! `/{tid}/discovery/v2.0/keys`. It signs realistic v2 access tokens with committed test keys
+//! (`tests/data/keys/`), and lets tests rotate keys, count JWKS fetches and inject failures.
+//!
+//! ```ignore
+//! let issuer = TestIssuer::start().await;
+//! let verifier = Verifier::new(vec![issuer.settings()])?;
+//! let token = issuer.token(json!({"roles": ["Nats.Admin"], "scp": null}));
+//! ```
+//!
+//! Claim overrides are merged into the defaults; a `null` value removes the claim.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use data_encoding::BASE64URL_NOPAD;
+use entra_callout::oidc::ProviderSettings;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+/// The test tenant (Contoso in entra-id.md).
+pub const TENANT: &str = "72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41";
+/// A second tenant, for cross-tenant cases.
+pub const OTHER_TENANT: &str = "0b9e7c2a-4d1f-4e8b-a3c6-9f2d5e8b1a07";
+/// The API's client id: the `aud` of every v2 token for it.
+pub const AUDIENCE: &str = "6e3f1d0c-8b5a-4c2e-9f41-2d7a9b0c5e11";
+/// The SPA that user tokens are issued to (`azp`).
+pub const SPA_CLIENT: &str = "b9c2a7e5-1f34-4d8b-a0c6-7e2d9f4b3a18";
+/// The daemon that app-only tokens are issued to (`azp`).
+pub const DAEMON_CLIENT: &str = "0d4e7b2a-6c1f-4e83-9a5d-3b8c2f1e7d64";
+/// The user's object id.
+pub const USER_OID: &str = "5a1c8e2f-9d47-4b63-8f0a-2e6c4d9b7a35";
+/// The user's pairwise `sub`.
+pub const USER_SUB: &str = "yR1cQ2p8vWm3kX0fHjN7tLs5aB9dE4gU6oIzC1rT8eY";
+/// The daemon's service-principal object id (also its `sub`).
+pub const APP_OID: &str = "8f2b6c1d-4e9a-4a7b-b3c5-1d0e8f7a6b92";
+/// A group the user is in.
+pub const GROUP: &str = "c3d9e1a7-2b4f-4c8e-9a61-0f5d7b2e8c43";
+
+/// Key ids of the committed test keys. KID_1 and KID_2 are published at start; KID_1 signs by
+/// default; KID_3 is unpublished until [`TestIssuer::publish`].
+pub const KID_1: &str = "JYhAcTPMZ_LX6DBlOWQ7Hn0NeXE";
+/// See [`KID_1`].
+pub const KID_2: &str = "PoVKeirIOvmTyLQ9G9BenBwos7k";
+/// See [`KID_1`].
+pub const KID_3: &str = "3PaK4EfyBNQu3CtjYsa3YmhQ5E0";
+
+const PEMS: [(&str, &str); 3] = [
+    (KID_1, include_str!("../data/keys/test-key-1.pem")),
+    (KID_2, include_str!("../data/keys/test-key-2.pem")),
+    (KID_3, include_str!("../data/keys/test-key-3.pem")),
+];
+
+/// An Entra-like issuer for one tenant, serving until dropped.
+pub struct TestIssuer {
+    addr: SocketAddr,
+    state: Arc<IssuerState>,
+    server: JoinHandle<()>,
+}
+
+struct IssuerState {
+    tenant: String,
+    base: String,
+    keys: Vec<TestKey>,
+    published: Mutex<Vec<&'static str>>,
+    jwks_hits: AtomicUsize,
+    discovery_hits: AtomicUsize,
+    fail_jwks: AtomicBool,
+    discovery_issuer: Mutex<Option<String>>,
+}
+
+struct TestKey {
+    kid: &'static str,
+    encoding: EncodingKey,
+    /// Public JWK members (`kty`, `n`, `e`) as Entra publishes them.
+    public: Value,
+}
+
+impl TestIssuer {
+    /// Starts an issuer for [`TENANT`].
+    pub async fn start() -> Self {
+        Self::start_for(TENANT).await
+    }
+
+    /// Starts an issuer for `tenant`.
+    pub async fn start_for(tenant: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let keys = PEMS
+            .iter()
+            .map(|(kid, pem)| {
+                let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+                let jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256).unwrap();
+                let full = serde_json::to_value(jwk).unwrap();
+                let public = json!({"kty": "RSA", "n": full["n"], "e": full["e"]});
+                TestKey {
+                    kid,
+                    encoding,
+                    public,
+                }
+            })
+            .collect();
+        let state = Arc::new(IssuerState {
+            tenant: tenant.to_owned(),
+            base: format!("http://{addr}"),
+            keys,
+            published: Mutex::new(vec![KID_1, KID_2]),
+            jwks_hits: AtomicUsize::new(0),
+            discovery_hits: AtomicUsize::new(0),
+            fail_jwks: AtomicBool::new(false),
+            discovery_issuer: Mutex::new(None),
+        });
+        let app = Router::new()
+            .route(
+                "/{tid}/v2.0/.well-known/openid-configuration",
+                get(discovery),
+            )
+            .route("/{tid}/discovery/v2.0/keys", get(jwks))
+            .with_state(state.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self {
+            addr,
+            state,
+            server,
+        }
+    }
+
+    /// Base URL to fetch metadata from: `http://127.0.0.1:{port}`.
+    pub fn authority(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The tenant GUID.
+    pub fn tenant(&self) -> &str {
+        &self.state.tenant
+    }
+
+    /// The `iss` of this issuer's tokens (Entra's real string, not the loopback address).
+    pub fn issuer(&self) -> String {
+        format!(
+            "https://login.microsoftonline.com/{}/v2.0",
+            self.state.tenant
+        )
+    }
+
+    /// Provider settings for this issuer: name `entra`, audience [`AUDIENCE`], loopback
+    /// authority, and otherwise the defaults.
+    pub fn settings(&self) -> ProviderSettings {
+        self.settings_named("entra")
+    }
+
+    /// Like [`TestIssuer::settings`] with another provider name.
+    pub fn settings_named(&self, name: &str) -> ProviderSettings {
+        ProviderSettings::new(name, self.tenant(), vec![AUDIENCE.to_owned()])
+            .unwrap()
+            .with_authority(&self.authority())
+            .unwrap()
+    }
+
+    /// Claims of a v2 user token (entra-id.md §1.3 a), valid from now for an hour.
+    pub fn user_claims(&self) -> Value {
+        let now = now();
+        json!({
+            "aud": AUDIENCE,
+            "iss": self.issuer(),
+            "iat": now, "nbf": now, "exp": now + 3600,
+            "aio": "AWQAm/8ZAAAAq3v0bX2c9sT1kJ4nR8fWm5yL0eP7aGdH6uZ2oXc1iVbN3sQ==",
+            "azp": SPA_CLIENT,
+            "azpacr": "0",
+            "groups": [GROUP, "4f8a2c6e-9d1b-4e7a-b3c5-8e2f6a0d9b17"],
+            "idtyp": "user",
+            "name": "Alex Wilber",
+            "oid": USER_OID,
+            "preferred_username": "alexw@contoso.com",
+            "rh": "1.AR8A1OHxclsMCk6dYluODzqcQQwdP26KiyxMn0EteaC8XhEfAGIfAA.",
+            "roles": ["Nats.Publisher", "Nats.Subscriber"],
+            "scp": "Nats.Connect",
+            "sub": USER_SUB,
+            "tid": self.tenant(),
+            "uti": "kX3b9VnQ0Ee2c7T1mZpAAA",
+            "ver": "2.0",
+            "wids": ["b79fbf4d-3ef9-4689-8143-76b194e85509"],
+        })
+    }
+
+    /// Claims of a v2 app-only token (entra-id.md §1.3 b), valid from now for an hour.
+    pub fn app_claims(&self) -> Value {
+        let now = now();
+        json!({
+            "aud": AUDIENCE,
+            "iss": self.issuer(),
+            "iat": now, "nbf": now, "exp": now + 3600,
+            "aio": "k2BgYKj9f3v1bNmQ8sT0rW5yZ7xC4aE6dG2hJ==",
+            "azp": DAEMON_CLIENT,
+            "azpacr": "2",
+            "idtyp": "app",
+            "oid": APP_OID,
+            "rh": "1.AR8A1OHxclsMCk6dYluODzqcQQwdP26KiyxMn0EteaC8XhEfAAA.",
+            "roles": ["Nats.Service.Orders"],
+            "sub": APP_OID,
+            "tid": self.tenant(),
+            "uti": "Qp7cT2zL0kWn4dA9hXyBAA",
+            "ver": "2.0",
+        })
+    }
+
+    /// A user token signed with [`KID_1`]; `overrides` are merged into [`Self::user_claims`].
+    pub fn token(&self, overrides: Value) -> String {
+        self.sign(KID_1, &merge(self.user_claims(), overrides))
+    }
+
+    /// An app-only token signed with [`KID_1`]; `overrides` are merged into
+    /// [`Self::app_claims`].
+    pub fn app_token(&self, overrides: Value) -> String {
+        self.sign(KID_1, &merge(self.app_claims(), overrides))
+    }
+
+    /// `claims` signed RS256 with the key `kid`, header `{"typ":"JWT","alg":"RS256","kid":kid}`.
+    pub fn sign(&self, kid: &str, claims: &Value) -> String {
+        self.sign_with(kid, json!({}), claims)
+    }
+
+    /// For hostile cases: signs RS256 with the key `kid`, but the header is the default one
+    /// merged with `header_overrides` (`{"kid": null}` removes the kid, `{"kid": KID_2}` lies
+    /// about the key, `{"alg": "RS512"}` lies about the algorithm).
+    pub fn sign_with(&self, kid: &str, header_overrides: Value, claims: &Value) -> String {
+        let header = merge(
+            json!({"typ": "JWT", "alg": "RS256", "kid": kid}),
+            header_overrides,
+        );
+        let message = format!("{}.{}", encode_part(&header), encode_part(claims));
+        let signature = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &self.key(kid).encoding,
+            Algorithm::RS256,
+        )
+        .unwrap();
+        format!("{message}.{signature}")
+    }
+
+    /// The classic algorithm-confusion forgery: HS256 keyed with the published public JWK of
+    /// `kid` (what an attacker can download).
+    pub fn hs256_with_public_key(&self, kid: &str, claims: &Value) -> String {
+        let secret = self.public_jwk(kid).to_string();
+        let header = json!({"typ": "JWT", "alg": "HS256", "kid": kid});
+        let message = format!("{}.{}", encode_part(&header), encode_part(claims));
+        let key = EncodingKey::from_secret(secret.as_bytes());
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{message}.{signature}")
+    }
+
+    /// The JWK this issuer publishes (or would publish) for `kid`.
+    pub fn public_jwk(&self, kid: &str) -> Value {
+        self.key(kid).jwk()
+    }
+
+    /// Adds `kid` to the published key set.
+    pub fn publish(&self, kid: &str) {
+        let kid = self.key(kid).kid;
+        let mut published = self.state.published.lock().unwrap();
+        if !published.contains(&kid) {
+            published.push(kid);
+        }
+    }
+
+    /// Removes `kid` from the published key set.
+    pub fn retire(&self, kid: &str) {
+        self.state.published.lock().unwrap().retain(|k| *k != kid);
+    }
+
+    /// How many times the JWKS was requested (failed requests included).
+    pub fn jwks_hits(&self) -> usize {
+        self.state.jwks_hits.load(Ordering::SeqCst)
+    }
+
+    /// How many times the discovery document was requested.
+    pub fn discovery_hits(&self) -> usize {
+        self.state.discovery_hits.load(Ordering::SeqCst)
+    }
+
+    /// While `true`, the JWKS endpoint answers 500.
+    pub fn fail_jwks(&self, fail: bool) {
+        self.state.fail_jwks.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes discovery announce `issuer` instead of the real one (`None` restores it).
+    pub fn set_discovery_issuer(&self, issuer: Option<String>) {
+        *self.state.discovery_issuer.lock().unwrap() = issuer;
+    }
+
+    fn key(&self, kid: &str) -> &TestKey {
+        self.state
+            .keys
+            .iter()
+            .find(|key| key.kid == kid)
+            .unwrap_or_else(|| panic!("no test key with kid {kid}"))
+    }
+}
+
+impl TestKey {
+    /// The key as Entra's per-tenant JWKS lists it: no `alg`, an `issuer` template.
+    fn jwk(&self) -> Value {
+        let mut jwk = self.public.clone();
+        jwk["kid"] = json!(self.kid);
+        jwk["use"] = json!("sig");
+        jwk["issuer"] = json!("https://login.microsoftonline.com/{tenantid}/v2.0");
+        jwk
+    }
+}
+
+impl Drop for TestIssuer {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Current unix time in seconds, the `now` to verify the issuer's tokens with.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `base` with the members of `overrides` set; a `null` override removes the member.
+pub fn merge(mut base: Value, overrides: Value) -> Value {
+    let object = base.as_object_mut().expect("base is a JSON object");
+    for (name, value) in overrides.as_object().expect("overrides is a JSON object") {
+        if value.is_null() {
+            object.remove(name);
+        } else {
+            object.insert(name.clone(), value.clone());
+        }
+    }
+    base
+}
+
+/// An `alg: none` token: header and claims, empty signature.
+pub fn unsigned_token(claims: &Value) -> String {
+    let header = json!({"typ": "JWT", "alg": "none"});
+    format!("{}.{}.", encode_part(&header), encode_part(claims))
+}
+
+fn encode_part(value: &Value) -> String {
+    BASE64URL_NOPAD.encode(value.to_string().as_bytes())
+}
+
+async fn discovery(State(state): State<Arc<IssuerState>>, Path(tid): Path<String>) -> Response {
+    state.discovery_hits.fetch_add(1, Ordering::SeqCst);
+    if tid != state.tenant {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let issuer = state
+        .discovery_issuer
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_else(|| format!("https://login.microsoftonline.com/{tid}/v2.0"));
+    json_response(&json!({
+        "token_endpoint": format!("https://login.microsoftonline.com/{tid}/oauth2/v2.0/token"),
+        "token_endpoint_auth_methods_supported":
+            ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "jwks_uri": format!("{}/{tid}/discovery/v2.0/keys", state.base),
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "issuer": issuer,
+        "request_uri_parameter_supported": false,
+        "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
+        "authorization_endpoint":
+            format!("https://login.microsoftonline.com/{tid}/oauth2/v2.0/authorize"),
+        "http_logout_supported": true,
+        "frontchannel_logout_supported": true,
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce", "tid", "ver", "oid"],
+        "tenant_region_scope": "EU",
+        "cloud_instance_name": "microsoftonline.com",
+    }))
+}
+
+async fn jwks(State(state): State<Arc<IssuerState>>, Path(tid): Path<String>) -> Response {
+    state.jwks_hits.fetch_add(1, Ordering::SeqCst);
+    if state.fail_jwks.load(Ordering::SeqCst) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    if tid != state.tenant {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let published = state.published.lock().unwrap().clone();
+    let keys: Vec<Value> = state
+        .keys
+        .iter()
+        .filter(|key| published.contains(&key.kid))
+        .map(TestKey::jwk)
+        .collect();
+    json_response(&json!({ "keys": keys }))
+}
+
+/// axum is built without its `json` feature; this is all the JSON it needs.
+fn json_response(body: &Value) -> Response {
+    ([(CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
