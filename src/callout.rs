@@ -130,7 +130,11 @@ impl Authorizer {
         audit(&request, &decision);
         match nats_jwt::encode_response(&request, outcome, &self.issuer, self.xkey.as_ref(), now) {
             Ok(body) => {
-                let counter = if allowed { &self.counts.allowed } else { &self.counts.denied };
+                let counter = if allowed {
+                    &self.counts.allowed
+                } else {
+                    &self.counts.denied
+                };
                 counter.fetch_add(1, Ordering::Relaxed);
                 Handled::Respond { body, allowed }
             }
@@ -150,12 +154,16 @@ impl Authorizer {
             .ok_or_else(|| Denial::new(DenyReason::TokenMissing, "no auth_token or password"))?;
         let token_hash = token_hash(token);
 
-        let identity = self.verifier.verify(token, now).await.map_err(|err| Denial {
-            reason: err.reason(),
-            detail: err.to_string(),
-            token_hash: Some(token_hash.clone()),
-            identity: None,
-        })?;
+        let identity = self
+            .verifier
+            .verify(token, now)
+            .await
+            .map_err(|err| Denial {
+                reason: err.reason(),
+                detail: err.to_string(),
+                token_hash: Some(token_hash.clone()),
+                identity: None,
+            })?;
         let policies = self.policies.load();
         let grant = policies.evaluate(&identity, now).map_err(|err| Denial {
             reason: err.reason(),
@@ -163,14 +171,25 @@ impl Authorizer {
             token_hash: Some(token_hash.clone()),
             identity: Some(identity.clone()),
         })?;
-        let jwt = mint_user(&self.issuer, &request.claims.nats.user_nkey, &identity, &grant, now)
-            .map_err(|err| Denial {
-                reason: DenyReason::Internal,
-                detail: format!("could not mint the user JWT: {err}"),
-                token_hash: Some(token_hash.clone()),
-                identity: Some(identity.clone()),
-            })?;
-        Ok(Minted { jwt, identity, grant, token_hash })
+        let jwt = mint_user(
+            &self.issuer,
+            &request.claims.nats.user_nkey,
+            &identity,
+            &grant,
+            now,
+        )
+        .map_err(|err| Denial {
+            reason: DenyReason::Internal,
+            detail: format!("could not mint the user JWT: {err}"),
+            token_hash: Some(token_hash.clone()),
+            identity: Some(identity.clone()),
+        })?;
+        Ok(Minted {
+            jwt,
+            identity,
+            grant,
+            token_hash,
+        })
     }
 }
 
@@ -192,7 +211,12 @@ struct Denial {
 
 impl Denial {
     fn new(reason: DenyReason, detail: &str) -> Self {
-        Self { reason, detail: detail.to_owned(), token_hash: None, identity: None }
+        Self {
+            reason,
+            detail: detail.to_owned(),
+            token_hash: None,
+            identity: None,
+        }
     }
 }
 
@@ -212,9 +236,15 @@ pub fn mint_user(
     }
     let direction = |allow: &[String], deny: &[String]| {
         if allow.is_empty() {
-            Permission { allow: Vec::new(), deny: vec![">".to_owned()] }
+            Permission {
+                allow: Vec::new(),
+                deny: vec![">".to_owned()],
+            }
         } else {
-            Permission { allow: allow.to_vec(), deny: deny.to_vec() }
+            Permission {
+                allow: allow.to_vec(),
+                deny: deny.to_vec(),
+            }
         }
     };
     let name = user_name(identity);
@@ -246,7 +276,10 @@ fn user_name(identity: &Identity) -> String {
         .as_deref()
         .or(identity.object_id.as_deref())
         .unwrap_or(&identity.subject);
-    name.chars().filter(|c| !c.is_control()).take(MAX_NAME_LEN).collect()
+    name.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_NAME_LEN)
+        .collect()
 }
 
 /// A short, non-reversible fingerprint of a token for correlating log lines.

@@ -130,7 +130,9 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
         config.policies,
         config.callout.request_leeway.as_secs(),
     ));
-    let client = service::connect(&config.nats).await.context("cannot connect to NATS")?;
+    let client = service::connect(&config.nats)
+        .await
+        .context("cannot connect to NATS")?;
     info!(
         issuer = %config.callout.issuer.public_key(),
         xkey = config.callout.xkey.as_ref().map(nkeys::XKey::public_key).unwrap_or_default(),
@@ -142,7 +144,14 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
         drain_timeout: config.callout.drain_timeout,
     };
     let requests = service::subscribe(&client, &settings.queue_group).await?;
-    service::run(client, requests, authorizer, settings, service::shutdown_signal()).await;
+    service::run(
+        client,
+        requests,
+        authorizer,
+        settings,
+        service::shutdown_signal(),
+    )
+    .await;
     let _ = stop_tx.send(true);
     let _ = refresh.await;
     info!("stopped");

@@ -325,11 +325,20 @@ impl Config {
             }
         };
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut v = Validator { file, base, env, problems: Vec::new(), policy_errors: None };
+        let mut v = Validator {
+            file,
+            base,
+            env,
+            problems: Vec::new(),
+            policy_errors: None,
+        };
         let built = v.build(raw, path);
         match built {
             Some(config) if v.problems.is_empty() => Ok(config),
-            _ => Err(ConfigError::Invalid { problems: v.problems, policies: v.policy_errors }),
+            _ => Err(ConfigError::Invalid {
+                problems: v.problems,
+                policies: v.policy_errors,
+            }),
         }
     }
 }
@@ -337,12 +346,20 @@ impl Config {
 /// Turns a serde-saphyr error into a located problem without its source snippet.
 pub(crate) fn yaml_problem(file: &str, err: &serde_saphyr::Error) -> Diagnostic {
     let (line, column) = err.location().map_or((0, 0), |l| (l.line(), l.column()));
-    Diagnostic { file: file.to_owned(), line, column, message: yaml_message(err) }
+    Diagnostic {
+        file: file.to_owned(),
+        line,
+        column,
+        message: yaml_message(err),
+    }
 }
 
 /// The message of a serde-saphyr error without its location prefix and source snippet.
 pub(crate) fn yaml_message(err: &serde_saphyr::Error) -> String {
-    DefaultMessageFormatter.format_message(err.without_snippet()).escape_debug().to_string()
+    DefaultMessageFormatter
+        .format_message(err.without_snippet())
+        .escape_debug()
+        .to_string()
 }
 
 struct Validator<'a> {
@@ -384,7 +401,10 @@ impl Validator<'_> {
             nats.callout_account.clone(),
             "$SYS".to_owned(),
         ];
-        let opts = CompileOptions { forbidden_accounts: forbidden, default_max_ttl: callout.max_ttl };
+        let opts = CompileOptions {
+            forbidden_accounts: forbidden,
+            default_max_ttl: callout.max_ttl,
+        };
         let policies = match PolicySet::load(&policies_path, &opts) {
             Ok(policies) => Some(policies),
             Err(errors) => {
@@ -404,9 +424,16 @@ impl Validator<'_> {
     }
 
     fn nats(&mut self, raw: RawNats) -> Option<NatsSettings> {
-        let urls_text = raw.url.as_ref().map_or(DEFAULT_NATS_URL, |u| u.value.as_str());
+        let urls_text = raw
+            .url
+            .as_ref()
+            .map_or(DEFAULT_NATS_URL, |u| u.value.as_str());
         let mut urls = Vec::new();
-        for part in urls_text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        for part in urls_text
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             match async_nats::ServerAddr::from_str(part) {
                 Ok(addr) => urls.push(addr),
                 Err(err) => {
@@ -415,18 +442,17 @@ impl Validator<'_> {
                 }
             }
         }
-        if urls.is_empty() {
-            if let Some(at) = &raw.url {
-                self.problem(at, "no NATS url given");
-            }
+        if let (true, Some(at)) = (urls.is_empty(), &raw.url) {
+            self.problem(at, "no NATS url given");
         }
         let password_given = raw.password_file.is_some() || raw.password_env.is_some();
         let password = self.secret("password", raw.password_file, raw.password_env);
         let seed = self.secret("nkey seed", raw.nkey_seed_file, raw.nkey_seed_env);
         let auth = match (raw.user, password, seed) {
-            (Some(user), Some((password, _)), None) => {
-                NatsAuth::UserPassword { user: user.value, password }
-            }
+            (Some(user), Some((password, _)), None) => NatsAuth::UserPassword {
+                user: user.value,
+                password,
+            },
             (None, None, Some((seed, at))) => {
                 if nkeys::KeyPair::from_seed(seed.expose()).is_err() {
                     self.problem_at(at, "nats nkey seed is not a valid nkey seed");
@@ -446,7 +472,10 @@ impl Validator<'_> {
                 NatsAuth::None
             }
             (_, _, Some((_, at))) => {
-                self.problem_at(at, "nats: give either user and password or an nkey seed, not both");
+                self.problem_at(
+                    at,
+                    "nats: give either user and password or an nkey seed, not both",
+                );
                 NatsAuth::None
             }
         };
@@ -467,7 +496,8 @@ impl Validator<'_> {
         let (issuer_file, issuer_env) = (raw.issuer_seed_file.clone(), raw.issuer_seed_env.clone());
         let (xkey_file, xkey_env) = (raw.xkey_seed_file.clone(), raw.xkey_seed_env.clone());
         let (max_ttl, request_leeway) = (raw.max_ttl.clone(), raw.request_leeway.clone());
-        let (drain_timeout, max_concurrency) = (raw.drain_timeout.clone(), raw.max_concurrency.clone());
+        let (drain_timeout, max_concurrency) =
+            (raw.drain_timeout.clone(), raw.max_concurrency.clone());
         let issuer_seed = self.secret("issuer seed", issuer_file, issuer_env);
         let xkey_seed = self.secret("xkey seed", xkey_file, xkey_env);
         let issuer = match issuer_seed {
@@ -531,7 +561,10 @@ impl Validator<'_> {
         let mut seen: Vec<String> = Vec::new();
         for p in raw.value {
             if seen.contains(&p.name.value) {
-                self.problem(&p.name, format!("provider {:?} is defined twice", p.name.value));
+                self.problem(
+                    &p.name,
+                    format!("provider {:?} is defined twice", p.name.value),
+                );
             }
             seen.push(p.name.value.clone());
             if let Some(settings) = self.provider(p) {
@@ -544,7 +577,10 @@ impl Validator<'_> {
     fn provider(&mut self, p: RawProvider) -> Option<ProviderSettings> {
         if p.kind.value != "entra" {
             let kind = &p.kind.value;
-            self.problem(&p.kind, format!("unknown provider kind {kind:?}; expected entra"));
+            self.problem(
+                &p.kind,
+                format!("unknown provider kind {kind:?}; expected entra"),
+            );
             return None;
         }
         let Some(tenant) = &p.tenant else {
@@ -553,8 +589,10 @@ impl Validator<'_> {
         };
         let leeway = self.duration(p.leeway.clone(), Duration::from_secs(60));
         let refresh = self.duration(p.key_refresh_interval.clone(), Duration::from_secs(3600));
-        let refetch =
-            self.duration(p.unknown_kid_refetch_interval.clone(), Duration::from_secs(300));
+        let refetch = self.duration(
+            p.unknown_kid_refetch_interval.clone(),
+            Duration::from_secs(300),
+        );
         // Each builder step validates one setting; its error is reported at that setting.
         let mut settings =
             match ProviderSettings::new(&p.name.value, &tenant.value, p.audiences.value.clone()) {
@@ -577,7 +615,10 @@ impl Validator<'_> {
             (Some(cloud), None) => {
                 let Some(host) = cloud_login_host(&cloud.value) else {
                     let name = &cloud.value;
-                    self.problem(cloud, format!("unknown cloud {name:?}; expected global, usgov or china"));
+                    self.problem(
+                        cloud,
+                        format!("unknown cloud {name:?}; expected global, usgov or china"),
+                    );
                     return None;
                 };
                 settings = self.step(settings.with_login_host(host), Loc::of(cloud))?;
@@ -588,17 +629,25 @@ impl Validator<'_> {
             (None, None) => {}
         }
         if let Some(authority) = &p.authority {
-            settings = self.step(settings.with_authority(&authority.value), Loc::of(authority))?;
+            settings = self.step(
+                settings.with_authority(&authority.value),
+                Loc::of(authority),
+            )?;
         }
         let leeway_at = p.leeway.as_ref().map_or(Loc::of(&p.name), Loc::of);
         settings = self.step(settings.with_leeway_secs(leeway.as_secs()), leeway_at)?;
-        let refresh_at = p.key_refresh_interval.as_ref().map_or(Loc::of(&p.name), Loc::of);
+        let refresh_at = p
+            .key_refresh_interval
+            .as_ref()
+            .map_or(Loc::of(&p.name), Loc::of);
         settings = self.step(settings.with_key_refresh_interval(refresh), refresh_at)?;
         Some(settings.with_unknown_kid_refetch_interval(refetch))
     }
 
     fn step<T>(&mut self, result: Result<T, SettingsError>, at: Loc) -> Option<T> {
-        result.map_err(|err| self.problem_at(at, err.to_string())).ok()
+        result
+            .map_err(|err| self.problem_at(at, err.to_string()))
+            .ok()
     }
 
     fn log(&mut self, raw: RawLog) -> Option<LogSettings> {
@@ -608,12 +657,18 @@ impl Validator<'_> {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
                 other => {
-                    self.problem(&f, format!("unknown log format {other:?}; expected text or json"));
+                    self.problem(
+                        &f,
+                        format!("unknown log format {other:?}; expected text or json"),
+                    );
                     LogFormat::Text
                 }
             },
         };
-        Some(LogSettings { format, level: raw.level.unwrap_or_else(|| "info".to_owned()) })
+        Some(LogSettings {
+            format,
+            level: raw.level.unwrap_or_else(|| "info".to_owned()),
+        })
     }
 
     fn duration(&mut self, raw: Option<Spanned<String>>, default: Duration) -> Duration {
@@ -636,7 +691,10 @@ impl Validator<'_> {
     ) -> Option<(Secret, Loc)> {
         match (file, env) {
             (Some(f), Some(_)) => {
-                self.problem(&f, format!("{what}: give a file or an environment variable, not both"));
+                self.problem(
+                    &f,
+                    format!("{what}: give a file or an environment variable, not both"),
+                );
                 None
             }
             (Some(f), None) => {
@@ -654,7 +712,10 @@ impl Validator<'_> {
                     Some((Secret(value.trim().to_owned()), Loc::of(&e)))
                 }
                 _ => {
-                    self.problem(&e, format!("{what}: environment variable {} is not set", e.value));
+                    self.problem(
+                        &e,
+                        format!("{what}: environment variable {} is not set", e.value),
+                    );
                     None
                 }
             },
@@ -672,7 +733,10 @@ struct Loc {
 
 impl Loc {
     fn of<T>(s: &Spanned<T>) -> Self {
-        Self { line: s.referenced.line(), column: s.referenced.column() }
+        Self {
+            line: s.referenced.line(),
+            column: s.referenced.column(),
+        }
     }
 }
 
@@ -753,13 +817,27 @@ mod tests {
             \x20 - name: other\n    kind: entra\n    tenant: not-a-guid\n    audiences: [x]\n    cloud: mars\n\
             policies: policy.yaml\n";
         let err = load(dir.path(), text).unwrap_err();
-        let ConfigError::Invalid { problems, .. } = &err else { panic!("{err}") };
+        let ConfigError::Invalid { problems, .. } = &err else {
+            panic!("{err}")
+        };
         let at: Vec<(u64, u64)> = problems.iter().map(|p| (p.line, p.column)).collect();
         let text = err.to_string();
-        assert!(text.contains("config.yaml:3:17: password: environment variable MISSING is not set"), "{text}");
-        assert!(text.contains("config.yaml:6:12: invalid duration \"soon\""), "{text}");
-        assert!(text.contains("config.yaml:9:11: unknown provider kind \"keycloak\""), "{text}");
-        assert!(text.contains("config.yaml:13:13: provider `other`: tenant is not a GUID"), "{text}");
+        assert!(
+            text.contains("config.yaml:3:17: password: environment variable MISSING is not set"),
+            "{text}"
+        );
+        assert!(
+            text.contains("config.yaml:6:12: invalid duration \"soon\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("config.yaml:9:11: unknown provider kind \"keycloak\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("config.yaml:13:13: provider `other`: tenant is not a GUID"),
+            "{text}"
+        );
         assert_eq!(at.len(), 4, "{text}");
     }
 
@@ -768,7 +846,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = load(dir.path(), "callout:\n  isuer_seed_env: X\n").unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with(&format!("{}:2:3: unknown field `isuer_seed_env`", dir.path().join("config.yaml").display())), "{text}");
+        assert!(
+            text.starts_with(&format!(
+                "{}:2:3: unknown field `isuer_seed_env`",
+                dir.path().join("config.yaml").display()
+            )),
+            "{text}"
+        );
 
         std::fs::write(dir.path().join("policy.yaml"), "version: 1\nrules:\n  - name: r\n    when: { roles: [R] }\n    account: APP\n    publish: { allow: [\"a..b\"] }\n").unwrap();
         let err = load(dir.path(), &GOOD.replace("TENANT", TENANT)).unwrap_err();
@@ -786,7 +870,10 @@ mod tests {
             );
             std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
             let err = load(dir.path(), &GOOD.replace("TENANT", TENANT)).unwrap_err();
-            assert!(err.to_string().contains("policy.yaml:6:"), "{account}: {err}");
+            assert!(
+                err.to_string().contains("policy.yaml:6:"),
+                "{account}: {err}"
+            );
         }
     }
 }

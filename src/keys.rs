@@ -50,17 +50,30 @@ pub struct Created {
 /// Creates `dir` (if needed) and writes new keys into it. Fails before writing anything when
 /// any of the files already exists.
 pub fn init(dir: &Path) -> Result<Created, KeysError> {
-    std::fs::create_dir_all(dir).map_err(|source| KeysError::Io { path: dir.into(), source })?;
-    for name in [ISSUER_SEED, ISSUER_PUBLIC, XKEY_SEED, XKEY_PUBLIC, NATS_PASSWORD] {
+    std::fs::create_dir_all(dir).map_err(|source| KeysError::Io {
+        path: dir.into(),
+        source,
+    })?;
+    for name in [
+        ISSUER_SEED,
+        ISSUER_PUBLIC,
+        XKEY_SEED,
+        XKEY_PUBLIC,
+        NATS_PASSWORD,
+    ] {
         let path = dir.join(name);
         if path.exists() {
             return Err(KeysError::Exists(path));
         }
     }
     let issuer = nkeys::KeyPair::new_account();
-    let issuer_seed = issuer.seed().map_err(|e| KeysError::Generate(e.to_string()))?;
+    let issuer_seed = issuer
+        .seed()
+        .map_err(|e| KeysError::Generate(e.to_string()))?;
     let xkey = nkeys::XKey::new();
-    let xkey_seed = xkey.seed().map_err(|e| KeysError::Generate(e.to_string()))?;
+    let xkey_seed = xkey
+        .seed()
+        .map_err(|e| KeysError::Generate(e.to_string()))?;
     let mut raw = [0u8; 24];
     getrandom::getrandom(&mut raw).map_err(|e| KeysError::Generate(e.to_string()))?;
     let password = data_encoding::BASE64URL_NOPAD.encode(&raw);
@@ -70,7 +83,10 @@ pub fn init(dir: &Path) -> Result<Created, KeysError> {
     write_private(&dir.join(NATS_PASSWORD), &password)?;
     write_public(&dir.join(ISSUER_PUBLIC), &issuer.public_key())?;
     write_public(&dir.join(XKEY_PUBLIC), &xkey.public_key())?;
-    Ok(Created { issuer: issuer.public_key(), xkey: xkey.public_key() })
+    Ok(Created {
+        issuer: issuer.public_key(),
+        xkey: xkey.public_key(),
+    })
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), KeysError> {
@@ -81,13 +97,21 @@ fn write_private(path: &Path, contents: &str) -> Result<(), KeysError> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path).map_err(|source| KeysError::Io { path: path.into(), source })?;
-    writeln!(file, "{contents}").map_err(|source| KeysError::Io { path: path.into(), source })
+    let mut file = options.open(path).map_err(|source| KeysError::Io {
+        path: path.into(),
+        source,
+    })?;
+    writeln!(file, "{contents}").map_err(|source| KeysError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 fn write_public(path: &Path, contents: &str) -> Result<(), KeysError> {
-    std::fs::write(path, format!("{contents}\n"))
-        .map_err(|source| KeysError::Io { path: path.into(), source })
+    std::fs::write(path, format!("{contents}\n")).map_err(|source| KeysError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -104,17 +128,26 @@ mod tests {
         let kp = nkeys::KeyPair::from_seed(seed.trim()).unwrap();
         assert_eq!(kp.public_key(), created.issuer);
         let xseed = std::fs::read_to_string(dir.path().join(XKEY_SEED)).unwrap();
-        assert_eq!(nkeys::XKey::from_seed(xseed.trim()).unwrap().public_key(), created.xkey);
+        assert_eq!(
+            nkeys::XKey::from_seed(xseed.trim()).unwrap().public_key(),
+            created.xkey
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             for name in [ISSUER_SEED, XKEY_SEED, NATS_PASSWORD] {
-                let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode();
+                let mode = std::fs::metadata(dir.path().join(name))
+                    .unwrap()
+                    .permissions()
+                    .mode();
                 assert_eq!(mode & 0o777, 0o600, "{name}");
             }
         }
         assert!(matches!(init(dir.path()), Err(KeysError::Exists(_))));
         // The failed second run changed nothing.
-        assert_eq!(std::fs::read_to_string(dir.path().join(ISSUER_SEED)).unwrap(), seed);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(ISSUER_SEED)).unwrap(),
+            seed
+        );
     }
 }

@@ -46,10 +46,12 @@ pub struct LoopSettings {
 /// Connects to NATS with the service's own credentials, reconnecting forever once connected.
 pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, ServiceError> {
     let options = match &settings.auth {
-        NatsAuth::UserPassword { user, password } => async_nats::ConnectOptions::with_user_and_password(
-            user.clone(),
-            password.expose().to_owned(),
-        ),
+        NatsAuth::UserPassword { user, password } => {
+            async_nats::ConnectOptions::with_user_and_password(
+                user.clone(),
+                password.expose().to_owned(),
+            )
+        }
         NatsAuth::Nkey(seed) => async_nats::ConnectOptions::with_nkey(seed.expose().to_owned()),
         NatsAuth::None => async_nats::ConnectOptions::new(),
     };
@@ -73,9 +75,14 @@ pub async fn subscribe(
     client: &async_nats::Client,
     queue_group: &str,
 ) -> Result<async_nats::Subscriber, ServiceError> {
-    let requests = client.queue_subscribe(AUTH_REQUEST_SUBJECT, queue_group.to_owned()).await?;
+    let requests = client
+        .queue_subscribe(AUTH_REQUEST_SUBJECT, queue_group.to_owned())
+        .await?;
     client.flush().await?;
-    info!(subject = AUTH_REQUEST_SUBJECT, queue_group, "answering authorization requests");
+    info!(
+        subject = AUTH_REQUEST_SUBJECT,
+        queue_group, "answering authorization requests"
+    );
     Ok(requests)
 }
 
@@ -109,7 +116,9 @@ pub async fn run(
             },
         };
         // Waiting here is the backpressure: nats-server keeps further requests buffered.
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break;
+        };
         let client = client.clone();
         let authorizer = Arc::clone(&authorizer);
         tokio::spawn(async move {
@@ -118,12 +127,16 @@ pub async fn run(
                 debug!("authorization request without a reply subject ignored");
                 return;
             };
-            let xkey = message.headers.as_ref().and_then(|h| h.get(XKEY_HEADER)).map(|v| v.as_str());
+            let xkey = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(XKEY_HEADER))
+                .map(|v| v.as_str());
             let handled = authorizer.handle(&message.payload, xkey, unix_now()).await;
-            if let Handled::Respond { body, .. } = handled {
-                if let Err(err) = client.publish(reply, body.into()).await {
-                    warn!(error = %err, "could not send the authorization response");
-                }
+            if let Handled::Respond { body, .. } = handled
+                && let Err(err) = client.publish(reply, body.into()).await
+            {
+                warn!(error = %err, "could not send the authorization response");
             }
         });
     }
@@ -131,7 +144,9 @@ pub async fn run(
     let total = u32::try_from(settings.max_concurrency).unwrap_or(u32::MAX);
     match tokio::time::timeout(settings.drain_timeout, permits.acquire_many(total)).await {
         Ok(_) => info!("all in-flight requests answered"),
-        Err(_) => warn!(grace = ?settings.drain_timeout, "in-flight requests did not finish in time"),
+        Err(_) => {
+            warn!(grace = ?settings.drain_timeout, "in-flight requests did not finish in time")
+        }
     }
     if let Err(err) = client.flush().await {
         warn!(error = %err, "could not flush the NATS connection");

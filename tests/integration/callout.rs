@@ -18,7 +18,7 @@ use entra_callout::config::{Config, ProcessEnv};
 use entra_callout::oidc::Verifier;
 use entra_callout::service::{self, LoopSettings};
 
-use crate::support::issuer::{AUDIENCE, TENANT, TestIssuer};
+use crate::support::issuer::{AUDIENCE, KID_1, KID_3, TENANT, TestIssuer, merge};
 use crate::support::nats::{NatsServer, config_mode};
 
 const POLICY: &str = r#"
@@ -80,7 +80,11 @@ impl Stack {
         std::fs::write(dir.join("xkey.nk"), curve.seed().unwrap()).unwrap();
         std::fs::write(dir.join("nats-password"), "pwd").unwrap();
         std::fs::write(dir.join("policies.yaml"), POLICY.replace("TENANT", TENANT)).unwrap();
-        let xkey_line = if xkey { "  xkey_seed_file: xkey.nk\n" } else { "" };
+        let xkey_line = if xkey {
+            "  xkey_seed_file: xkey.nk\n"
+        } else {
+            ""
+        };
         let config = format!(
             "nats:\n  url: {url}\n  user: auth\n  password_file: nats-password\n\
              callout:\n  issuer_seed_file: issuer.nk\n{xkey_line}  max_ttl: 15m\n  drain_timeout: 5s\n\
@@ -92,7 +96,11 @@ impl Stack {
         );
         let config_path = dir.join("entra-callout.yaml");
         std::fs::write(&config_path, config).unwrap();
-        Self { issuer, server, config_path }
+        Self {
+            issuer,
+            server,
+            config_path,
+        }
     }
 
     /// Starts a service replica from the configuration file and waits until it is subscribed.
@@ -107,13 +115,17 @@ impl Stack {
             config.policies,
             config.callout.request_leeway.as_secs(),
         ));
-        let client = service::connect(&config.nats).await.expect("service connects");
+        let client = service::connect(&config.nats)
+            .await
+            .expect("service connects");
         let settings = LoopSettings {
             queue_group: config.nats.queue_group.clone(),
             max_concurrency: config.callout.max_concurrency,
             drain_timeout: config.callout.drain_timeout,
         };
-        let requests = service::subscribe(&client, &settings.queue_group).await.expect("subscribe");
+        let requests = service::subscribe(&client, &settings.queue_group)
+            .await
+            .expect("subscribe");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn({
             let authorizer = Arc::clone(&authorizer);
@@ -124,7 +136,11 @@ impl Stack {
                 .await;
             }
         });
-        Replica { authorizer, stop: Some(stop), task }
+        Replica {
+            authorizer,
+            stop: Some(stop),
+            task,
+        }
     }
 
     fn publisher_token(&self) -> String {
@@ -183,11 +199,19 @@ async fn allowed_publish_is_delivered_and_denials_are_enforced_by_the_server() {
     let replica = stack.replica().await;
     let url = stack.server.url();
 
-    let mut reader = connect(&url, &stack.reader_token()).await.expect("reader admitted");
+    let mut reader = connect(&url, &stack.reader_token())
+        .await
+        .expect("reader admitted");
     let mut sub = reader.nats.subscribe(subject("outputs")).await.unwrap();
     reader.nats.flush().await.unwrap();
-    let mut publisher = connect(&url, &stack.publisher_token()).await.expect("publisher admitted");
-    publisher.nats.publish(subject("outputs"), "model-v1 accuracy=0.93".into()).await.unwrap();
+    let mut publisher = connect(&url, &stack.publisher_token())
+        .await
+        .expect("publisher admitted");
+    publisher
+        .nats
+        .publish(subject("outputs"), "model-v1 accuracy=0.93".into())
+        .await
+        .unwrap();
     publisher.nats.flush().await.unwrap();
     let message = tokio::time::timeout(Duration::from_secs(5), sub.next())
         .await
@@ -196,19 +220,34 @@ async fn allowed_publish_is_delivered_and_denials_are_enforced_by_the_server() {
     assert_eq!(&message.payload[..], b"model-v1 accuracy=0.93");
 
     // The reader may not publish at all: the server refuses and tells the client.
-    reader.nats.publish(subject("outputs"), "forged".into()).await.unwrap();
+    reader
+        .nats
+        .publish(subject("outputs"), "forged".into())
+        .await
+        .unwrap();
     reader.nats.flush().await.unwrap();
     let err = next_error(&mut reader).await;
     assert!(err.contains("permissions violation for publish"), "{err}");
 
     // The publisher may not subscribe outside its tenant's prefix.
-    let _outside = publisher.nats.subscribe("ml.another-tenant.>").await.unwrap();
+    let _outside = publisher
+        .nats
+        .subscribe("ml.another-tenant.>")
+        .await
+        .unwrap();
     publisher.nats.flush().await.unwrap();
     let err = next_error(&mut publisher).await;
-    assert!(err.contains("permissions violation for subscription"), "{err}");
+    assert!(
+        err.contains("permissions violation for subscription"),
+        "{err}"
+    );
 
     // Nothing outside the grant was delivered to the reader.
-    assert!(tokio::time::timeout(Duration::from_millis(300), sub.next()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err()
+    );
 
     let stats = replica.authorizer.stats();
     assert_eq!((stats.allowed, stats.denied, stats.dropped), (2, 0, 0));
@@ -221,10 +260,15 @@ async fn bad_tokens_are_refused_with_their_reason_in_the_server_log() {
     let replica = stack.replica().await;
     let url = stack.server.url();
     let now = entra_callout::telemetry::unix_now();
+    let publisher = merge(
+        stack.issuer.user_claims(),
+        json!({ "roles": ["Nats.Publisher"] }),
+    );
 
     let cases: Vec<(&str, String)> = vec![
         ("token_missing", String::new()),
-        ("signature_invalid", stack.issuer.token_signed_by_unpublished_key(json!({ "roles": ["Nats.Publisher"] }))),
+        // Signed with the unpublished key 3 while claiming to be key 1.
+        ("signature_invalid", stack.issuer.sign_with(KID_3, json!({ "kid": KID_1 }), &publisher)),
         ("token_expired", stack.issuer.token(json!({ "roles": ["Nats.Publisher"], "exp": now - 600, "nbf": now - 4000, "iat": now - 4000 }))),
         ("audience_mismatch", stack.issuer.token(json!({ "roles": ["Nats.Publisher"], "aud": "00000003-0000-0000-c000-000000000000" }))),
         ("issuer_unknown", stack.issuer.token(json!({ "roles": ["Nats.Publisher"], "iss": "https://login.microsoftonline.com/0f0e0d0c-0b0a-0908-0706-050403020100/v2.0" }))),
@@ -237,9 +281,17 @@ async fn bad_tokens_are_refused_with_their_reason_in_the_server_log() {
             connect(&url, token).await.map(|_| ())
         };
         let err = result.expect_err(reason);
-        assert_eq!(err.kind(), ConnectErrorKind::AuthorizationViolation, "{reason}");
+        assert_eq!(
+            err.kind(),
+            ConnectErrorKind::AuthorizationViolation,
+            "{reason}"
+        );
         let line = format!("Auth callout service returned an error: {reason}");
-        assert!(stack.server.wait_for_log(&line).await, "{reason} not in server log:\n{}", stack.server.log());
+        assert!(
+            stack.server.wait_for_log(&line).await,
+            "{reason} not in server log:\n{}",
+            stack.server.log()
+        );
     }
     let stats = replica.authorizer.stats();
     assert_eq!((stats.allowed, stats.denied), (0, cases.len() as u64));
@@ -251,8 +303,14 @@ async fn encrypted_requests_are_answered_with_sealed_responses() {
     let stack = Stack::start(true, "").await;
     let replica = stack.replica().await;
     let url = stack.server.url();
-    let client = connect(&url, &stack.publisher_token()).await.expect("admitted over xkey");
-    client.nats.publish(subject("metrics"), "loss=0.1".into()).await.unwrap();
+    let client = connect(&url, &stack.publisher_token())
+        .await
+        .expect("admitted over xkey");
+    client
+        .nats
+        .publish(subject("metrics"), "loss=0.1".into())
+        .await
+        .unwrap();
     client.nats.flush().await.unwrap();
     assert!(refused(&url, &stack.reader_token().replace('.', "!")).await);
     let stats = replica.authorizer.stats();
@@ -268,15 +326,28 @@ async fn two_replicas_share_the_queue_group_and_one_can_leave() {
     let url = stack.server.url();
     let mut clients = Vec::new();
     for _ in 0..40 {
-        clients.push(connect(&url, &stack.reader_token()).await.expect("admitted"));
+        clients.push(
+            connect(&url, &stack.reader_token())
+                .await
+                .expect("admitted"),
+        );
     }
     let (a, b) = (first.authorizer.stats(), second.authorizer.stats());
-    assert_eq!(a.allowed + b.allowed, 40, "each request answered exactly once");
-    assert!(a.allowed > 0 && b.allowed > 0, "both replicas answered: {a:?} {b:?}");
+    assert_eq!(
+        a.allowed + b.allowed,
+        40,
+        "each request answered exactly once"
+    );
+    assert!(
+        a.allowed > 0 && b.allowed > 0,
+        "both replicas answered: {a:?} {b:?}"
+    );
 
     first.stop().await;
     for _ in 0..5 {
-        connect(&url, &stack.reader_token()).await.expect("the remaining replica answers");
+        connect(&url, &stack.reader_token())
+            .await
+            .expect("the remaining replica answers");
     }
     assert_eq!(second.authorizer.stats().allowed, b.allowed + 5);
     second.stop().await;
@@ -287,10 +358,16 @@ async fn tokens_larger_than_4_kib_work_with_a_raised_max_control_line() {
     // config_mode sets max_control_line: 32KB, as the README tells operators to.
     let stack = Stack::start(false, "").await;
     let replica = stack.replica().await;
-    let groups: Vec<String> = (0..120).map(|i| format!("{i:08}-0000-4000-8000-000000000000")).collect();
-    let token = stack.issuer.token(json!({ "roles": ["Nats.Publisher"], "groups": groups }));
+    let groups: Vec<String> = (0..120)
+        .map(|i| format!("{i:08}-0000-4000-8000-000000000000"))
+        .collect();
+    let token = stack
+        .issuer
+        .token(json!({ "roles": ["Nats.Publisher"], "groups": groups }));
     assert!(token.len() > 4096, "token is {} bytes", token.len());
-    connect(&stack.server.url(), &token).await.expect("large token admitted");
+    connect(&stack.server.url(), &token)
+        .await
+        .expect("large token admitted");
     assert_eq!(replica.authorizer.stats().allowed, 1);
     replica.stop().await;
 }
@@ -317,7 +394,10 @@ async fn the_binary_serves_and_drains_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(admitted, "the service binary admitted a client");
-    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let mut exited = None;
     for _ in 0..100 {
@@ -335,7 +415,10 @@ async fn the_binary_serves_and_drains_on_sigterm() {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
     assert!(stderr.contains("received SIGTERM"), "{stderr}");
-    assert!(stderr.contains("client admitted"), "the audit event is logged: {stderr}");
+    assert!(
+        stderr.contains("client admitted"),
+        "the audit event is logged: {stderr}"
+    );
     let signature = token.rsplit('.').next().unwrap();
     assert!(!stderr.contains(signature), "a token reached the log");
 }

@@ -19,7 +19,11 @@ pub struct NatsServer {
 pub fn server_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
         let bin = PathBuf::from(bin);
-        assert!(bin.is_file(), "NATS_SERVER_BIN={} is not a file", bin.display());
+        assert!(
+            bin.is_file(),
+            "NATS_SERVER_BIN={} is not a file",
+            bin.display()
+        );
         return bin;
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -54,7 +58,11 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn nats-server");
-        let mut server = Self { child, dir, port: 0 };
+        let mut server = Self {
+            child,
+            dir,
+            port: 0,
+        };
         server.port = server.wait_for_port();
         server
     }
@@ -69,15 +77,17 @@ impl NatsServer {
             let log = self.log();
             if let Some(rest) = log.split(marker).nth(1) {
                 let addr = rest.lines().next().unwrap_or_default().trim();
-                if let Some(port) = addr.rsplit(':').next().and_then(|p| p.parse().ok()) {
-                    if log.contains("Server is ready") {
-                        return port;
-                    }
+                let port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+                if let (Some(port), true) = (port, log.contains("Server is ready")) {
+                    return port;
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("nats-server did not become ready within 10 s:\n{}", self.log());
+        panic!(
+            "nats-server did not become ready within 10 s:\n{}",
+            self.log()
+        );
     }
 
     /// The client URL, `nats://127.0.0.1:PORT`.
