@@ -8,5 +8,7 @@ mod support;
 
 #[path = "integration/callout.rs"]
 mod callout;
+#[path = "integration/cli.rs"]
+mod cli;
 #[path = "integration/oidc.rs"]
 mod oidc;
