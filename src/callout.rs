@@ -329,3 +329,107 @@ fn audit(request: &Request, decision: &Result<Minted, Denial>) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::{Map, Value};
+
+    use super::*;
+    use crate::identity::PrincipalKind;
+    use crate::policy::{Permissions, Responses};
+
+    fn identity() -> Identity {
+        Identity {
+            provider: Arc::from("contoso"),
+            issuer: "https://login.microsoftonline.com/t/v2.0".to_owned(),
+            tenant: Some("72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41".to_owned()),
+            object_id: Some("5a1c8e2f-9d47-4b63-8f0a-2e6c4d9b7a35".to_owned()),
+            subject: "sub".to_owned(),
+            app_id: None,
+            kind: PrincipalKind::User,
+            roles: vec![],
+            groups: vec![],
+            scopes: vec![],
+            guest: false,
+            display_name: Some("alex\nw@contoso.com".to_owned()),
+            expires_at: 2_000,
+            token_id: None,
+            claims: Map::new(),
+        }
+    }
+
+    fn grant(publish: &[&str], subscribe: &[&str]) -> Grant {
+        let list = |s: &[&str]| s.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        Grant {
+            account: "APP".to_owned(),
+            publish: Permissions {
+                allow: list(publish),
+                deny: list(&["a.secret"]),
+            },
+            subscribe: Permissions {
+                allow: list(subscribe),
+                deny: vec![],
+            },
+            responses: Some(Responses {
+                max: 1,
+                ttl: Duration::from_secs(5),
+            }),
+            expires_at: 1_500,
+            matched: vec![Arc::from("r")],
+        }
+    }
+
+    fn payload(jwt: &str) -> Value {
+        let part = jwt.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &data_encoding::BASE64URL_NOPAD
+                .decode(part.as_bytes())
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_direction_without_allows_is_denied_explicitly() {
+        let issuer = nkeys::KeyPair::new_account();
+        let user = nkeys::KeyPair::new_user().public_key();
+        let jwt = mint_user(&issuer, &user, &identity(), &grant(&[], &["a.>"]), 1_000).unwrap();
+        let claims = payload(&jwt);
+        assert_eq!(claims["sub"], user.as_str());
+        assert_eq!(claims["aud"], "APP");
+        assert_eq!(claims["iss"], issuer.public_key().as_str());
+        assert_eq!(claims["exp"], 1_500);
+        assert_eq!(
+            claims["name"], "alexw@contoso.com",
+            "control characters are dropped"
+        );
+        let nats = &claims["nats"];
+        assert_eq!(nats["pub"], serde_json::json!({ "deny": [">"] }));
+        assert_eq!(nats["sub"], serde_json::json!({ "allow": ["a.>"] }));
+        assert_eq!(
+            nats["resp"],
+            serde_json::json!({ "max": 1, "ttl": 5_000_000_000_i64 })
+        );
+        assert_eq!(nats["version"], 2);
+        // The signature verifies with the issuer key.
+        let decoded = nats_jwt::decode::<User>(&jwt).unwrap();
+        assert_eq!(decoded.base.sub, user);
+    }
+
+    #[test]
+    fn a_grant_without_any_allow_is_never_minted() {
+        let issuer = nkeys::KeyPair::new_account();
+        let user = nkeys::KeyPair::new_user().public_key();
+        let err = mint_user(&issuer, &user, &identity(), &grant(&[], &[]), 1_000).unwrap_err();
+        assert!(matches!(err, MintError::NoPermissions));
+    }
+
+    #[test]
+    fn the_token_hash_is_short_and_stable() {
+        assert_eq!(token_hash("abc"), token_hash("abc"));
+        assert_ne!(token_hash("abc"), token_hash("abd"));
+        assert_eq!(token_hash("abc").len(), 16);
+    }
+}

@@ -1,5 +1,18 @@
 //! entra-callout: a NATS authorization callout that admits clients with Microsoft Entra ID /
 //! OIDC access tokens and scopes them with YAML policies.
+//!
+//! # Layout
+//! * `nats_jwt`: the callout wire format — authorization request/response and user claims,
+//!   ed25519-nkey JWT encode/decode, xkey sealing. Pure.
+//! * `oidc`: access-token verification. `verify_with_keys` is pure; `Verifier` adds discovery,
+//!   JWKS fetching and caching.
+//! * `identity`: what a verified token says about its holder.
+//! * `policy`: YAML policies, model → compile → pure evaluation into a `Grant`.
+//! * `callout`: one request in, one signed answer out (`Authorizer::handle`).
+//! * `service`: the NATS loop — queue subscription, bounded concurrency, drain.
+//! * `config`, `cli`, `keys`, `telemetry`: the edges — configuration files, commands, key
+//!   material, logging and the wall clock.
+//! * `deny`, `diagnostic`, `duration`: small shared vocabularies.
 
 #![deny(
     clippy::unwrap_used,

@@ -422,3 +422,34 @@ async fn the_binary_serves_and_drains_on_sigterm() {
     let signature = token.rsplit('.').next().unwrap();
     assert!(!stderr.contains(signature), "a token reached the log");
 }
+
+#[tokio::test]
+async fn the_token_may_arrive_as_a_password_with_any_user_name() {
+    let stack = Stack::start(false, "").await;
+    let replica = stack.replica().await;
+    let client = async_nats::ConnectOptions::with_user_and_password(
+        "any-user".to_owned(),
+        stack.publisher_token(),
+    )
+    .connect(stack.server.url())
+    .await
+    .expect("a token in the password field is accepted");
+    client.publish(subject("x"), "ok".into()).await.unwrap();
+    client.flush().await.unwrap();
+    let wrong = async_nats::ConnectOptions::with_user_and_password(
+        "any-user".to_owned(),
+        "not-a-token".to_owned(),
+    )
+    .connect(stack.server.url())
+    .await
+    .expect_err("a password that is not a token is refused");
+    assert_eq!(wrong.kind(), ConnectErrorKind::AuthorizationViolation);
+    assert!(
+        stack
+            .server
+            .wait_for_log("Auth callout service returned an error: token_malformed")
+            .await
+    );
+    assert_eq!(replica.authorizer.stats().allowed, 1);
+    replica.stop().await;
+}
