@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
+use crate::decision::{DEFAULT_DECISION_CACHE_SIZE, Decision, DecisionCache, token_key};
 use crate::deny::DenyReason;
 use crate::identity::Identity;
 use crate::nats_jwt::{self, Claims, JwtError, Permission, Request, ResponsePermission, User};
@@ -26,9 +27,17 @@ pub struct Authorizer {
     issuer: nkeys::KeyPair,
     xkey: Option<nkeys::XKey>,
     verifier: Arc<Verifier>,
-    policies: ArcSwap<PolicySet>,
+    generation: ArcSwap<Generation>,
+    decision_cache_size: u64,
     request_leeway_secs: u64,
     counts: Counts,
+}
+
+/// One policy set and the decisions made with it. Swapped as a whole, so a decision made with
+/// old policies can never land in the cache of new ones.
+struct Generation {
+    policies: Arc<PolicySet>,
+    decisions: DecisionCache,
 }
 
 /// How many requests this authorizer answered, by outcome.
@@ -78,10 +87,31 @@ impl Authorizer {
             issuer,
             xkey,
             verifier,
-            policies: ArcSwap::from_pointee(policies),
+            generation: ArcSwap::from_pointee(Generation {
+                policies: Arc::new(policies),
+                decisions: DecisionCache::new(DEFAULT_DECISION_CACHE_SIZE),
+            }),
+            decision_cache_size: DEFAULT_DECISION_CACHE_SIZE,
             request_leeway_secs,
             counts: Counts::default(),
         }
+    }
+
+    /// Sets the decision cache's capacity (0 disables it), emptying it.
+    #[must_use]
+    pub fn with_decision_cache(mut self, capacity: u64) -> Self {
+        let policies = Arc::clone(&self.generation.load().policies);
+        self.decision_cache_size = capacity;
+        self.generation.store(Arc::new(Generation {
+            policies,
+            decisions: DecisionCache::new(capacity),
+        }));
+        self
+    }
+
+    /// Number of cached decisions (approximate).
+    pub fn cached_decisions(&self) -> u64 {
+        self.generation.load().decisions.entry_count()
     }
 
     /// Counters since start.
@@ -98,9 +128,13 @@ impl Authorizer {
         &self.verifier
     }
 
-    /// Replaces the policies; requests already being evaluated finish with the old set.
+    /// Replaces the policies and starts an empty decision cache; requests already being
+    /// evaluated finish with the old set (and cache into the old, discarded cache).
     pub fn replace_policies(&self, policies: PolicySet) {
-        self.policies.store(Arc::new(policies));
+        self.generation.store(Arc::new(Generation {
+            policies: Arc::new(policies),
+            decisions: DecisionCache::new(self.decision_cache_size),
+        }));
     }
 
     /// Handles one request message. `xkey_header` is the `Nats-Server-Xkey` header, if any.
@@ -152,42 +186,59 @@ impl Authorizer {
             .into_iter()
             .find(|t| !t.is_empty())
             .ok_or_else(|| Denial::new(DenyReason::TokenMissing, "no auth_token or password"))?;
-        let token_hash = token_hash(token);
+        let key = token_key(token);
+        let token_hash = short_hash(&key);
+        let generation = self.generation.load_full();
 
-        let identity = self
-            .verifier
-            .verify(token, now)
-            .await
-            .map_err(|err| Denial {
-                reason: err.reason(),
-                detail: err.to_string(),
-                token_hash: Some(token_hash.clone()),
-                identity: None,
-            })?;
-        let policies = self.policies.load();
-        let grant = policies.evaluate(&identity, now).map_err(|err| Denial {
-            reason: err.reason(),
-            detail: err.detail().to_owned(),
-            token_hash: Some(token_hash.clone()),
-            identity: Some(identity.clone()),
-        })?;
+        let (decision, cached) = match generation.decisions.get(&key, now).await {
+            Some(decision) => (decision, true),
+            None => {
+                let identity = self
+                    .verifier
+                    .verify(token, now)
+                    .await
+                    .map_err(|err| Denial {
+                        reason: err.reason(),
+                        detail: err.to_string(),
+                        token_hash: Some(token_hash.clone()),
+                        identity: None,
+                    })?;
+                let grant = match generation.policies.evaluate(&identity, now) {
+                    Ok(grant) => grant,
+                    Err(err) => {
+                        return Err(Denial {
+                            reason: err.reason(),
+                            detail: err.detail().to_owned(),
+                            token_hash: Some(token_hash),
+                            identity: Some(identity),
+                        });
+                    }
+                };
+                let decision = Arc::new(Decision { identity, grant });
+                generation
+                    .decisions
+                    .insert(key, Arc::clone(&decision), now)
+                    .await;
+                (decision, false)
+            }
+        };
         let jwt = mint_user(
             &self.issuer,
             &request.claims.nats.user_nkey,
-            &identity,
-            &grant,
+            &decision.identity,
+            &decision.grant,
             now,
         )
         .map_err(|err| Denial {
             reason: DenyReason::Internal,
             detail: format!("could not mint the user JWT: {err}"),
             token_hash: Some(token_hash.clone()),
-            identity: Some(identity.clone()),
+            identity: Some(decision.identity.clone()),
         })?;
         Ok(Minted {
             jwt,
-            identity,
-            grant,
+            decision,
+            cached,
             token_hash,
         })
     }
@@ -196,8 +247,9 @@ impl Authorizer {
 /// An admitted client.
 struct Minted {
     jwt: String,
-    identity: Identity,
-    grant: Grant,
+    decision: Arc<Decision>,
+    /// Whether the decision came from the cache.
+    cached: bool,
     token_hash: String,
 }
 
@@ -288,6 +340,11 @@ pub fn token_hash(token: &str) -> String {
     data_encoding::HEXLOWER.encode(digest.get(..8).unwrap_or_default())
 }
 
+/// [`token_hash`] from an already computed [`token_key`].
+fn short_hash(key: &[u8; 32]) -> String {
+    data_encoding::HEXLOWER.encode(key.get(..8).unwrap_or_default())
+}
+
 fn audit(request: &Request, decision: &Result<Minted, Denial>) {
     let server = &request.claims.nats.server_id;
     let client = &request.claims.nats.client_info;
@@ -295,21 +352,22 @@ fn audit(request: &Request, decision: &Result<Minted, Denial>) {
         Ok(m) => info!(
             target: "audit",
             outcome = "allow",
+            cached = m.cached,
             server_id = %server.id,
             client_host = %client.host,
             client_id = client.id,
-            provider = %m.identity.provider,
-            tenant = m.identity.tenant.as_deref().unwrap_or(""),
-            object_id = m.identity.object_id.as_deref().unwrap_or(""),
-            app_id = m.identity.app_id.as_deref().unwrap_or(""),
-            kind = m.identity.kind.as_str(),
-            name = m.identity.display_name.as_deref().unwrap_or(""),
+            provider = %m.decision.identity.provider,
+            tenant = m.decision.identity.tenant.as_deref().unwrap_or(""),
+            object_id = m.decision.identity.object_id.as_deref().unwrap_or(""),
+            app_id = m.decision.identity.app_id.as_deref().unwrap_or(""),
+            kind = m.decision.identity.kind.as_str(),
+            name = m.decision.identity.display_name.as_deref().unwrap_or(""),
             token = %m.token_hash,
-            rules = ?m.grant.matched,
-            account = %m.grant.account,
-            publish = ?m.grant.publish.allow,
-            subscribe = ?m.grant.subscribe.allow,
-            expires_at = m.grant.expires_at,
+            rules = ?m.decision.grant.matched,
+            account = %m.decision.grant.account,
+            publish = ?m.decision.grant.publish.allow,
+            subscribe = ?m.decision.grant.subscribe.allow,
+            expires_at = m.decision.grant.expires_at,
             "client admitted"
         ),
         Err(d) => info!(

@@ -1,8 +1,8 @@
-//! Command line: `serve` runs the service, `check` validates a configuration offline.
+//! Command line: `serve` runs the service; `check`, `explain` and `test` work offline.
 //!
 //! This is the binary's edge, so errors are `anyhow` here and typed everywhere below.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use crate::keys;
 use crate::oidc::Verifier;
 use crate::service::{self, LoopSettings};
 use crate::telemetry;
+use crate::tools;
 
 /// A NATS authorization callout for Microsoft Entra ID and OIDC access tokens.
 #[derive(Debug, Parser)]
@@ -41,6 +42,36 @@ pub enum Command {
         #[arg(long, short, env = "ENTRA_CALLOUT_CONFIG")]
         config: PathBuf,
     },
+    /// Show what a token would get: provider routing, every binding with why it matched or
+    /// not, and the final NATS permissions and expiry. Offline; the signature is NOT verified.
+    /// Exits 1 when the token would be refused.
+    Explain {
+        /// Configuration file.
+        #[arg(long, short, env = "ENTRA_CALLOUT_CONFIG")]
+        config: PathBuf,
+        /// The access token (a JWT), or `-` to read it from standard input.
+        #[arg(long, conflicts_with = "claims", required_unless_present = "claims")]
+        token: Option<String>,
+        /// A JSON file of token claims; `iss`, `aud`, `tid`, lifetime and `sub` are filled in
+        /// when absent.
+        #[arg(long)]
+        claims: Option<PathBuf>,
+        /// Evaluate at this time (unix seconds) instead of now.
+        #[arg(long)]
+        now: Option<u64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run policy test files (claims in, expected account and subjects out). Without TESTS,
+    /// runs the `tests` directory next to the policies. Exits 1 when a test fails.
+    Test {
+        /// Configuration file.
+        #[arg(long, short, env = "ENTRA_CALLOUT_CONFIG")]
+        config: PathBuf,
+        /// Test files or directories of them.
+        tests: Vec<PathBuf>,
+    },
     /// Manage key material.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -62,6 +93,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config } => Ok(check(&config)),
         Command::Serve { config } => serve(&config),
+        Command::Explain {
+            config,
+            token,
+            claims,
+            now,
+            json,
+        } => explain(&config, token.as_deref(), claims.as_deref(), now, json),
+        Command::Test { config, tests } => test(&config, &tests),
         Command::Keys(KeysCommand::Init { dir }) => {
             let created = keys::init(&dir)?;
             println!("wrote keys to {}", dir.display());
@@ -72,13 +111,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match Config::load(path, &ProcessEnv) {
         Ok(config) => {
             println!(
-                "{}: ok ({} provider(s), {} policy rule(s))",
+                "{}: ok ({} provider(s), {} tenant(s), {} role(s), {} binding(s))",
                 path.display(),
                 config.providers.len(),
+                config.policies.tenant_names().len(),
+                config.policies.role_names().len(),
                 config.policies.len()
             );
             ExitCode::SUCCESS
@@ -88,6 +129,132 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn explain(
+    path: &Path,
+    token: Option<&str>,
+    claims: Option<&Path>,
+    now: Option<u64>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(path, &ProcessEnv) {
+        Ok(config) => config,
+        Err(err) => {
+            report(&err);
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let now = now.unwrap_or_else(telemetry::unix_now);
+    let (claims, from_token) = match (token, claims) {
+        (Some("-"), _) => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("cannot read the token from standard input")?;
+            (tools::decode_unverified(&text)?, true)
+        }
+        (Some(token), _) => (tools::decode_unverified(token)?, true),
+        (None, Some(file)) => (tools::read_claims(file)?, false),
+        (None, None) => anyhow::bail!("give --token or --claims"),
+    };
+    let explained = tools::explain(
+        &config.providers,
+        &config.policies,
+        claims,
+        None,
+        !from_token,
+        now,
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&tools::render_json(&explained, from_token))?
+        );
+    } else {
+        if from_token {
+            println!(
+                "{}
+",
+                tools::UNVERIFIED_WARNING
+            );
+        }
+        print!("{}", tools::render_text(&explained, now));
+    }
+    Ok(if explained.allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn test(path: &Path, tests: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(path, &ProcessEnv) {
+        Ok(config) => config,
+        Err(err) => {
+            report(&err);
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let paths = if tests.is_empty() {
+        let dir = if config.policies_path.is_dir() {
+            config.policies_path.join("tests")
+        } else {
+            config
+                .policies_path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("tests")
+        };
+        vec![dir]
+    } else {
+        tests.to_vec()
+    };
+    let files = tools::test_files(&paths)?;
+    if files.is_empty() {
+        anyhow::bail!("no test files found in {}", display_paths(&paths));
+    }
+    let now = telemetry::unix_now();
+    let (mut total, mut failed) = (0, 0);
+    for file in &files {
+        let results = match tools::run_test_file(file, &config.providers, &config.policies, now) {
+            Ok(results) => results,
+            Err(err) => {
+                eprintln!("{err}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+        for r in results {
+            total += 1;
+            if r.failures.is_empty() {
+                println!("ok    {}  {}", r.location, r.name);
+            } else {
+                failed += 1;
+                println!("FAIL  {}  {}", r.location, r.name);
+                for f in &r.failures {
+                    println!("        {f}");
+                }
+            }
+        }
+    }
+    println!(
+        "
+{total} test(s) in {} file(s): {} passed, {failed} failed",
+        files.len(),
+        total - failed
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn report(err: &ConfigError) {
@@ -123,13 +290,16 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let refresh = verifier.spawn_refresh(wait_for(stop_rx));
 
-    let authorizer = Arc::new(Authorizer::new(
-        config.callout.issuer.clone(),
-        config.callout.xkey.clone(),
-        verifier,
-        config.policies,
-        config.callout.request_leeway.as_secs(),
-    ));
+    let authorizer = Arc::new(
+        Authorizer::new(
+            config.callout.issuer.clone(),
+            config.callout.xkey.clone(),
+            verifier,
+            config.policies,
+            config.callout.request_leeway.as_secs(),
+        )
+        .with_decision_cache(config.callout.decision_cache_size),
+    );
     let client = service::connect(&config.nats)
         .await
         .context("cannot connect to NATS")?;

@@ -118,6 +118,8 @@ pub struct CalloutSettings {
     pub request_leeway: Duration,
     /// How long SIGTERM waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// How many admission decisions are cached (0 disables the cache).
+    pub decision_cache_size: u64,
 }
 
 impl fmt::Debug for CalloutSettings {
@@ -129,6 +131,7 @@ impl fmt::Debug for CalloutSettings {
             .field("max_concurrency", &self.max_concurrency)
             .field("request_leeway", &self.request_leeway)
             .field("drain_timeout", &self.drain_timeout)
+            .field("decision_cache_size", &self.decision_cache_size)
             .finish()
     }
 }
@@ -244,6 +247,8 @@ pub struct RawCallout {
     pub request_leeway: Option<Spanned<String>>,
     /// Grace period for in-flight requests on shutdown, e.g. `10s`.
     pub drain_timeout: Option<Spanned<String>>,
+    /// Cached admission decisions; 0 disables the cache.
+    pub decision_cache_size: Option<Spanned<u64>>,
 }
 
 /// One entry of `providers:` as written.
@@ -394,6 +399,11 @@ impl Validator<'_> {
         let callout = self.callout(raw.callout);
         let providers = self.providers(raw.providers);
         let log = self.log(raw.log);
+        let provider_names = providers
+            .iter()
+            .flatten()
+            .map(|p| p.name().to_string())
+            .collect();
         let policies_path = self.base.join(&raw.policies.value);
         let (nats, callout) = (nats?, callout?);
         let forbidden = vec![
@@ -404,6 +414,7 @@ impl Validator<'_> {
         let opts = CompileOptions {
             forbidden_accounts: forbidden,
             default_max_ttl: callout.max_ttl,
+            providers: provider_names,
         };
         let policies = match PolicySet::load(&policies_path, &opts) {
             Ok(policies) => Some(policies),
@@ -539,6 +550,14 @@ impl Validator<'_> {
             }
             Some(n) => usize::try_from(n.value).unwrap_or(256),
         };
+        let decision_cache_size = match &raw.decision_cache_size {
+            None => crate::decision::DEFAULT_DECISION_CACHE_SIZE,
+            Some(n) if n.value > 10_000_000 => {
+                self.problem(n, "decision_cache_size must be at most 10000000");
+                crate::decision::DEFAULT_DECISION_CACHE_SIZE
+            }
+            Some(n) => n.value,
+        };
         if let (true, Some(at)) = (max_ttl.is_zero(), &max_ttl_at) {
             self.problem(at, "callout.max_ttl must be longer than zero");
         }
@@ -549,6 +568,7 @@ impl Validator<'_> {
             max_concurrency,
             request_leeway,
             drain_timeout,
+            decision_cache_size,
         })
     }
 
@@ -765,11 +785,16 @@ mod tests {
     const TENANT: &str = "72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41";
 
     fn write_policy(dir: &Path) {
-        let policy = format!(
-            "version: 1\nrules:\n  - name: r\n    tenant: {TENANT}\n    when: {{ roles: [R] }}\n    \
-             account: APP\n    publish: {{ allow: [\"a.>\"] }}\n"
-        );
-        std::fs::write(dir.join("policy.yaml"), policy).unwrap();
+        std::fs::write(dir.join("policy.yaml"), policy_for("APP")).unwrap();
+    }
+
+    /// A policy whose one tenant uses `account` (line 6).
+    fn policy_for(account: &str) -> String {
+        format!(
+            "version: 1\ntenants:\n  - name: t\n    entra_tenants: [{TENANT}]\n    providers: [contoso]\n    \
+             account: \"{account}\"\nroles:\n  - name: r\n    publish: {{ allow: [\"a.>\"] }}\n\
+             bindings:\n  - name: b\n    tenant: t\n    roles: [r]\n    when: {{ app_roles: [R] }}\n"
+        )
     }
 
     fn env() -> HashMap<&'static str, &'static str> {
@@ -795,6 +820,7 @@ mod tests {
         let config = load(dir.path(), &GOOD.replace("TENANT", TENANT)).unwrap();
         assert_eq!(config.callout.max_ttl, Duration::from_secs(1800));
         assert_eq!(config.callout.max_concurrency, 256);
+        assert_eq!(config.callout.decision_cache_size, 100_000);
         assert_eq!(config.nats.queue_group, DEFAULT_QUEUE_GROUP);
         assert_eq!(config.providers.len(), 1);
         assert_eq!(
@@ -854,21 +880,33 @@ mod tests {
             "{text}"
         );
 
-        std::fs::write(dir.path().join("policy.yaml"), "version: 1\nrules:\n  - name: r\n    when: { roles: [R] }\n    account: APP\n    publish: { allow: [\"a..b\"] }\n").unwrap();
+        std::fs::write(
+            dir.path().join("policy.yaml"),
+            policy_for("APP").replace("a.>", "a..b"),
+        )
+        .unwrap();
         let err = load(dir.path(), &GOOD.replace("TENANT", TENANT)).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("policy.yaml:6:"), "{text}");
+        assert!(text.contains("policy.yaml:9:24: "), "{text}");
+        // Tenants may only name configured providers.
+        std::fs::write(
+            dir.path().join("policy.yaml"),
+            policy_for("APP").replace("[contoso]", "[fabrikam]"),
+        )
+        .unwrap();
+        let err = load(dir.path(), &GOOD.replace("TENANT", TENANT)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("provider `fabrikam` is not configured"),
+            "{err}"
+        );
     }
 
     #[test]
     fn users_are_never_placed_in_the_system_or_callout_account() {
         let dir = tempfile::tempdir().unwrap();
         for account in ["SYS", "AUTH", "$SYS"] {
-            let policy = format!(
-                "version: 1\nrules:\n  - name: r\n    tenant: {TENANT}\n    when: {{ roles: [R] }}\n    \
-                 account: \"{account}\"\n    publish: {{ allow: [\"a.>\"] }}\n"
-            );
-            std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
+            std::fs::write(dir.path().join("policy.yaml"), policy_for(account)).unwrap();
             let err = load(dir.path(), &GOOD.replace("TENANT", TENANT)).unwrap_err();
             assert!(
                 err.to_string().contains("policy.yaml:6:"),

@@ -7,7 +7,10 @@
 //! * `oidc`: access-token verification. `verify_with_keys` is pure; `Verifier` adds discovery,
 //!   JWKS fetching and caching.
 //! * `identity`: what a verified token says about its holder.
-//! * `policy`: YAML policies, model → compile → pure evaluation into a `Grant`.
+//! * `policy`: YAML policies (tenants, projects, roles, bindings), model → compile → pure
+//!   evaluation into a `Grant`.
+//! * `decision`: the per-token decision cache in front of verification and evaluation.
+//! * `tools`: the offline `explain` and `test` commands over policies.
 //! * `callout`: one request in, one signed answer out (`Authorizer::handle`).
 //! * `service`: the NATS loop — queue subscription, bounded concurrency, drain.
 //! * `config`, `cli`, `keys`, `telemetry`: the edges — configuration files, commands, key
@@ -27,6 +30,7 @@
 pub mod callout;
 pub mod cli;
 pub mod config;
+pub mod decision;
 pub mod deny;
 pub mod diagnostic;
 pub mod duration;
@@ -37,3 +41,4 @@ pub mod oidc;
 pub mod policy;
 pub mod service;
 pub mod telemetry;
+pub mod tools;

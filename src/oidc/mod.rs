@@ -28,6 +28,19 @@ pub use settings::{
 pub use verifier::{Verifier, VerifierError};
 pub use verify::verify_with_keys;
 
+/// Maps token claims to an [`Identity`] with every check the verifier makes except the
+/// signature (issuer, tenant, audience, lifetime, token type). For offline tools only: the
+/// claims are trusted as given.
+///
+/// [`Identity`]: crate::identity::Identity
+pub fn identity_from_unverified_claims(
+    claims: serde_json::Map<String, serde_json::Value>,
+    settings: &ProviderSettings,
+    now: u64,
+) -> Result<crate::identity::Identity, TokenError> {
+    verify::identity_from_claims(claims, settings, None, now)
+}
+
 /// Why a token was refused. Never carries the token; values read from it are limited to short,
 /// sanitised header fields (`alg`, `kid`) and numeric dates.
 #[derive(Debug, thiserror::Error)]

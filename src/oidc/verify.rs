@@ -69,8 +69,19 @@ pub(crate) fn verify_parsed(
             kid: quote_header_value(&parsed.kid),
         })?;
     check_signature(token, &key.decoding, settings)?;
+    identity_from_claims(parsed.claims, settings, key.issuer(), now)
+}
 
-    let claims = parsed.claims;
+/// Every check after the signature: maps the claims of a token of provider `settings` to an
+/// [`Identity`]. `key_issuer` is the signing key's issuer template, if its JWKS entry has one.
+/// The offline policy tools call this with claims whose signature was never checked.
+pub(crate) fn identity_from_claims(
+    claims: Map<String, Value>,
+    settings: &ProviderSettings,
+    key_issuer: Option<&str>,
+    now: u64,
+) -> Result<Identity, TokenError> {
+    let provider = settings.name();
     let issuer = required_str(&claims, "iss")?;
     if issuer != settings.issuer() {
         return Err(TokenError::IssuerMismatch {
@@ -96,7 +107,7 @@ pub(crate) fn verify_parsed(
             detail: "iss names another tenant than tid",
         });
     }
-    if let Some(template) = key.issuer()
+    if let Some(template) = key_issuer
         && template.replace("{tenantid}", tenant) != issuer
     {
         return Err(TokenError::IssuerMismatch {

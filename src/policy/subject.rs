@@ -1,65 +1,138 @@
-//! Subject templates: validation of policy subjects at load time and placeholder rendering at
-//! evaluation time.
+//! Subjects: validation of policy subjects at load time, placeholder rendering at evaluation
+//! time, and NATS wildcard matching for the policy tools.
 //!
-//! A template such as `ml.{tid}.>` is checked once, when policies compile, and stored as a flat
-//! list of literal and placeholder parts, so evaluation only concatenates. Rendering refuses
-//! any claim value that could change the shape of the subject (a `.`, `*`, `>`, whitespace,
-//! control or non-ASCII character, or nothing at all): a placeholder always fills exactly one
-//! token, or part of one, and can never widen what the rule grants.
+//! A role subject such as `models.{oid}.>` is checked once, when policies compile, into a
+//! [`RoleTemplate`]. Each binding that grants the role turns it into a [`SubjectTemplate`]: the
+//! tenant or project prefix is put in front and the static placeholders (`{tenant}`,
+//! `{project}`) are filled, so evaluation only fills token placeholders and concatenates.
+//!
+//! Rendering refuses any claim value that could change the shape of a subject (a `.`, `*`, `>`,
+//! a brace, whitespace, a control or non-ASCII character, nothing at all, or more than
+//! [`MAX_CLAIM_CHARS`] characters): a placeholder always fills exactly one token, or part of
+//! one, and can never widen what a role grants.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
+
+use serde_json::Value;
 
 use crate::identity::Identity;
 
-/// A claim that may be spliced into a subject.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The longest claim value spliced into a subject.
+pub const MAX_CLAIM_CHARS: usize = 128;
+
+/// Claims that Entra puts only into delegated (user) tokens; a placeholder naming one of them can
+/// never be filled for an app-only token.
+pub const USER_ONLY_CLAIMS: [&str; 19] = [
+    "scp",
+    "acct",
+    "wids",
+    "upn",
+    "unique_name",
+    "preferred_username",
+    "email",
+    "name",
+    "given_name",
+    "family_name",
+    "amr",
+    "acr",
+    "acrs",
+    "xms_cc",
+    "sid",
+    "login_hint",
+    "onprem_sid",
+    "ipaddr",
+    "in_corp",
+];
+
+/// A placeholder that may appear in a role subject.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Placeholder {
-    /// `{tid}`: the tenant id.
+    /// `{tenant}`: the policy tenant's name (filled at load time).
     Tenant,
+    /// `{project}`: the binding's project name (filled at load time).
+    Project,
+    /// `{tid}`: the token's tenant id.
+    Tid,
     /// `{oid}`: the object id of the user or service principal.
-    ObjectId,
+    Oid,
     /// `{sub}`: the token's subject.
-    Subject,
+    Sub,
     /// `{app_id}`: the client application id.
     AppId,
+    /// `{claim:NAME}`: a raw string or integer claim.
+    Claim(Arc<str>),
 }
 
 impl Placeholder {
-    const ALL: [Self; 4] = [Self::Tenant, Self::ObjectId, Self::Subject, Self::AppId];
-
-    fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.name() == name)
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "tenant" => Self::Tenant,
+            "project" => Self::Project,
+            "tid" => Self::Tid,
+            "oid" => Self::Oid,
+            "sub" => Self::Sub,
+            "app_id" => Self::AppId,
+            _ => {
+                let claim = name.strip_prefix("claim:")?;
+                let ok = !claim.is_empty()
+                    && claim.len() <= 64
+                    && claim
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if !ok {
+                    return None;
+                }
+                Self::Claim(Arc::from(claim))
+            }
+        })
     }
 
-    /// The name written between braces.
-    pub(crate) fn name(self) -> &'static str {
+    /// The claim this placeholder reads, if it reads a raw claim.
+    pub(crate) fn claim_name(&self) -> Option<&str> {
         match self {
-            Self::Tenant => "tid",
-            Self::ObjectId => "oid",
-            Self::Subject => "sub",
-            Self::AppId => "app_id",
+            Self::Claim(name) => Some(name),
+            _ => None,
         }
     }
 
-    fn index(self) -> usize {
-        self as usize
-    }
-
-    fn value(self, id: &Identity) -> Option<&str> {
-        match self {
-            Self::Tenant => id.tenant.as_deref(),
-            Self::ObjectId => id.object_id.as_deref(),
-            Self::Subject => Some(id.subject.as_str()),
+    /// The value for `id`; integers are rendered in decimal, any other non-string is refused.
+    fn value<'a>(&self, id: &'a Identity) -> Result<Cow<'a, str>, &'static str> {
+        let value = match self {
+            Self::Tenant | Self::Project => return Err("is not available at evaluation"),
+            Self::Tid => id.tenant.as_deref(),
+            Self::Oid => id.object_id.as_deref(),
+            Self::Sub => Some(id.subject.as_str()),
             Self::AppId => id.app_id.as_deref(),
-        }
+            Self::Claim(name) => match id.claims.get(&**name) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.as_str()),
+                Some(Value::Number(n)) => {
+                    return n
+                        .as_u64()
+                        .map(|n| Cow::Owned(n.to_string()))
+                        .ok_or("is not a non-negative integer");
+                }
+                Some(_) => return Err("is not a single string"),
+            },
+        };
+        value.map(Cow::Borrowed).ok_or("is absent")
     }
 }
 
-/// Which direction a subject is used in; only subscribe accepts the `"subject queue"` form.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Direction {
-    Publish,
-    Subscribe,
+impl fmt::Display for Placeholder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tenant => f.write_str("{tenant}"),
+            Self::Project => f.write_str("{project}"),
+            Self::Tid => f.write_str("{tid}"),
+            Self::Oid => f.write_str("{oid}"),
+            Self::Sub => f.write_str("{sub}"),
+            Self::AppId => f.write_str("{app_id}"),
+            Self::Claim(name) => write!(f, "{{claim:{name}}}"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,71 +141,151 @@ enum Part {
     Var(Placeholder),
 }
 
-/// A validated subject (optionally with a queue group) with placeholders still to fill.
+/// A validated role subject (or queue group) with every placeholder still to fill.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RoleTemplate {
+    parts: Vec<Part>,
+}
+
+/// A subject ready for evaluation: prefix and static placeholders filled, token placeholders
+/// left.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SubjectTemplate {
     parts: Vec<Part>,
 }
 
-impl SubjectTemplate {
-    /// Validate `raw` for `direction` and precompile it.
-    pub(crate) fn parse(raw: &str, direction: Direction) -> Result<Self, SubjectError> {
+/// Where a parsed template will be used; absolute subjects may not start with a wildcard or a
+/// placeholder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A subject written relative to the tenant or project prefix.
+    Relative,
+    /// A subject written in full by a role marked `absolute: true`.
+    Absolute,
+    /// A queue group name (never prefixed).
+    Queue,
+}
+
+impl RoleTemplate {
+    /// Validate `raw` and precompile it.
+    pub(crate) fn parse(raw: &str, kind: Kind) -> Result<Self, SubjectError> {
         if raw.is_empty() {
             return Err(SubjectError::Empty);
         }
         if let Some(c) = raw.chars().find(|c| c.is_control()) {
             return Err(SubjectError::ControlCharacter(c));
         }
-        let pieces: Vec<&str> = raw.split(' ').collect();
+        if raw.chars().any(char::is_whitespace) {
+            return Err(SubjectError::Whitespace);
+        }
         let mut parts = Vec::new();
-        match pieces.as_slice() {
-            [subject] => {
-                check_no_other_whitespace(subject)?;
-                parse_subject(subject, &mut parts)?;
+        parse_subject(raw, &mut parts)?;
+        if kind == Kind::Absolute {
+            match parts.first() {
+                Some(Part::Literal(s)) if !s.starts_with(['*', '>', '.']) => {}
+                Some(Part::Var(_)) => return Err(SubjectError::AbsoluteStartsWithPlaceholder),
+                _ => return Err(SubjectError::AbsoluteStartsWithWildcard),
             }
-            [subject, queue] if !subject.is_empty() && !queue.is_empty() => {
-                if direction == Direction::Publish {
-                    return Err(SubjectError::QueueInPublish);
-                }
-                check_no_other_whitespace(subject)?;
-                check_no_other_whitespace(queue)?;
-                parse_subject(subject, &mut parts)?;
-                push_literal(&mut parts, " ");
-                parse_subject(queue, &mut parts).map_err(|e| SubjectError::InQueue(Box::new(e)))?;
-            }
-            _ => return Err(SubjectError::Whitespace),
         }
         Ok(Self { parts })
     }
 
-    /// Fill the placeholders from `values`, which the caller has already checked are safe.
-    pub(crate) fn render(&self, values: &ClaimValues<'_>) -> Result<String, UnsafeClaim> {
-        let mut out = String::new();
+    /// The placeholders used, in order.
+    pub(crate) fn placeholders(&self) -> impl Iterator<Item = &Placeholder> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Var(v) => Some(v),
+            Part::Literal(_) => None,
+        })
+    }
+
+    /// Put `prefix` (if any) in front and fill `{tenant}` and `{project}`. The caller has checked
+    /// that a project is given when `{project}` is used; without one it stays unfilled and the
+    /// rendering fails closed.
+    pub(crate) fn instantiate(
+        &self,
+        prefix: Option<&str>,
+        tenant: &str,
+        project: Option<&str>,
+    ) -> SubjectTemplate {
+        let mut parts = Vec::with_capacity(self.parts.len() + 1);
+        if let Some(prefix) = prefix {
+            push_literal(&mut parts, prefix);
+            push_literal(&mut parts, ".");
+        }
+        for part in &self.parts {
+            match part {
+                Part::Literal(s) => push_literal(&mut parts, s),
+                Part::Var(Placeholder::Tenant) => push_literal(&mut parts, tenant),
+                Part::Var(Placeholder::Project) => match project {
+                    Some(p) => push_literal(&mut parts, p),
+                    None => parts.push(Part::Var(Placeholder::Project)),
+                },
+                Part::Var(v) => parts.push(Part::Var(v.clone())),
+            }
+        }
+        SubjectTemplate { parts }
+    }
+}
+
+impl fmt::Display for RoleTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_parts(&self.parts, f)
+    }
+}
+
+impl SubjectTemplate {
+    /// This subject with a queue group: the `"subject group"` form of NATS permissions.
+    pub(crate) fn with_queue(mut self, group: SubjectTemplate) -> SubjectTemplate {
+        push_literal(&mut self.parts, " ");
+        for part in group.parts {
+            match part {
+                Part::Literal(s) => push_literal(&mut self.parts, &s),
+                var @ Part::Var(_) => self.parts.push(var),
+            }
+        }
+        self
+    }
+
+    /// Fill the token placeholders from `id` into `out`, or say which claim is unsafe.
+    pub(crate) fn render_into(&self, id: &Identity, out: &mut String) -> Result<(), UnsafeClaim> {
         for part in &self.parts {
             match part {
                 Part::Literal(s) => out.push_str(s),
-                Part::Var(p) => out.push_str(values.get(*p)?),
+                Part::Var(p) => {
+                    let value = p
+                        .value(id)
+                        .and_then(|v| check_claim(&v).map(|()| v))
+                        .map_err(|problem| UnsafeClaim {
+                            placeholder: p.clone(),
+                            problem,
+                        })?;
+                    out.push_str(&value);
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Fill the token placeholders from `id`.
+    pub(crate) fn render(&self, id: &Identity) -> Result<String, UnsafeClaim> {
+        let mut out = String::new();
+        self.render_into(id, &mut out)?;
         Ok(out)
     }
 }
 
 impl fmt::Display for SubjectTemplate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for part in &self.parts {
-            match part {
-                Part::Literal(s) => f.write_str(s)?,
-                Part::Var(p) => write!(f, "{{{}}}", p.name())?,
-            }
-        }
-        Ok(())
+        write_parts(&self.parts, f)
     }
 }
 
-fn check_no_other_whitespace(s: &str) -> Result<(), SubjectError> {
-    if s.chars().any(char::is_whitespace) {
-        return Err(SubjectError::Whitespace);
+fn write_parts(parts: &[Part], f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    for part in parts {
+        match part {
+            Part::Literal(s) => f.write_str(s)?,
+            Part::Var(p) => write!(f, "{p}")?,
+        }
     }
     Ok(())
 }
@@ -145,7 +298,7 @@ fn push_literal(parts: &mut Vec<Part>, s: &str) {
     }
 }
 
-/// Parse one dot-separated subject (no spaces) into `parts`.
+/// Parse one dot-separated subject (no whitespace) into `parts`.
 fn parse_subject(subject: &str, parts: &mut Vec<Part>) -> Result<(), SubjectError> {
     if subject.starts_with('.') {
         return Err(SubjectError::LeadingDot);
@@ -217,7 +370,7 @@ fn parse_token(token: &str, is_last: bool, parts: &mut Vec<Part>) -> Result<(), 
         // check_braces guarantees a matching `}` in this token.
         let close = after.find('}').ok_or(SubjectError::UnclosedBrace)?;
         let name = after.get(1..close).unwrap_or_default();
-        let placeholder = Placeholder::from_name(name)
+        let placeholder = Placeholder::parse(name)
             .ok_or_else(|| SubjectError::UnknownPlaceholder(name.to_owned()))?;
         parts.push(Part::Var(placeholder));
         rest = after.get(close + 1..).unwrap_or_default();
@@ -239,20 +392,16 @@ pub(crate) enum SubjectError {
     TrailingDot,
     #[error("has an empty token (`..`)")]
     DoubleDot,
-    #[error(
-        "contains whitespace; only subscribe subjects may have one space, before a queue group"
-    )]
+    #[error("contains whitespace; write queue groups under `queues`")]
     Whitespace,
     #[error("contains a control character {0:?}")]
     ControlCharacter(char),
-    #[error("has a queue group; queue groups are allowed in subscribe only")]
-    QueueInPublish,
     #[error("has `>` before the last token")]
     FullWildcardNotLast,
     #[error("has a wildcard inside the token `{0}`; `*` and `>` must be whole tokens")]
     WildcardInsideToken(String),
     #[error(
-        "uses unknown placeholder `{{{0}}}`; known placeholders are {{tid}}, {{oid}}, {{sub}}, {{app_id}}"
+        "uses unknown placeholder `{{{0}}}`; known placeholders are {{tenant}}, {{project}}, {{tid}}, {{oid}}, {{sub}}, {{app_id}} and {{claim:NAME}}"
     )]
     UnknownPlaceholder(String),
     #[error("has a placeholder that spans across `.`")]
@@ -263,50 +412,29 @@ pub(crate) enum SubjectError {
     UnmatchedBrace,
     #[error("has `{{` inside a placeholder")]
     NestedBrace,
-    #[error("has a bad queue group: {0}")]
-    InQueue(Box<SubjectError>),
+    #[error(
+        "starts with a wildcard; an absolute subject must write its first token out, so that system subjects ($SYS, $JS.API, ...) are never granted by accident"
+    )]
+    AbsoluteStartsWithWildcard,
+    #[error("starts with a placeholder; an absolute subject must write its first token out")]
+    AbsoluteStartsWithPlaceholder,
 }
 
 /// A placeholder whose claim value cannot be spliced into a subject safely.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct UnsafeClaim {
+    /// The placeholder at fault.
     pub(crate) placeholder: Placeholder,
+    /// What is wrong with the value (never the value itself).
     pub(crate) problem: &'static str,
 }
 
-/// Claim values of one identity, checked once per evaluation.
-#[derive(Debug)]
-pub(crate) struct ClaimValues<'a> {
-    values: [Result<&'a str, UnsafeClaim>; 4],
-}
-
-impl<'a> ClaimValues<'a> {
-    pub(crate) fn new(id: &'a Identity) -> Self {
-        Self {
-            values: Placeholder::ALL.map(|p| check_claim(p, p.value(id))),
-        }
-    }
-
-    /// The safe value for `p`, or why it is unsafe.
-    pub(crate) fn get(&self, p: Placeholder) -> Result<&'a str, UnsafeClaim> {
-        match self.values.get(p.index()) {
-            Some(v) => *v,
-            None => Err(UnsafeClaim {
-                placeholder: p,
-                problem: "is unavailable",
-            }),
-        }
-    }
-}
-
-fn check_claim(placeholder: Placeholder, value: Option<&str>) -> Result<&str, UnsafeClaim> {
-    let fail = |problem| UnsafeClaim {
-        placeholder,
-        problem,
-    };
-    let v = value.ok_or_else(|| fail("is absent"))?;
+fn check_claim(v: &str) -> Result<(), &'static str> {
     if v.is_empty() {
-        return Err(fail("is empty"));
+        return Err("is empty");
+    }
+    if v.chars().count() > MAX_CLAIM_CHARS {
+        return Err("is longer than 128 characters");
     }
     for c in v.chars() {
         // `{` and `}` are harmless to NATS but would make rendered subjects ambiguous in logs.
@@ -319,26 +447,53 @@ fn check_claim(placeholder: Placeholder, value: Option<&str>) -> Result<&str, Un
             c if c.is_ascii_control() => "contains a control character",
             _ => continue,
         };
-        return Err(fail(problem));
+        return Err(problem);
     }
-    Ok(v)
+    Ok(())
+}
+
+// === NATS wildcard semantics ===
+
+/// True when every subject matched by `subject` (which may contain wildcards) is matched by
+/// `pattern`, following NATS rules: `*` matches one token, `>` one or more trailing tokens.
+pub fn covers(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (None, None) => return true,
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(t)) if t != ">" => {}
+            (Some(pt), Some(st)) if pt == st && pt != "*" && pt != ">" => {}
+            _ => return false,
+        }
+    }
+}
+
+/// True when at least one concrete subject is matched by both `a` and `b`.
+pub fn overlaps(a: &str, b: &str) -> bool {
+    let mut x = a.split('.');
+    let mut y = b.split('.');
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return true,
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some("*"), Some(_)) | (Some(_), Some("*")) => {}
+            (Some(u), Some(v)) if u == v => {}
+            _ => return false,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use serde_json::Map;
+    use serde_json::{Map, json};
 
     use super::*;
     use crate::identity::PrincipalKind;
 
-    fn pubs(s: &str) -> Result<SubjectTemplate, SubjectError> {
-        SubjectTemplate::parse(s, Direction::Publish)
-    }
-
-    fn subs(s: &str) -> Result<SubjectTemplate, SubjectError> {
-        SubjectTemplate::parse(s, Direction::Subscribe)
+    fn rel(s: &str) -> Result<RoleTemplate, SubjectError> {
+        RoleTemplate::parse(s, Kind::Relative)
     }
 
     fn identity() -> Identity {
@@ -374,69 +529,124 @@ mod tests {
             "ml.{tid}.>",
             "t-{tid}-x.y",
             "{oid}{sub}",
+            "u.{claim:xms_mirid}",
+            "{tenant}.{project}",
         ] {
-            let t = pubs(s).unwrap();
-            assert_eq!(t.to_string(), s);
+            assert_eq!(rel(s).unwrap().to_string(), s);
         }
-        assert_eq!(subs("a.b q").unwrap().to_string(), "a.b q");
-        assert_eq!(subs("a.* v1.*").unwrap().to_string(), "a.* v1.*");
     }
 
     #[test]
     fn rejects_malformed_subjects() {
-        assert_eq!(pubs(""), Err(SubjectError::Empty));
-        assert_eq!(pubs(".a"), Err(SubjectError::LeadingDot));
-        assert_eq!(pubs("a."), Err(SubjectError::TrailingDot));
-        assert_eq!(pubs("a..b"), Err(SubjectError::DoubleDot));
-        assert_eq!(pubs("a b"), Err(SubjectError::QueueInPublish));
-        assert_eq!(subs("a  b"), Err(SubjectError::Whitespace));
-        assert_eq!(subs("a b c"), Err(SubjectError::Whitespace));
-        assert_eq!(subs(" a"), Err(SubjectError::Whitespace));
-        assert_eq!(subs("a\tb"), Err(SubjectError::ControlCharacter('\t')));
-        assert_eq!(pubs("a.>.b"), Err(SubjectError::FullWildcardNotLast));
+        assert_eq!(rel(""), Err(SubjectError::Empty));
+        assert_eq!(rel(".a"), Err(SubjectError::LeadingDot));
+        assert_eq!(rel("a."), Err(SubjectError::TrailingDot));
+        assert_eq!(rel("a..b"), Err(SubjectError::DoubleDot));
+        assert_eq!(rel("a b"), Err(SubjectError::Whitespace));
+        assert_eq!(rel("a\tb"), Err(SubjectError::ControlCharacter('\t')));
+        assert_eq!(rel("a.>.b"), Err(SubjectError::FullWildcardNotLast));
         assert!(matches!(
-            pubs("a*"),
-            Err(SubjectError::WildcardInsideToken(_))
-        ));
-        assert!(matches!(
-            pubs("a.b>"),
+            rel("a*"),
             Err(SubjectError::WildcardInsideToken(_))
         ));
         assert!(
-            matches!(pubs("a.{tenant}"), Err(SubjectError::UnknownPlaceholder(n)) if n == "tenant")
+            matches!(rel("a.{tenantid}"), Err(SubjectError::UnknownPlaceholder(n)) if n == "tenantid")
         );
-        assert!(matches!(pubs("a.{}"), Err(SubjectError::UnknownPlaceholder(n)) if n.is_empty()));
-        assert_eq!(pubs("a.{t.id}"), Err(SubjectError::PlaceholderSpansDot));
-        assert_eq!(pubs("a.{tid"), Err(SubjectError::UnclosedBrace));
-        assert_eq!(pubs("a.tid}"), Err(SubjectError::UnmatchedBrace));
-        assert_eq!(pubs("a.{{tid}}"), Err(SubjectError::NestedBrace));
-        assert!(matches!(subs("a q..x"), Err(SubjectError::InQueue(_))));
+        assert!(matches!(rel("a.{}"), Err(SubjectError::UnknownPlaceholder(n)) if n.is_empty()));
+        assert!(matches!(
+            rel("a.{claim:}"),
+            Err(SubjectError::UnknownPlaceholder(_))
+        ));
+        assert!(matches!(
+            rel("a.{claim:a b}"),
+            Err(SubjectError::Whitespace)
+        ));
+        assert_eq!(rel("a.{t.id}"), Err(SubjectError::PlaceholderSpansDot));
+        assert_eq!(rel("a.{tid"), Err(SubjectError::UnclosedBrace));
+        assert_eq!(rel("a.tid}"), Err(SubjectError::UnmatchedBrace));
+        assert_eq!(rel("a.{{tid}}"), Err(SubjectError::NestedBrace));
     }
 
     #[test]
-    fn renders_placeholders() {
-        let id = identity();
-        let values = ClaimValues::new(&id);
-        let t = pubs("ml.{tid}.u-{oid}.>").unwrap();
+    fn absolute_subjects_write_their_first_token_out() {
+        let abs = |s| RoleTemplate::parse(s, Kind::Absolute);
+        assert!(abs("$SYS.REQ.USER.INFO").is_ok());
+        assert!(abs("_INBOX.{oid}.>").is_ok());
+        assert_eq!(abs(">"), Err(SubjectError::AbsoluteStartsWithWildcard));
+        assert_eq!(abs("*.x"), Err(SubjectError::AbsoluteStartsWithWildcard));
         assert_eq!(
-            t.render(&values).unwrap(),
-            "ml.72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41.u-0b3c.>"
+            abs("{tid}.x"),
+            Err(SubjectError::AbsoluteStartsWithPlaceholder)
         );
-        let t = pubs("x.{app_id}").unwrap();
+        // Relative subjects get a literal prefix, so a leading wildcard stays inside it.
+        assert!(rel(">").is_ok());
+    }
+
+    #[test]
+    fn instantiation_prefixes_and_fills_static_placeholders() {
+        let t = rel("{project}.x.{oid}").unwrap();
+        let s = t.instantiate(Some("acme.web"), "acme", Some("web"));
+        assert_eq!(s.to_string(), "acme.web.web.x.{oid}");
+        assert_eq!(s.render(&identity()).unwrap(), "acme.web.web.x.0b3c");
+        let s = rel(">").unwrap().instantiate(None, "acme", None);
+        assert_eq!(s.to_string(), ">");
+        let s = rel("{project}").unwrap().instantiate(None, "acme", None);
         assert_eq!(
-            t.render(&values).unwrap_err().placeholder,
-            Placeholder::AppId
+            s.render(&identity()).unwrap_err().placeholder,
+            Placeholder::Project
         );
+    }
+
+    #[test]
+    fn renders_raw_claims() {
+        let mut id = identity();
+        id.claims.insert("team".into(), json!("ml-ops"));
+        id.claims.insert("level".into(), json!(3));
+        id.claims.insert("list".into(), json!(["a"]));
+        id.claims.insert("neg".into(), json!(-1));
+        let t = |s: &str| rel(s).unwrap().instantiate(None, "t", None);
+        assert_eq!(t("x.{claim:team}").render(&id).unwrap(), "x.ml-ops");
+        assert_eq!(t("x.l{claim:level}").render(&id).unwrap(), "x.l3");
+        for bad in ["list", "neg", "missing"] {
+            let err = t(&format!("x.{{claim:{bad}}}")).render(&id).unwrap_err();
+            assert_eq!(err.placeholder, Placeholder::Claim(Arc::from(bad)));
+        }
     }
 
     #[test]
     fn refuses_unsafe_claim_values() {
-        for bad in ["a.b", "*", ">", "a b", "\n", "", "é", "a\u{7f}", "{x}"] {
+        let long = "a".repeat(MAX_CLAIM_CHARS + 1);
+        for bad in [
+            "a.b", "*", ">", "a b", "\n", "", "é", "a\u{7f}", "{x}", &long,
+        ] {
             let mut id = identity();
             id.object_id = Some(bad.to_owned());
-            let values = ClaimValues::new(&id);
-            let err = pubs("u.{oid}").unwrap().render(&values).unwrap_err();
-            assert_eq!(err.placeholder, Placeholder::ObjectId, "value {bad:?}");
+            let err = rel("u.{oid}")
+                .unwrap()
+                .instantiate(None, "t", None)
+                .render(&id)
+                .unwrap_err();
+            assert_eq!(err.placeholder, Placeholder::Oid, "value {bad:?}");
         }
+    }
+
+    #[test]
+    fn wildcard_semantics() {
+        assert!(covers("a.>", "a.b"));
+        assert!(covers("a.>", "a.b.>"));
+        assert!(covers("a.>", "a.*"));
+        assert!(!covers("a.>", "a"));
+        assert!(covers("a.*", "a.b"));
+        assert!(covers("a.*", "a.*"));
+        assert!(!covers("a.*", "a.>"));
+        assert!(!covers("a.b", "a.*"));
+        assert!(!covers("a.*", "a.b.c"));
+        assert!(covers(">", "$SYS.x"));
+        assert!(overlaps("a.*", "*.b"));
+        assert!(overlaps("a.>", "a.b.c"));
+        assert!(!overlaps("a.>", "a"));
+        assert!(!overlaps("a.b", "a.c"));
+        assert!(!overlaps("a.*", "a.b.c"));
+        assert!(overlaps("a.b.c", ">"));
     }
 }
