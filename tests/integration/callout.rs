@@ -23,18 +23,29 @@ use crate::support::nats::{NatsServer, config_mode};
 
 const POLICY: &str = r#"
 version: 1
-rules:
+tenants:
+  - name: ml
+    entra_tenants: [TENANT]
+    account: APP
+    prefix: ml.TENANT
+roles:
+  - name: publisher
+    publish: { allow: [">"] }
+    subscribe: { allow: [">"] }
+  - name: reader
+    subscribe: { allow: [">"] }
+  - name: inbox
+    absolute: true
+    subscribe: { allow: ["_INBOX.>"] }
+bindings:
   - name: ml-publishers
-    tenant: TENANT
-    when: { roles: [Nats.Publisher] }
-    account: APP
-    publish: { allow: ["ml.{tid}.>"] }
-    subscribe: { allow: ["_INBOX.>", "ml.{tid}.>"] }
+    tenant: ml
+    roles: [publisher, inbox]
+    when: { app_roles: [Nats.Publisher] }
   - name: ml-readers
-    tenant: TENANT
-    when: { roles: [Nats.Reader] }
-    account: APP
-    subscribe: { allow: ["_INBOX.>", "ml.{tid}.>"] }
+    tenant: ml
+    roles: [reader, inbox]
+    when: { app_roles: [Nats.Reader] }
 "#;
 
 /// One replica of the service running in this process.

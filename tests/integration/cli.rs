@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::support::issuer::{AUDIENCE, TENANT};
+use crate::support::issuer::{AUDIENCE, OTHER_TENANT, TENANT};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_entra-callout"))
@@ -36,8 +36,9 @@ fn write_config(dir: &std::path::Path, policy: &str) -> std::path::PathBuf {
 fn check_accepts_a_good_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let policy = format!(
-        "version: 1\nrules:\n  - name: readers\n    tenant: {TENANT}\n    when: {{ roles: [Nats.Reader] }}\n    \
-         account: APP\n    subscribe: {{ allow: [\"ml.{{tid}}.>\"] }}\n"
+        "version: 1\ntenants:\n  - name: ml\n    entra_tenants: [{TENANT}]\n    account: APP\n\
+         roles:\n  - name: reader\n    subscribe: {{ allow: [\"events.>\"] }}\n\
+         bindings:\n  - name: readers\n    tenant: ml\n    roles: [reader]\n    when: {{ app_roles: [Nats.Reader] }}\n"
     );
     let config = write_config(dir.path(), &policy);
     let out = bin()
@@ -53,7 +54,7 @@ fn check_accepts_a_good_configuration() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("ok (1 provider(s), 1 policy rule(s))"),
+        stdout.contains("ok (1 provider(s), 1 tenant(s), 1 role(s), 1 binding(s))"),
         "{stdout}"
     );
 }
@@ -61,9 +62,10 @@ fn check_accepts_a_good_configuration() {
 #[test]
 fn check_reports_every_policy_problem_with_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = "version: 1\nrules:\n  - name: a\n    when: { roles: [R] }\n    account: APP\n    \
-                  publish: { allow: [\"orders..new\"] }\n  - name: b\n    when: { roles: [R] }\n    \
-                  account: SYS\n    subscribe: { allow: [\"x.{nope}\"] }\n";
+    let policy = "version: 1\ntenants:\n  - name: t\n    entra_tenants: [72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41]\n\
+                  \x20   account: SYS\nroles:\n  - name: a\n    publish: { allow: [\"orders..new\"] }\n\
+                  \x20 - name: b\n    subscribe: { allow: [\"x.{nope}\"] }\n\
+                  bindings:\n  - name: c\n    tenant: t\n    roles: [a, ghost]\n    when: { everyone: true }\n";
     let config = write_config(dir.path(), policy);
     let out = bin()
         .arg("check")
@@ -74,7 +76,7 @@ fn check_reports_every_policy_problem_with_line_and_column() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = dir.path().join("policy.yaml").display().to_string();
-    for at in [":6:24: ", ":9:14: ", ":10:26: "] {
+    for at in [":5:14: ", ":8:24: ", ":10:26: ", ":14:16: "] {
         assert!(
             stderr.contains(&format!("{file}{at}")),
             "missing {at} in:\n{stderr}"
@@ -116,4 +118,152 @@ fn keys_init_never_prints_seeds() {
         !again.status.success(),
         "existing keys are never overwritten"
     );
+}
+
+/// A configuration with the two tenants of the shipped example policies, pointing at
+/// `policies` (a file or directory).
+fn write_example_config(dir: &std::path::Path, policies: &std::path::Path) -> std::path::PathBuf {
+    let out = bin()
+        .args(["keys", "init"])
+        .arg(dir.join("keys"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let config = format!(
+        "nats:\n  user: auth\n  password_file: keys/nats-password\n\
+         callout:\n  issuer_seed_file: keys/issuer.nk\n\
+         providers:\n  - name: contoso\n    kind: entra\n    tenant: {TENANT}\n    audiences: [\"{AUDIENCE}\"]\n\
+         \x20 - name: fabrikam\n    kind: entra\n    tenant: {OTHER_TENANT}\n    audiences: [\"{AUDIENCE}\"]\n\
+         policies: {}\n",
+        policies.display()
+    );
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn repo(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The shipped example policies pass their own test files (`policies/tests/`), through the
+/// binary exactly as an operator runs them. A failing policy test fails CI here.
+#[test]
+fn the_shipped_example_policies_pass_their_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_example_config(dir.path(), &repo("policies"));
+    let out = bin()
+        .args(["test", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.contains(" 0 failed"), "{printed}");
+    assert!(!printed.contains("FAIL"), "{printed}");
+}
+
+#[test]
+fn a_failing_policy_test_fails_the_command_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_example_config(dir.path(), &repo("policies"));
+    let tests = dir.path().join("wrong.yaml");
+    std::fs::write(
+        &tests,
+        "version: 1\nprovider: contoso\ntests:\n  - name: a dashboard user publishes outputs\n    claims:\n      \
+         scp: Nats.Connect\n      oid: 5a1c8e2f-9d47-4b63-8f0a-2e6c4d9b7a35\n      groups: [c3d9e1a7-2b4f-4c8e-9a61-0f5d7b2e8c43]\n    expect:\n      allow: true\n      \
+         publish: { allowed: [contoso.vision.ml.outputs.x] }\n  - name: passes\n    claims: { scp: Nats.Connect }\n    \
+         expect: { allow: false, reason: no_matching_policy }\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["test", "--config"])
+        .arg(&config)
+        .arg(&tests)
+        .output()
+        .unwrap();
+    let printed = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains(
+            "publish `contoso.vision.ml.outputs.x`: expected allowed, but it is denied"
+        ),
+        "{printed}"
+    );
+    assert!(printed.contains("wrong.yaml:4  a dashboard user"), "{printed}");
+    assert!(printed.contains("ok    "), "{printed}");
+    assert!(printed.contains("1 passed, 1 failed"), "{printed}");
+}
+
+#[test]
+fn explain_shows_routing_bindings_and_permissions_and_warns_about_the_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_example_config(dir.path(), &repo("policies"));
+    // A token from the other tenant, with a garbage signature: explain never verifies it.
+    let now = crate::support::issuer::now();
+    let claims = serde_json::json!({
+        "iss": format!("https://login.microsoftonline.com/{OTHER_TENANT}/v2.0"),
+        "aud": AUDIENCE, "tid": OTHER_TENANT, "ver": "2.0",
+        "iat": now, "nbf": now, "exp": now + 600,
+        "idtyp": "app", "oid": "3f4e5d6c-7b8a-4c9d-8e0f-1a2b3c4d5e6f",
+        "sub": "3f4e5d6c-7b8a-4c9d-8e0f-1a2b3c4d5e6f",
+        "roles": ["Ml.Vision.Producer"],
+    });
+    let encode = |v: &serde_json::Value| data_encoding::BASE64URL_NOPAD.encode(v.to_string().as_bytes());
+    let token = format!(
+        "{}.{}.bm90LWEtc2lnbmF0dXJl",
+        encode(&serde_json::json!({"alg": "RS256", "kid": "k"})),
+        encode(&claims)
+    );
+    let out = bin()
+        .args(["explain", "--config"])
+        .arg(&config)
+        .args(["--token", &token])
+        .output()
+        .unwrap();
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.starts_with("WARNING: the token's signature was NOT verified"), "{printed}");
+    assert!(printed.contains("is the issuer of provider `fabrikam`"), "{printed}");
+    assert!(printed.contains("MATCH  fabrikam-vision-training-jobs (fabrikam/vision; roles ml-producer)"), "{printed}");
+    assert!(
+        printed.contains("no     vision-training-jobs (contoso/vision): token is not in tenant `contoso`"),
+        "{printed}"
+    );
+    assert!(printed.contains("Decision: ALLOW"), "{printed}");
+    assert!(printed.contains("publish    allow fabrikam.vision.ml.outputs.>, fabrikam.vision.ml.metrics.>"), "{printed}");
+    assert!(printed.contains("subscribe  nothing (minted as deny \">\")"), "{printed}");
+
+    // JSON, and a refusal exits 1.
+    let claims_file = dir.path().join("claims.json");
+    std::fs::write(&claims_file, format!(r#"{{"tid": "{TENANT}", "scp": "Nats.Connect", "roles": ["Ml.Vision.Producer"]}}"#)).unwrap();
+    let out = bin()
+        .args(["explain", "--json", "--config"])
+        .arg(&config)
+        .arg("--claims")
+        .arg(&claims_file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["decision"]["allow"], false);
+    assert_eq!(json["decision"]["reason"], "no_matching_policy");
+    assert_eq!(json["signature_verified"], false);
+    assert_eq!(json["provider"]["name"], "contoso");
+    let vision = json["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "vision-training-jobs")
+        .unwrap();
+    assert_eq!(vision["matched"], false);
+    assert_eq!(vision["why_not"], "needs kind `application`; the token is of kind `user`");
 }
