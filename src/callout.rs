@@ -46,6 +46,7 @@ struct Counts {
     allowed: AtomicU64,
     denied: AtomicU64,
     dropped: AtomicU64,
+    cache_hits: AtomicU64,
 }
 
 /// A snapshot of [`Authorizer`] counters.
@@ -57,6 +58,8 @@ pub struct Stats {
     pub denied: u64,
     /// Requests not answered because the request itself was unacceptable.
     pub dropped: u64,
+    /// Admissions answered from the decision cache.
+    pub cache_hits: u64,
 }
 
 /// What [`Authorizer::handle`] decided.
@@ -109,9 +112,11 @@ impl Authorizer {
         self
     }
 
-    /// Number of cached decisions (approximate).
-    pub fn cached_decisions(&self) -> u64 {
-        self.generation.load().decisions.entry_count()
+    /// Number of cached decisions.
+    pub async fn cached_decisions(&self) -> u64 {
+        let generation = self.generation.load_full();
+        generation.decisions.sync().await;
+        generation.decisions.entry_count()
     }
 
     /// Counters since start.
@@ -120,6 +125,7 @@ impl Authorizer {
             allowed: self.counts.allowed.load(Ordering::Relaxed),
             denied: self.counts.denied.load(Ordering::Relaxed),
             dropped: self.counts.dropped.load(Ordering::Relaxed),
+            cache_hits: self.counts.cache_hits.load(Ordering::Relaxed),
         }
     }
 
@@ -191,7 +197,10 @@ impl Authorizer {
         let generation = self.generation.load_full();
 
         let (decision, cached) = match generation.decisions.get(&key, now).await {
-            Some(decision) => (decision, true),
+            Some(decision) => {
+                self.counts.cache_hits.fetch_add(1, Ordering::Relaxed);
+                (decision, true)
+            }
             None => {
                 let identity = self
                     .verifier

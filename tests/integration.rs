@@ -10,5 +10,7 @@ mod support;
 mod callout;
 #[path = "integration/cli.rs"]
 mod cli;
+#[path = "integration/isolation.rs"]
+mod isolation;
 #[path = "integration/oidc.rs"]
 mod oidc;

@@ -1,0 +1,291 @@
+//! Tenant isolation against a real nats-server: identities from several tenants and projects
+//! each try to publish and subscribe to every other's subjects, and only their own work.
+//! Injection attempts through claims are refused by the callout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{ConnectErrorKind, Event, ServerError};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use entra_callout::callout::Authorizer;
+use entra_callout::config::{Config, ProcessEnv};
+use entra_callout::oidc::Verifier;
+use entra_callout::service::{self, LoopSettings};
+
+use crate::support::issuer::{AUDIENCE, OTHER_TENANT, TENANT, TestIssuer};
+use crate::support::nats::{NatsServer, config_mode};
+
+/// Two tenants in one account, isolated by prefix alone; one has two projects.
+const POLICY: &str = r#"
+version: 1
+tenants:
+  - name: contoso
+    entra_tenants: [CONTOSO_TID]
+    account: APP
+    projects: [{ name: alpha }, { name: beta }]
+  - name: fabrikam
+    entra_tenants: [FABRIKAM_TID]
+    account: APP
+    projects: [{ name: alpha }]
+roles:
+  - name: member
+    publish: { allow: [">"] }
+    subscribe: { allow: [">"] }
+  - name: mailbox
+    publish: { allow: ["mail.{oid}"] }
+bindings:
+  - { name: contoso-alpha, tenant: contoso, project: alpha, roles: [member], when: { app_roles: [Alpha] } }
+  - { name: contoso-beta, tenant: contoso, project: beta, roles: [member], when: { app_roles: [Beta] } }
+  - { name: fabrikam-alpha, tenant: fabrikam, project: alpha, roles: [member], when: { app_roles: [Alpha] } }
+  - { name: contoso-mail, tenant: contoso, roles: [mailbox], when: { app_roles: [Mail] } }
+"#;
+
+struct Stack {
+    contoso: TestIssuer,
+    fabrikam: TestIssuer,
+    server: NatsServer,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    authorizer: Arc<Authorizer>,
+}
+
+impl Stack {
+    async fn start() -> Self {
+        let contoso = TestIssuer::start_for(TENANT).await;
+        let fabrikam = TestIssuer::start_for(OTHER_TENANT).await;
+        let account = nkeys::KeyPair::new_account();
+        let server = NatsServer::start(&config_mode(&account.public_key(), None, ""));
+        let dir = server.dir().to_path_buf();
+        std::fs::write(dir.join("issuer.nk"), account.seed().unwrap()).unwrap();
+        std::fs::write(dir.join("nats-password"), "pwd").unwrap();
+        let policy = POLICY
+            .replace("CONTOSO_TID", TENANT)
+            .replace("FABRIKAM_TID", OTHER_TENANT);
+        std::fs::write(dir.join("policies.yaml"), policy).unwrap();
+        let config = format!(
+            "nats:\n  url: {url}\n  user: auth\n  password_file: nats-password\n\
+             callout:\n  issuer_seed_file: issuer.nk\n  drain_timeout: 5s\n\
+             providers:\n\
+             \x20 - name: contoso\n    kind: entra\n    tenant: {TENANT}\n    audiences: [\"{AUDIENCE}\"]\n    authority: {a}\n\
+             \x20 - name: fabrikam\n    kind: entra\n    tenant: {OTHER_TENANT}\n    audiences: [\"{AUDIENCE}\"]\n    authority: {b}\n\
+             policies: policies.yaml\n",
+            url = server.url(),
+            a = contoso.authority(),
+            b = fabrikam.authority(),
+        );
+        let config_path = dir.join("entra-callout.yaml");
+        std::fs::write(&config_path, config).unwrap();
+
+        let config = Config::load(&config_path, &ProcessEnv).expect("valid test config");
+        let verifier = Arc::new(Verifier::new(config.providers.clone()).unwrap());
+        verifier.warm().await.expect("test issuer keys load");
+        let authorizer = Arc::new(Authorizer::new(
+            config.callout.issuer.clone(),
+            None,
+            verifier,
+            config.policies,
+            config.callout.request_leeway.as_secs(),
+        ));
+        let client = service::connect(&config.nats).await.expect("service connects");
+        let settings = LoopSettings {
+            queue_group: config.nats.queue_group.clone(),
+            max_concurrency: config.callout.max_concurrency,
+            drain_timeout: config.callout.drain_timeout,
+        };
+        let requests = service::subscribe(&client, &settings.queue_group)
+            .await
+            .expect("subscribe");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let authorizer = Arc::clone(&authorizer);
+            async move {
+                service::run(client, requests, authorizer, settings, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            }
+        });
+        Self {
+            contoso,
+            fabrikam,
+            server,
+            stop: Some(stop),
+            task,
+            authorizer,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("service stops within 15 s")
+            .expect("service task");
+    }
+}
+
+/// A connected client that records the server errors it is sent.
+struct Client {
+    nats: async_nats::Client,
+    errors: mpsc::UnboundedReceiver<String>,
+}
+
+async fn connect(url: &str, token: &str) -> Result<Client, async_nats::ConnectError> {
+    let (tx, errors) = mpsc::unbounded_channel();
+    let nats = async_nats::ConnectOptions::with_token(token.to_owned())
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let Event::ServerError(ServerError::Other(text)) = event {
+                    let _ = tx.send(text.to_lowercase());
+                }
+            }
+        })
+        .connect(url)
+        .await?;
+    Ok(Client { nats, errors })
+}
+
+async fn next_error(client: &mut Client) -> String {
+    tokio::time::timeout(Duration::from_secs(5), client.errors.recv())
+        .await
+        .expect("a server error within 5 s")
+        .expect("error channel open")
+}
+
+#[tokio::test]
+async fn each_identity_reaches_only_its_own_tenant_and_project() {
+    let stack = Stack::start().await;
+    let url = stack.server.url();
+    // (who, token, own subject)
+    let identities = [
+        (
+            "contoso/alpha",
+            stack.contoso.app_token(json!({ "roles": ["Alpha"] })),
+            "contoso.alpha.data",
+        ),
+        (
+            "contoso/beta",
+            stack.contoso.app_token(json!({ "roles": ["Beta"] })),
+            "contoso.beta.data",
+        ),
+        (
+            "fabrikam/alpha",
+            stack.fabrikam.app_token(json!({ "roles": ["Alpha"] })),
+            "fabrikam.alpha.data",
+        ),
+    ];
+    let mut clients = Vec::new();
+    for (who, token, _) in &identities {
+        clients.push(connect(&url, token).await.unwrap_or_else(|e| panic!("{who}: {e}")));
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        let (who, _, own) = &identities[i];
+        // Its own subjects work both ways: it receives what it publishes.
+        let mut sub = client.nats.subscribe(own.to_string()).await.unwrap();
+        client.nats.publish(own.to_string(), "mine".into()).await.unwrap();
+        client.nats.flush().await.unwrap();
+        let message = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("{who} receives its own message"))
+            .expect("subscription open");
+        assert_eq!(&message.payload[..], b"mine", "{who}");
+
+        // Every other identity's subjects are refused by the server, in both directions.
+        for (j, (other, _, theirs)) in identities.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            client.nats.publish(theirs.to_string(), "intrusion".into()).await.unwrap();
+            client.nats.flush().await.unwrap();
+            let err = next_error(client).await;
+            assert!(
+                err.contains("permissions violation for publish") && err.contains(theirs),
+                "{who} -> {other}: {err}"
+            );
+            let _sub = client.nats.subscribe(theirs.to_string()).await.unwrap();
+            client.nats.flush().await.unwrap();
+            let err = next_error(client).await;
+            assert!(
+                err.contains("permissions violation for subscription") && err.contains(theirs),
+                "{who} <- {other}: {err}"
+            );
+        }
+        // Wildcards reaching outside the prefix are refused too.
+        for wide in [">", "*.alpha.data", "contoso.>", "$SYS.>"] {
+            let _sub = client.nats.subscribe(wide.to_string()).await.unwrap();
+            client.nats.flush().await.unwrap();
+            let err = next_error(client).await;
+            assert!(err.contains("permissions violation for subscription"), "{who} {wide}: {err}");
+        }
+    }
+    assert_eq!(stack.authorizer.stats().allowed, 3);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn claims_that_would_widen_a_subject_are_refused() {
+    let stack = Stack::start().await;
+    let url = stack.server.url();
+    let good = stack.contoso.app_token(json!({ "roles": ["Mail"] }));
+    let client = connect(&url, &good).await.expect("a plain object id is admitted");
+    drop(client);
+    for (n, oid) in ["*", ">", "a.b", "x y", "$SYS.>"].into_iter().enumerate() {
+        let token = stack
+            .contoso
+            .app_token(json!({ "roles": ["Mail"], "oid": oid, "sub": oid }));
+        let err = connect(&url, &token).await.err().unwrap_or_else(|| panic!("oid {oid:?} admitted"));
+        assert_eq!(err.kind(), ConnectErrorKind::AuthorizationViolation, "{oid:?}");
+        assert_eq!(stack.authorizer.stats().denied, n as u64 + 1);
+    }
+    let line = "Auth callout service returned an error: unsafe_claim_value";
+    assert!(stack.server.wait_for_log(line).await, "{}", stack.server.log());
+    assert_eq!(stack.server.log().matches(line).count(), 5, "{}", stack.server.log());
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn decisions_are_cached_until_the_policies_change() {
+    let stack = Stack::start().await;
+    let url = stack.server.url();
+    let token = stack.contoso.app_token(json!({ "roles": ["Alpha"] }));
+    for _ in 0..3 {
+        connect(&url, &token).await.expect("admitted");
+    }
+    let stats = stack.authorizer.stats();
+    assert_eq!((stats.allowed, stats.cache_hits), (3, 2));
+    assert_eq!(stack.authorizer.cached_decisions().await, 1, "one token, one decision");
+
+    // New policies without the binding: the cached admission must not outlive them.
+    let text = POLICY
+        .replace("CONTOSO_TID", TENANT)
+        .replace("FABRIKAM_TID", OTHER_TENANT)
+        .replace("app_roles: [Alpha] } }\n  - { name: contoso-beta", "app_roles: [Gone] } }\n  - { name: contoso-beta");
+    assert!(text.contains("[Gone]"));
+    let opts = entra_callout::policy::CompileOptions {
+        forbidden_accounts: vec!["SYS".into(), "AUTH".into()],
+        default_max_ttl: Duration::from_secs(3600),
+        providers: Vec::new(),
+    };
+    let policies = entra_callout::policy::compile(
+        &[entra_callout::policy::PolicySource { name: "new.yaml".into(), text }],
+        &opts,
+    )
+    .unwrap();
+    stack.authorizer.replace_policies(policies);
+    assert_eq!(stack.authorizer.cached_decisions().await, 0);
+    let err = connect(&url, &token).await.err().expect("refused after the policy change");
+    assert_eq!(err.kind(), ConnectErrorKind::AuthorizationViolation);
+    assert!(
+        stack
+            .server
+            .wait_for_log("Auth callout service returned an error: no_matching_policy")
+            .await
+    );
+    stack.stop().await;
+}
