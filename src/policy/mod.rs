@@ -19,6 +19,8 @@
 mod compile;
 mod eval;
 mod model;
+#[cfg(test)]
+mod proptests;
 mod subject;
 
 use std::fmt;

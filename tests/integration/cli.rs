@@ -193,12 +193,14 @@ fn a_failing_policy_test_fails_the_command_and_says_why() {
     let printed = text(&out);
     assert_eq!(out.status.code(), Some(1), "{printed}");
     assert!(
-        printed.contains(
-            "publish `contoso.vision.ml.outputs.x`: expected allowed, but it is denied"
-        ),
+        printed
+            .contains("publish `contoso.vision.ml.outputs.x`: expected allowed, but it is denied"),
         "{printed}"
     );
-    assert!(printed.contains("wrong.yaml:4  a dashboard user"), "{printed}");
+    assert!(
+        printed.contains("wrong.yaml:4  a dashboard user"),
+        "{printed}"
+    );
     assert!(printed.contains("ok    "), "{printed}");
     assert!(printed.contains("1 passed, 1 failed"), "{printed}");
 }
@@ -217,7 +219,8 @@ fn explain_shows_routing_bindings_and_permissions_and_warns_about_the_signature(
         "sub": "3f4e5d6c-7b8a-4c9d-8e0f-1a2b3c4d5e6f",
         "roles": ["Ml.Vision.Producer"],
     });
-    let encode = |v: &serde_json::Value| data_encoding::BASE64URL_NOPAD.encode(v.to_string().as_bytes());
+    let encode =
+        |v: &serde_json::Value| data_encoding::BASE64URL_NOPAD.encode(v.to_string().as_bytes());
     let token = format!(
         "{}.{}.bm90LWEtc2lnbmF0dXJl",
         encode(&serde_json::json!({"alg": "RS256", "kid": "k"})),
@@ -231,20 +234,44 @@ fn explain_shows_routing_bindings_and_permissions_and_warns_about_the_signature(
         .unwrap();
     let printed = text(&out);
     assert!(out.status.success(), "{printed}");
-    assert!(printed.starts_with("WARNING: the token's signature was NOT verified"), "{printed}");
-    assert!(printed.contains("is the issuer of provider `fabrikam`"), "{printed}");
-    assert!(printed.contains("MATCH  fabrikam-vision-training-jobs (fabrikam/vision; roles ml-producer)"), "{printed}");
     assert!(
-        printed.contains("no     vision-training-jobs (contoso/vision): token is not in tenant `contoso`"),
+        printed.starts_with("WARNING: the token's signature was NOT verified"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("is the issuer of provider `fabrikam`"),
+        "{printed}"
+    );
+    assert!(
+        printed
+            .contains("MATCH  fabrikam-vision-training-jobs (fabrikam/vision; roles ml-producer)"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(
+            "no     vision-training-jobs (contoso/vision): token is not in tenant `contoso`"
+        ),
         "{printed}"
     );
     assert!(printed.contains("Decision: ALLOW"), "{printed}");
-    assert!(printed.contains("publish    allow fabrikam.vision.ml.outputs.>, fabrikam.vision.ml.metrics.>"), "{printed}");
-    assert!(printed.contains("subscribe  nothing (minted as deny \">\")"), "{printed}");
+    assert!(
+        printed.contains(
+            "publish    allow fabrikam.vision.ml.outputs.>, fabrikam.vision.ml.metrics.>"
+        ),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("subscribe  nothing (minted as deny \">\")"),
+        "{printed}"
+    );
 
     // JSON, and a refusal exits 1.
     let claims_file = dir.path().join("claims.json");
-    std::fs::write(&claims_file, format!(r#"{{"tid": "{TENANT}", "scp": "Nats.Connect", "roles": ["Ml.Vision.Producer"]}}"#)).unwrap();
+    std::fs::write(
+        &claims_file,
+        format!(r#"{{"tid": "{TENANT}", "scp": "Nats.Connect", "roles": ["Ml.Vision.Producer"]}}"#),
+    )
+    .unwrap();
     let out = bin()
         .args(["explain", "--json", "--config"])
         .arg(&config)
@@ -265,5 +292,8 @@ fn explain_shows_routing_bindings_and_permissions_and_warns_about_the_signature(
         .find(|b| b["name"] == "vision-training-jobs")
         .unwrap();
     assert_eq!(vision["matched"], false);
-    assert_eq!(vision["why_not"], "needs kind `application`; the token is of kind `user`");
+    assert_eq!(
+        vision["why_not"],
+        "needs kind `application`; the token is of kind `user`"
+    );
 }

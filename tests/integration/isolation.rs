@@ -89,7 +89,9 @@ impl Stack {
             config.policies,
             config.callout.request_leeway.as_secs(),
         ));
-        let client = service::connect(&config.nats).await.expect("service connects");
+        let client = service::connect(&config.nats)
+            .await
+            .expect("service connects");
         let settings = LoopSettings {
             queue_group: config.nats.queue_group.clone(),
             max_concurrency: config.callout.max_concurrency,
@@ -182,13 +184,21 @@ async fn each_identity_reaches_only_its_own_tenant_and_project() {
     ];
     let mut clients = Vec::new();
     for (who, token, _) in &identities {
-        clients.push(connect(&url, token).await.unwrap_or_else(|e| panic!("{who}: {e}")));
+        clients.push(
+            connect(&url, token)
+                .await
+                .unwrap_or_else(|e| panic!("{who}: {e}")),
+        );
     }
     for (i, client) in clients.iter_mut().enumerate() {
         let (who, _, own) = &identities[i];
         // Its own subjects work both ways: it receives what it publishes.
         let mut sub = client.nats.subscribe(own.to_string()).await.unwrap();
-        client.nats.publish(own.to_string(), "mine".into()).await.unwrap();
+        client
+            .nats
+            .publish(own.to_string(), "mine".into())
+            .await
+            .unwrap();
         client.nats.flush().await.unwrap();
         let message = tokio::time::timeout(Duration::from_secs(5), sub.next())
             .await
@@ -201,7 +211,11 @@ async fn each_identity_reaches_only_its_own_tenant_and_project() {
             if i == j {
                 continue;
             }
-            client.nats.publish(theirs.to_string(), "intrusion".into()).await.unwrap();
+            client
+                .nats
+                .publish(theirs.to_string(), "intrusion".into())
+                .await
+                .unwrap();
             client.nats.flush().await.unwrap();
             let err = next_error(client).await;
             assert!(
@@ -221,7 +235,10 @@ async fn each_identity_reaches_only_its_own_tenant_and_project() {
             let _sub = client.nats.subscribe(wide.to_string()).await.unwrap();
             client.nats.flush().await.unwrap();
             let err = next_error(client).await;
-            assert!(err.contains("permissions violation for subscription"), "{who} {wide}: {err}");
+            assert!(
+                err.contains("permissions violation for subscription"),
+                "{who} {wide}: {err}"
+            );
         }
     }
     assert_eq!(stack.authorizer.stats().allowed, 3);
@@ -233,19 +250,37 @@ async fn claims_that_would_widen_a_subject_are_refused() {
     let stack = Stack::start().await;
     let url = stack.server.url();
     let good = stack.contoso.app_token(json!({ "roles": ["Mail"] }));
-    let client = connect(&url, &good).await.expect("a plain object id is admitted");
+    let client = connect(&url, &good)
+        .await
+        .expect("a plain object id is admitted");
     drop(client);
     for (n, oid) in ["*", ">", "a.b", "x y", "$SYS.>"].into_iter().enumerate() {
         let token = stack
             .contoso
             .app_token(json!({ "roles": ["Mail"], "oid": oid, "sub": oid }));
-        let err = connect(&url, &token).await.err().unwrap_or_else(|| panic!("oid {oid:?} admitted"));
-        assert_eq!(err.kind(), ConnectErrorKind::AuthorizationViolation, "{oid:?}");
+        let err = connect(&url, &token)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("oid {oid:?} admitted"));
+        assert_eq!(
+            err.kind(),
+            ConnectErrorKind::AuthorizationViolation,
+            "{oid:?}"
+        );
         assert_eq!(stack.authorizer.stats().denied, n as u64 + 1);
     }
     let line = "Auth callout service returned an error: unsafe_claim_value";
-    assert!(stack.server.wait_for_log(line).await, "{}", stack.server.log());
-    assert_eq!(stack.server.log().matches(line).count(), 5, "{}", stack.server.log());
+    assert!(
+        stack.server.wait_for_log(line).await,
+        "{}",
+        stack.server.log()
+    );
+    assert_eq!(
+        stack.server.log().matches(line).count(),
+        5,
+        "{}",
+        stack.server.log()
+    );
     stack.stop().await;
 }
 
@@ -259,13 +294,20 @@ async fn decisions_are_cached_until_the_policies_change() {
     }
     let stats = stack.authorizer.stats();
     assert_eq!((stats.allowed, stats.cache_hits), (3, 2));
-    assert_eq!(stack.authorizer.cached_decisions().await, 1, "one token, one decision");
+    assert_eq!(
+        stack.authorizer.cached_decisions().await,
+        1,
+        "one token, one decision"
+    );
 
     // New policies without the binding: the cached admission must not outlive them.
     let text = POLICY
         .replace("CONTOSO_TID", TENANT)
         .replace("FABRIKAM_TID", OTHER_TENANT)
-        .replace("app_roles: [Alpha] } }\n  - { name: contoso-beta", "app_roles: [Gone] } }\n  - { name: contoso-beta");
+        .replace(
+            "app_roles: [Alpha] } }\n  - { name: contoso-beta",
+            "app_roles: [Gone] } }\n  - { name: contoso-beta",
+        );
     assert!(text.contains("[Gone]"));
     let opts = entra_callout::policy::CompileOptions {
         forbidden_accounts: vec!["SYS".into(), "AUTH".into()],
@@ -273,13 +315,19 @@ async fn decisions_are_cached_until_the_policies_change() {
         providers: Vec::new(),
     };
     let policies = entra_callout::policy::compile(
-        &[entra_callout::policy::PolicySource { name: "new.yaml".into(), text }],
+        &[entra_callout::policy::PolicySource {
+            name: "new.yaml".into(),
+            text,
+        }],
         &opts,
     )
     .unwrap();
     stack.authorizer.replace_policies(policies);
     assert_eq!(stack.authorizer.cached_decisions().await, 0);
-    let err = connect(&url, &token).await.err().expect("refused after the policy change");
+    let err = connect(&url, &token)
+        .await
+        .err()
+        .expect("refused after the policy change");
     assert_eq!(err.kind(), ConnectErrorKind::AuthorizationViolation);
     assert!(
         stack

@@ -1,0 +1,211 @@
+//! Property tests: whatever a token says, the minted permissions never exceed what the policy
+//! grants, and never reach another tenant's subjects.
+//!
+//! Identities are generated with hostile values (dots, wildcards, spaces, `$SYS`, non-ASCII)
+//! in every field a placeholder or condition reads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use serde_json::{Map, json};
+
+use super::{CompileOptions, Grant, PolicySet, PolicySource, compile};
+use crate::identity::{Identity, PrincipalKind};
+
+const TID_A: &str = "72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41";
+const TID_B: &str = "0b9e7c2a-4d1f-4e8b-a3c6-9f2d5e8b1a07";
+
+const POLICY: &str = r#"
+version: 1
+tenants:
+  - { name: ta, entra_tenants: [72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41], account: APP, projects: [{ name: p1 }, { name: p2 }] }
+  - { name: tb, entra_tenants: [0b9e7c2a-4d1f-4e8b-a3c6-9f2d5e8b1a07], account: APP, projects: [{ name: p1 }] }
+roles:
+  - name: wide
+    publish: { allow: [">"], deny: ["secret.>"] }
+    subscribe: { allow: ["*.events", "u-{oid}.>"] }
+  - name: owned
+    publish: { allow: ["own.{oid}.{app_id}", "team.{claim:team}.x-{sub}"] }
+    subscribe:
+      queues: [{ subject: "jobs.{claim:team}", group: "g-{oid}" }]
+  - name: inbox
+    absolute: true
+    subscribe: { allow: ["_INBOX.{oid}.>"] }
+bindings:
+  - { name: a-wide, tenant: ta, project: p1, roles: [wide], when: { app_roles: [Wide] } }
+  - { name: a-owned, tenant: ta, roles: [owned, inbox], when: { groups: [g1] } }
+  - { name: a-p2, tenant: ta, project: p2, roles: [owned], when: { claims: { team: { glob: "*" } } } }
+  - { name: b-wide, tenant: tb, project: p1, roles: [wide, inbox], when: { app_roles: [Wide] } }
+  - { name: b-users, tenant: tb, roles: [owned], when: { kind: user } }
+"#;
+
+fn policies() -> PolicySet {
+    let opts = CompileOptions {
+        forbidden_accounts: vec!["SYS".into()],
+        default_max_ttl: Duration::from_secs(3600),
+        providers: Vec::new(),
+    };
+    let source = PolicySource {
+        name: "p.yaml".into(),
+        text: POLICY.into(),
+    };
+    match compile(&[source], &opts) {
+        Ok(set) => set,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Claim values an attacker might choose.
+fn hostile() -> impl Strategy<Value = String> {
+    prop_oneof![
+        8 => "[a-z0-9-]{1,12}",
+        1 => Just(">".to_owned()),
+        1 => Just("*".to_owned()),
+        1 => Just("$SYS".to_owned()),
+        1 => Just("a.b".to_owned()),
+        1 => Just("ta.p1".to_owned()),
+        1 => Just("x y".to_owned()),
+        1 => Just(String::new()),
+        1 => "[a-z.*> $\u{e9}\t]{0,8}",
+    ]
+}
+
+fn identity() -> impl Strategy<Value = Identity> {
+    (
+        prop_oneof![
+            Just(Some(TID_A.to_owned())),
+            Just(Some(TID_B.to_owned())),
+            Just(None)
+        ],
+        any::<bool>(),
+        proptest::sample::subsequence(vec!["Wide", "wide", "Other", "*"], 0..3),
+        proptest::sample::subsequence(vec!["g1", "G1", "g2"], 0..2),
+        (
+            hostile(),
+            hostile(),
+            hostile(),
+            proptest::option::of(hostile()),
+        ),
+    )
+        .prop_map(
+            |(tenant, is_app, roles, groups, (oid, sub, app_id, team))| {
+                let mut claims = Map::new();
+                if let Some(team) = team {
+                    claims.insert("team".into(), json!(team));
+                }
+                Identity {
+                    provider: Arc::from("entra"),
+                    issuer: "https://issuer".into(),
+                    tenant,
+                    object_id: Some(oid),
+                    subject: sub,
+                    app_id: Some(app_id),
+                    kind: if is_app {
+                        PrincipalKind::Application
+                    } else {
+                        PrincipalKind::User
+                    },
+                    roles: roles.into_iter().map(str::to_owned).collect(),
+                    groups: groups.into_iter().map(str::to_owned).collect(),
+                    scopes: vec![],
+                    guest: false,
+                    display_name: None,
+                    expires_at: 2_000_000,
+                    token_id: None,
+                    claims,
+                }
+            },
+        )
+}
+
+/// The policy's own subjects with every placeholder token widened to `*`: an upper bound on
+/// anything a binding can render.
+fn bounds(set: &PolicySet, grant: &Grant) -> Vec<String> {
+    let widen = |t: String| {
+        t.split(' ')
+            .map(|part| {
+                part.split('.')
+                    .map(|tok| if tok.contains('{') { "*" } else { tok })
+                    .collect::<Vec<_>>()
+                    .join(".")
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    set.bindings
+        .iter()
+        .filter(|b| grant.matched.contains(&b.name))
+        .flat_map(|b| [&b.publish.allow, &b.subscribe.allow])
+        .flatten()
+        .map(|t| widen(t.to_string()))
+        .collect()
+}
+
+fn covered(bound: &str, entry: &str) -> bool {
+    let (bs, bq) = bound
+        .split_once(' ')
+        .map_or((bound, None), |(s, q)| (s, Some(q)));
+    let (es, eq) = entry
+        .split_once(' ')
+        .map_or((entry, None), |(s, q)| (s, Some(q)));
+    super::covers(bs, es)
+        && match (bq, eq) {
+            (None, None) => true,
+            (Some(b), Some(e)) => super::covers(b, e),
+            _ => false,
+        }
+}
+
+/// Concrete subjects to probe with.
+fn subject() -> impl Strategy<Value = String> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just("ta"),
+            Just("tb"),
+            Just("p1"),
+            Just("p2"),
+            Just("events"),
+            Just("own"),
+            Just("_INBOX"),
+            Just("$SYS"),
+            Just("secret"),
+            Just("x"),
+        ],
+        1..6,
+    )
+    .prop_map(|tokens| tokens.join("."))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn minted_permissions_never_exceed_the_policy(id in identity(), probes in proptest::collection::vec(subject(), 16)) {
+        let set = policies();
+        let Ok(grant) = set.evaluate(&id, 1_000_000) else { return Ok(()) };
+        let bounds = bounds(&set, &grant);
+        for entry in grant.publish.allow.iter().chain(&grant.subscribe.allow) {
+            // Every allow entry is a policy subject with placeholders filled by single tokens.
+            prop_assert!(bounds.iter().any(|b| covered(b, entry)), "{entry} exceeds {bounds:?}");
+            prop_assert!(entry.len() < 512);
+        }
+        let own = match id.tenant.as_deref() {
+            Some(TID_A) => "ta.",
+            Some(TID_B) => "tb.",
+            _ => return Err(TestCaseError::fail("a token without a known tenant was admitted")),
+        };
+        let inbox = format!("_INBOX.{}.", id.object_id.as_deref().unwrap_or_default());
+        for s in &probes {
+            for perms in [&grant.publish, &grant.subscribe] {
+                if perms.allows(s) {
+                    // Whatever is allowed lies in the token's own tenant, or its private inbox.
+                    prop_assert!(s.starts_with(own) || s.starts_with(&inbox), "{s} allowed for {own}");
+                    prop_assert!(!s.starts_with("$SYS"));
+                }
+            }
+        }
+        // Denies are enforced with deny winning.
+        prop_assert!(!grant.publish.allows("ta.p1.secret.x") && !grant.publish.allows("tb.p1.secret.x"));
+    }
+}
