@@ -42,7 +42,7 @@ pub enum DenyReason {
     NotAnAccessToken,
     /// The token's group claims were replaced by an overage marker.
     GroupsOverage,
-    /// No policy rule grants this identity anything.
+    /// No policy binding grants this identity anything.
     NoMatchingPolicy,
     /// Matching rules disagree about the target account.
     AccountConflict,

@@ -412,8 +412,7 @@ pub fn render_json(x: &Explained<'_>, unverified: bool) -> Value {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TestFile {
-    #[allow(dead_code)]
-    version: Option<u64>,
+    version: Option<Spanned<u64>>,
     /// Provider for tests that name none.
     provider: Option<String>,
     /// Claims every test starts from; a test's own claims override them.
@@ -521,6 +520,19 @@ pub fn run_test_file(
     let file = path.display().to_string();
     let parsed: TestFile = serde_saphyr::from_str(&text)
         .map_err(|e| ToolError::TestFile(vec![yaml_problem(&file, &e)]))?;
+    if let Some(v) = &parsed.version
+        && v.value != 1
+    {
+        return Err(ToolError::TestFile(vec![Diagnostic {
+            file,
+            line: v.referenced.line(),
+            column: v.referenced.column(),
+            message: format!(
+                "unsupported test file version {}; this build reads version 1",
+                v.value
+            ),
+        }]));
+    }
     let base = path.parent().unwrap_or(Path::new("."));
     let mut results = Vec::with_capacity(parsed.tests.len());
     let mut problems = Vec::new();
