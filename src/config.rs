@@ -798,8 +798,11 @@ mod tests {
         assert_eq!(config.nats.queue_group, DEFAULT_QUEUE_GROUP);
         assert_eq!(config.providers.len(), 1);
         assert_eq!(
-            config.providers[0].issuer(),
-            format!("https://login.microsoftonline.com/{TENANT}/v2.0")
+            config.providers[0].issuers(),
+            [
+                format!("https://sts.windows.net/{TENANT}/"),
+                format!("https://login.microsoftonline.com/{TENANT}/v2.0"),
+            ]
         );
         assert!(matches!(config.nats.auth, NatsAuth::UserPassword { .. }));
         // Secrets never reach Debug output.
