@@ -694,7 +694,9 @@ impl Validator<'_> {
                 RawTenants::Keyword(word) => {
                     self.problem(
                         list,
-                        format!("tenants must be a list of tenant ids or the word any, not {word:?}"),
+                        format!(
+                            "tenants must be a list of tenant ids or the word any, not {word:?}"
+                        ),
                     );
                     return None;
                 }
@@ -805,10 +807,7 @@ impl Validator<'_> {
                 return None;
             }
         };
-        let at = p
-            .graph
-            .as_ref()
-            .map_or_else(|| Loc::of(&p.name), Loc::of);
+        let at = p.graph.as_ref().map_or_else(|| Loc::of(&p.name), Loc::of);
         self.step(settings.with_groups_overage(overage), at)
     }
 
@@ -845,8 +844,11 @@ impl Validator<'_> {
                 return None;
             }
         };
-        let mut graph = GraphSettings::new(&raw.client_id.value, credential)
-            .with_graph_url(raw.graph_url.as_ref().map_or(graph_url, |u| u.value.as_str()));
+        let mut graph = GraphSettings::new(&raw.client_id.value, credential).with_graph_url(
+            raw.graph_url
+                .as_ref()
+                .map_or(graph_url, |u| u.value.as_str()),
+        );
         if let Some(authority) = &raw.authority {
             graph = graph.with_token_authority(&authority.value);
         }
@@ -873,14 +875,12 @@ impl Validator<'_> {
             return None;
         };
         let mut settings =
-            match ProviderSettings::oidc(&p.name.value, &issuer.value, p.audiences.value.clone())
-            {
+            match ProviderSettings::oidc(&p.name.value, &issuer.value, p.audiences.value.clone()) {
                 Ok(settings) => settings,
                 Err(err) => {
                     let at = match err {
-                        SettingsError::AudiencesEmpty { .. } | SettingsError::AudienceBlank { .. } => {
-                            Loc::of(&p.audiences)
-                        }
+                        SettingsError::AudiencesEmpty { .. }
+                        | SettingsError::AudienceBlank { .. } => Loc::of(&p.audiences),
                         SettingsError::NameEmpty => Loc::of(&p.name),
                         _ => Loc::of(issuer),
                     };

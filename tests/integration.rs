@@ -10,5 +10,7 @@ mod support;
 mod callout;
 #[path = "integration/cli.rs"]
 mod cli;
+#[path = "integration/entra.rs"]
+mod entra;
 #[path = "integration/oidc.rs"]
 mod oidc;

@@ -286,7 +286,9 @@ impl GraphClient {
         token: &SecretString,
         body: &'static str,
     ) -> Result<T, Arc<GraphError>> {
-        self.post_json_inner(url, token, body).await.map_err(Arc::new)
+        self.post_json_inner(url, token, body)
+            .await
+            .map_err(Arc::new)
     }
 
     async fn post_json_inner<T: for<'de> Deserialize<'de>>(
@@ -330,15 +332,16 @@ impl GraphClient {
             url: url.to_owned(),
             document,
         };
-        let body = read_capped(response, MAX_RESPONSE_BYTES).await.map_err(
-            |error| match error {
-                Some(source) => GraphError::Request {
-                    url: url.to_owned(),
-                    source,
-                },
-                None => invalid(),
-            },
-        )?;
+        let body =
+            read_capped(response, MAX_RESPONSE_BYTES)
+                .await
+                .map_err(|error| match error {
+                    Some(source) => GraphError::Request {
+                        url: url.to_owned(),
+                        source,
+                    },
+                    None => invalid(),
+                })?;
         serde_json::from_slice(&body).map_err(|_| invalid())
     }
 }

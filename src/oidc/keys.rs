@@ -305,7 +305,11 @@ impl Fetcher {
                 url: jwks_url.to_string(),
             });
         }
-        tracing::debug!(source = target.label, keys = keys.len(), "fetched signing keys");
+        tracing::debug!(
+            source = target.label,
+            keys = keys.len(),
+            "fetched signing keys"
+        );
         Ok(keys.with_metadata_issuer(&announced))
     }
 

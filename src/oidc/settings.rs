@@ -1027,7 +1027,10 @@ mod tests {
                 format!("https://login.microsoftonline.com/{TENANT}/v2.0"),
             ]
         );
-        assert_eq!(entra(&settings).authority(), "https://login.microsoftonline.com");
+        assert_eq!(
+            entra(&settings).authority(),
+            "https://login.microsoftonline.com"
+        );
         assert_eq!(settings.algorithms(), [Algorithm::RS256]);
         assert_eq!(settings.leeway_secs(), 60);
         assert_eq!(settings.max_token_bytes(), 16 * 1024);
@@ -1190,7 +1193,9 @@ mod tests {
 
     #[test]
     fn algorithms_are_asymmetric_only() {
-        let settings = settings().with_algorithms(&["RS256", "PS256", "RS256"]).unwrap();
+        let settings = settings()
+            .with_algorithms(&["RS256", "PS256", "RS256"])
+            .unwrap();
         assert_eq!(settings.algorithms(), [Algorithm::RS256, Algorithm::PS256]);
         for bad in ["HS256", "HS512", "none", "rs256", "EdDSA", ""] {
             assert!(
@@ -1206,8 +1211,8 @@ mod tests {
 
     #[test]
     fn oidc_settings_derive_discovery_and_keep_the_issuer_exact() {
-        let auth0 = ProviderSettings::oidc("auth0", "https://tenant.auth0.com/", vec!["a".into()])
-            .unwrap();
+        let auth0 =
+            ProviderSettings::oidc("auth0", "https://tenant.auth0.com/", vec!["a".into()]).unwrap();
         let oidc = auth0.as_oidc().unwrap();
         assert_eq!(oidc.issuer(), "https://tenant.auth0.com/");
         assert_eq!(

@@ -190,8 +190,8 @@ impl Verifier {
                     }
                     for version in [TokenVersion::V1, TokenVersion::V2] {
                         let (prefix, suffix) = entra.issuer_shape(version);
-                        let any = *entra.tenants() == Tenants::Any
-                            && entra.versions().contains(version);
+                        let any =
+                            *entra.tenants() == Tenants::Any && entra.versions().contains(version);
                         let source = any.then(|| {
                             sources.push(Source::new(
                                 index,
@@ -406,9 +406,16 @@ impl Verifier {
                     });
                 }
                 (Some(_), Err(error)) => return Err(error),
-                // A listed provider's cloud, but not one of its exact issuers: say why.
+                // A listed provider's cloud, but not one of its exact issuers: say why. A provider
+                // that lists the tenant knows better (wrong version, mismatched tid) than one
+                // that merely does not list it.
                 (None, Err(error)) => {
-                    refusal.get_or_insert(error);
+                    let weaker = refusal
+                        .as_ref()
+                        .is_none_or(|r| matches!(r, TokenError::TenantNotAllowed { .. }));
+                    if weaker {
+                        refusal = Some(error);
+                    }
                 }
                 (None, Ok(_)) => {
                     refusal.get_or_insert(TokenError::IssuerUnknown);

@@ -247,7 +247,10 @@ fn entra_claims(
             }
         },
     };
-    let display_name = first_str(&claims, &["preferred_username", "upn", "unique_name", "name"])?;
+    let display_name = first_str(
+        &claims,
+        &["preferred_username", "upn", "unique_name", "name"],
+    )?;
     let token_id = first_str(&claims, &["uti", "jti"])?;
     let tenant = tenant.to_owned();
     let (subject, object_id) = (subject.to_owned(), object_id.map(str::to_owned));
@@ -289,7 +292,10 @@ fn oidc_claims(
             detail: "iss is not the provider's issuer",
         });
     }
-    if keys.metadata_issuer().is_some_and(|announced| announced != issuer) {
+    if keys
+        .metadata_issuer()
+        .is_some_and(|announced| announced != issuer)
+    {
         return Err(TokenError::IssuerMismatch {
             provider: provider.clone(),
             detail: "the metadata announces another issuer",
@@ -301,7 +307,9 @@ fn oidc_claims(
     check_id_token_markers(&claims, &OIDC_ID_TOKEN_MARKERS, provider)?;
     // Keycloak labels its tokens with a `typ` claim: `Bearer` for access, `ID` for ID tokens.
     if optional_str(&claims, "typ")?.is_some_and(|typ| typ.eq_ignore_ascii_case("id")) {
-        return Err(TokenError::NotAnAccessToken("it is labelled as an id token"));
+        return Err(TokenError::NotAnAccessToken(
+            "it is labelled as an id token",
+        ));
     }
 
     let scopes = match claims.get("scp") {
@@ -987,7 +995,12 @@ mod tests {
             DenyReason::TenantMismatch
         );
         assert_eq!(user(json!({"iss": other_iss})), DenyReason::TenantMismatch);
-        for bad_tid in [json!(TENANT.to_uppercase()), json!("common"), json!(7), json!(null)] {
+        for bad_tid in [
+            json!(TENANT.to_uppercase()),
+            json!("common"),
+            json!(7),
+            json!(null),
+        ] {
             assert_eq!(
                 user(json!({"tid": bad_tid})),
                 DenyReason::TenantInvalid,
@@ -1068,7 +1081,10 @@ mod tests {
         .unwrap();
         let keys = keys().with_metadata_issuer(TEMPLATE);
         let other_iss = format!("https://login.microsoftonline.com/{OTHER_TENANT}/v2.0");
-        let other = with(user_claims(), json!({"iss": other_iss, "tid": OTHER_TENANT}));
+        let other = with(
+            user_claims(),
+            json!({"iss": other_iss, "tid": OTHER_TENANT}),
+        );
         let identity = verify_with_keys(&sign("k1", &other), &settings, &keys, NOW).unwrap();
         assert_eq!(identity.tenant.as_deref(), Some(OTHER_TENANT));
         // k3 is published for OTHER_TENANT only: good there, refused for TENANT.
@@ -1104,8 +1120,7 @@ mod tests {
         // A key whose JWK names RS256 never verifies PS256, whatever the provider allows.
         let mut pinned = jwk(KEY_1, "k1", TEMPLATE);
         pinned["alg"] = json!("RS256");
-        let pinned =
-            KeySet::from_jwks(json!({"keys": [pinned]}).to_string().as_bytes()).unwrap();
+        let pinned = KeySet::from_jwks(json!({"keys": [pinned]}).to_string().as_bytes()).unwrap();
         let error = verify_with_keys(&token, &ps, &pinned, NOW).unwrap_err();
         assert_eq!(error.reason(), DenyReason::AlgorithmNotAllowed);
     }
@@ -1145,12 +1160,18 @@ mod tests {
                 .reason()
         };
         assert_eq!(refuse(json!({"typ": "ID"})), DenyReason::NotAnAccessToken);
-        assert_eq!(refuse(json!({"at_hash": "x"})), DenyReason::NotAnAccessToken);
+        assert_eq!(
+            refuse(json!({"at_hash": "x"})),
+            DenyReason::NotAnAccessToken
+        );
         assert_eq!(
             refuse(json!({"iss": "https://keycloak.example/realms/other"})),
             DenyReason::IssuerMismatch
         );
-        assert_eq!(refuse(json!({"aud": "account"})), DenyReason::AudienceMismatch);
+        assert_eq!(
+            refuse(json!({"aud": "account"})),
+            DenyReason::AudienceMismatch
+        );
         assert_eq!(
             refuse(json!({"realm_access": {"roles": "publisher"}})),
             DenyReason::ClaimInvalid
