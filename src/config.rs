@@ -1183,6 +1183,28 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_provider_examples_load() {
+        let readme = include_str!("../README.md");
+        let examples: Vec<&str> = readme
+            .split("```yaml\n")
+            .skip(1)
+            .filter_map(|block| block.split_once("```").map(|(yaml, _)| yaml))
+            .filter(|yaml| yaml.starts_with("providers:"))
+            .collect();
+        assert_eq!(examples.len(), 3, "three provider examples in the README");
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path());
+        let text = GOOD.replace("TENANT", TENANT);
+        let (head, tail) = text.split_once("providers:").unwrap();
+        let tail = tail.split_once("policies:").unwrap().1;
+        for example in examples {
+            let config = load(dir.path(), &format!("{head}{example}policies:{tail}"))
+                .unwrap_or_else(|e| panic!("{e}\n{example}"));
+            assert_eq!(config.providers.len(), 1);
+        }
+    }
+
+    #[test]
     fn provider_problems_are_located() {
         let dir = tempfile::tempdir().unwrap();
         write_policy(dir.path());

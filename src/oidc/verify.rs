@@ -1101,7 +1101,7 @@ mod tests {
         assert!(verify_with_keys(&sign("k1", &third), &any, &keys, NOW).is_ok());
 
         // Metadata that announces a concrete issuer for another tenant never fits.
-        let wrong = keys.clone().with_metadata_issuer(&other_iss);
+        let wrong = keys.with_metadata_issuer(&other_iss);
         let error = verify_with_keys(&sign("k1", &user_claims()), &settings, &wrong, NOW);
         assert_eq!(error.unwrap_err().reason(), DenyReason::IssuerMismatch);
     }
