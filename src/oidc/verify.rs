@@ -123,13 +123,20 @@ pub(crate) fn entra_issuer_shape<'a>(
     entra: &EntraSettings,
     issuer: &'a str,
 ) -> Option<(TokenVersion, &'a str)> {
-    [TokenVersion::V2, TokenVersion::V1]
-        .into_iter()
-        .find_map(|version| {
-            let (prefix, suffix) = entra.issuer_shape(version);
-            let segment = issuer.strip_prefix(prefix.as_str())?.strip_suffix(suffix)?;
-            (!segment.is_empty() && !segment.contains('/')).then_some((version, segment))
-        })
+    // Compared piecewise rather than through `issuer_shape`, so the hot path allocates nothing.
+    let rest = issuer.strip_prefix("https://")?;
+    [
+        (TokenVersion::V2, entra.login_host(), "/v2.0"),
+        (TokenVersion::V1, entra.sts_host(), "/"),
+    ]
+    .into_iter()
+    .find_map(|(version, host, suffix)| {
+        let segment = rest
+            .strip_prefix(host)?
+            .strip_prefix('/')?
+            .strip_suffix(suffix)?;
+        (!segment.is_empty() && !segment.contains('/')).then_some((version, segment))
+    })
 }
 
 /// Entra's tenant rules, on claims that may not be verified yet (routing runs them before any
