@@ -16,7 +16,10 @@ use serde_saphyr::{DefaultMessageFormatter, MessageFormatter, Spanned};
 
 use crate::diagnostic::Diagnostic;
 use crate::duration::parse_duration;
-use crate::oidc::{ProviderSettings, SettingsError};
+use crate::oidc::{
+    GraphCredential, GraphSettings, GroupsOverage, PrincipalRule, ProviderSettings, SecretString,
+    SettingsError, Tenants, Versions,
+};
 use crate::policy::{CompileOptions, PolicyErrors, PolicySet};
 
 /// Default NATS URL: a local nats-server.
@@ -257,24 +260,74 @@ pub struct RawCallout {
 pub struct RawProvider {
     /// Unique name, used in logs and policies.
     pub name: Spanned<String>,
-    /// Provider kind; `entra` for now.
+    /// Provider kind: `entra` or `oidc`.
     pub kind: Spanned<String>,
-    /// Entra tenant id (GUID).
+    /// Entra: the one tenant id (GUID).
     pub tenant: Option<Spanned<String>>,
+    /// Entra: a list of tenant ids, or the word `any`.
+    pub tenants: Option<Spanned<RawTenants>>,
+    /// Entra: accepted token versions, `[v1, v2]` by default.
+    pub versions: Option<Spanned<Vec<String>>>,
     /// Accepted `aud` values.
     pub audiences: Spanned<Vec<String>>,
-    /// `global`, `usgov` or `china`.
+    /// Entra: `global`, `usgov` or `china`.
     pub cloud: Option<Spanned<String>>,
-    /// Issuer host override, for clouds not in the table.
+    /// Entra: v2 issuer host override, for clouds not in the table.
     pub login_host: Option<Spanned<String>>,
-    /// Where metadata is fetched from; defaults to `https://{login_host}`.
+    /// Entra: v1 issuer host override.
+    pub sts_host: Option<Spanned<String>>,
+    /// Entra: where metadata is fetched from; defaults to `https://{login_host}`.
     pub authority: Option<Spanned<String>>,
+    /// Accepted signature algorithms, `[RS256]` by default.
+    pub algorithms: Option<Spanned<Vec<String>>>,
+    /// Entra: `deny` (default) or `resolve`.
+    pub groups_overage: Option<Spanned<String>>,
+    /// Entra: Microsoft Graph access for `groups_overage: resolve`.
+    pub graph: Option<Spanned<RawGraph>>,
+    /// Generic OIDC: the exact `iss`.
+    pub issuer: Option<Spanned<String>>,
+    /// Generic OIDC: discovery document URL, when not `{issuer}/.well-known/openid-configuration`.
+    pub discovery_url: Option<Spanned<String>>,
+    /// Generic OIDC: where roles are, e.g. `realm_access.roles`.
+    pub roles_claim: Option<Spanned<String>>,
+    /// Generic OIDC: where groups are.
+    pub groups_claim: Option<Spanned<String>>,
+    /// Generic OIDC: `auto` (default), `user` or `application`.
+    pub principal: Option<Spanned<String>>,
     /// Clock skew tolerated on `exp`/`nbf`, e.g. `60s`.
     pub leeway: Option<Spanned<String>>,
     /// How often keys are refreshed in the background, e.g. `1h`.
     pub key_refresh_interval: Option<Spanned<String>>,
     /// Minimum time between refetches triggered by an unknown `kid`, e.g. `5m`.
     pub unknown_kid_refetch_interval: Option<Spanned<String>>,
+}
+
+/// `tenants:` as written: a list of GUIDs, or a keyword (only `any` is valid).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawTenants {
+    /// A keyword.
+    Keyword(String),
+    /// Tenant ids.
+    List(Vec<String>),
+}
+
+/// `graph:` of a provider as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGraph {
+    /// The service's own app registration (client id).
+    pub client_id: Spanned<String>,
+    /// File holding the client secret.
+    pub client_secret_file: Option<Spanned<String>>,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: Option<Spanned<String>>,
+    /// Federated token file (workload identity), e.g. `$AZURE_FEDERATED_TOKEN_FILE`'s path.
+    pub federated_token_file: Option<Spanned<String>>,
+    /// Token endpoint base; defaults to the provider's authority.
+    pub authority: Option<Spanned<String>>,
+    /// Graph base URL; defaults to the cloud's Graph.
+    pub graph_url: Option<Spanned<String>>,
 }
 
 /// `log:` as written.
@@ -595,65 +648,28 @@ impl Validator<'_> {
     }
 
     fn provider(&mut self, p: RawProvider) -> Option<ProviderSettings> {
-        if p.kind.value != "entra" {
-            let kind = &p.kind.value;
-            self.problem(
-                &p.kind,
-                format!("unknown provider kind {kind:?}; expected entra"),
-            );
-            return None;
-        }
-        let Some(tenant) = &p.tenant else {
-            self.problem(&p.name, "an entra provider needs a tenant (GUID)");
-            return None;
+        let settings = match p.kind.value.as_str() {
+            "entra" => self.entra_provider(&p)?,
+            "oidc" => self.oidc_provider(&p)?,
+            kind => {
+                self.problem(
+                    &p.kind,
+                    format!("unknown provider kind {kind:?}; expected entra or oidc"),
+                );
+                return None;
+            }
         };
+        let mut settings = settings;
+        if let Some(algorithms) = &p.algorithms {
+            let names: Vec<&str> = algorithms.value.iter().map(String::as_str).collect();
+            settings = self.step(settings.with_algorithms(&names), Loc::of(algorithms))?;
+        }
         let leeway = self.duration(p.leeway.clone(), Duration::from_secs(60));
         let refresh = self.duration(p.key_refresh_interval.clone(), Duration::from_secs(3600));
         let refetch = self.duration(
             p.unknown_kid_refetch_interval.clone(),
             Duration::from_secs(300),
         );
-        // Each builder step validates one setting; its error is reported at that setting.
-        let mut settings =
-            match ProviderSettings::new(&p.name.value, &tenant.value, p.audiences.value.clone()) {
-                Ok(settings) => settings,
-                Err(err) => {
-                    let at = match err {
-                        SettingsError::TenantNotGuid { .. } => Loc::of(tenant),
-                        SettingsError::NameEmpty => Loc::of(&p.name),
-                        _ => Loc::of(&p.audiences),
-                    };
-                    self.problem_at(at, err.to_string());
-                    return None;
-                }
-            };
-        match (&p.cloud, &p.login_host) {
-            (Some(cloud), Some(_)) => {
-                self.problem(cloud, "give either cloud or login_host, not both");
-                return None;
-            }
-            (Some(cloud), None) => {
-                let Some(host) = cloud_login_host(&cloud.value) else {
-                    let name = &cloud.value;
-                    self.problem(
-                        cloud,
-                        format!("unknown cloud {name:?}; expected global, usgov or china"),
-                    );
-                    return None;
-                };
-                settings = self.step(settings.with_login_host(host), Loc::of(cloud))?;
-            }
-            (None, Some(host)) => {
-                settings = self.step(settings.with_login_host(&host.value), Loc::of(host))?;
-            }
-            (None, None) => {}
-        }
-        if let Some(authority) = &p.authority {
-            settings = self.step(
-                settings.with_authority(&authority.value),
-                Loc::of(authority),
-            )?;
-        }
         let leeway_at = p.leeway.as_ref().map_or(Loc::of(&p.name), Loc::of);
         settings = self.step(settings.with_leeway_secs(leeway.as_secs()), leeway_at)?;
         let refresh_at = p
@@ -662,6 +678,265 @@ impl Validator<'_> {
             .map_or(Loc::of(&p.name), Loc::of);
         settings = self.step(settings.with_key_refresh_interval(refresh), refresh_at)?;
         Some(settings.with_unknown_kid_refetch_interval(refetch))
+    }
+
+    /// Reports every given setting that does not apply to the provider's kind.
+    fn not_for_kind(&mut self, kind: &str, settings: &[(&str, Option<Loc>)]) -> bool {
+        let mut clean = true;
+        for (name, at) in settings {
+            if let Some(at) = at {
+                self.problem_at(*at, format!("`{name}` does not apply to a {kind} provider"));
+                clean = false;
+            }
+        }
+        clean
+    }
+
+    fn entra_provider(&mut self, p: &RawProvider) -> Option<ProviderSettings> {
+        let clean = self.not_for_kind(
+            "entra",
+            &[
+                ("issuer", p.issuer.as_ref().map(Loc::of)),
+                ("discovery_url", p.discovery_url.as_ref().map(Loc::of)),
+                ("roles_claim", p.roles_claim.as_ref().map(Loc::of)),
+                ("groups_claim", p.groups_claim.as_ref().map(Loc::of)),
+                ("principal", p.principal.as_ref().map(Loc::of)),
+            ],
+        );
+        let (tenants, tenants_at) = match (&p.tenant, &p.tenants) {
+            (Some(_), Some(list)) => {
+                self.problem(list, "give either tenant or tenants, not both");
+                return None;
+            }
+            (Some(one), None) => (Tenants::One(one.value.clone()), Loc::of(one)),
+            (None, Some(list)) => match &list.value {
+                RawTenants::Keyword(word) if word == "any" => (Tenants::Any, Loc::of(list)),
+                RawTenants::Keyword(word) => {
+                    self.problem(
+                        list,
+                        format!(
+                            "tenants must be a list of tenant ids or the word any, not {word:?}"
+                        ),
+                    );
+                    return None;
+                }
+                RawTenants::List(ids) => (Tenants::List(ids.clone()), Loc::of(list)),
+            },
+            (None, None) => {
+                self.problem(
+                    &p.name,
+                    "an entra provider needs tenant (GUID), tenants (list of GUIDs) or tenants: any",
+                );
+                return None;
+            }
+        };
+        // Each builder step validates one setting; its error is reported at that setting.
+        let mut settings =
+            match ProviderSettings::entra(&p.name.value, tenants, p.audiences.value.clone()) {
+                Ok(settings) => settings,
+                Err(err) => {
+                    let at = match err {
+                        SettingsError::TenantNotGuid { .. }
+                        | SettingsError::TenantsEmpty { .. }
+                        | SettingsError::TenantDuplicate { .. } => tenants_at,
+                        SettingsError::NameEmpty => Loc::of(&p.name),
+                        _ => Loc::of(&p.audiences),
+                    };
+                    self.problem_at(at, err.to_string());
+                    return None;
+                }
+            };
+        if !clean {
+            return None;
+        }
+        let mut graph_url = crate::oidc::DEFAULT_GRAPH_URL;
+        match (&p.cloud, &p.login_host) {
+            (Some(cloud), Some(_)) => {
+                self.problem(cloud, "give either cloud or login_host, not both");
+                return None;
+            }
+            (Some(cloud), None) => {
+                let Some((login, sts, graph)) = cloud_hosts(&cloud.value) else {
+                    let name = &cloud.value;
+                    self.problem(
+                        cloud,
+                        format!("unknown cloud {name:?}; expected global, usgov or china"),
+                    );
+                    return None;
+                };
+                graph_url = graph;
+                settings = self.step(settings.with_login_host(login), Loc::of(cloud))?;
+                settings = self.step(settings.with_sts_host(sts), Loc::of(cloud))?;
+            }
+            (None, Some(host)) => {
+                settings = self.step(settings.with_login_host(&host.value), Loc::of(host))?;
+            }
+            (None, None) => {}
+        }
+        if let Some(host) = &p.sts_host {
+            settings = self.step(settings.with_sts_host(&host.value), Loc::of(host))?;
+        }
+        if let Some(authority) = &p.authority {
+            settings = self.step(
+                settings.with_authority(&authority.value),
+                Loc::of(authority),
+            )?;
+        }
+        if let Some(versions) = &p.versions {
+            let mut chosen = Versions {
+                v1: false,
+                v2: false,
+            };
+            for version in &versions.value {
+                match version.as_str() {
+                    "v1" => chosen.v1 = true,
+                    "v2" => chosen.v2 = true,
+                    other => {
+                        self.problem(
+                            versions,
+                            format!("unknown token version {other:?}; expected v1 or v2"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            settings = self.step(settings.with_versions(chosen), Loc::of(versions))?;
+        }
+        let overage = match p.groups_overage.as_ref().map(|o| o.value.as_str()) {
+            None | Some("deny") => {
+                if let Some(graph) = &p.graph {
+                    self.problem(graph, "graph is only used with groups_overage: resolve");
+                    return None;
+                }
+                GroupsOverage::Deny
+            }
+            Some("resolve") => {
+                let Some(graph) = &p.graph else {
+                    let at = p.groups_overage.as_ref().map_or(Loc::of(&p.name), Loc::of);
+                    self.problem_at(at, "groups_overage: resolve needs a graph section");
+                    return None;
+                };
+                GroupsOverage::Resolve(self.graph(graph, graph_url)?)
+            }
+            Some(other) => {
+                let at = p.groups_overage.as_ref().map_or(Loc::of(&p.name), Loc::of);
+                self.problem_at(
+                    at,
+                    format!("unknown groups_overage {other:?}; expected deny or resolve"),
+                );
+                return None;
+            }
+        };
+        let at = p.graph.as_ref().map_or_else(|| Loc::of(&p.name), Loc::of);
+        self.step(settings.with_groups_overage(overage), at)
+    }
+
+    fn graph(&mut self, raw_at: &Spanned<RawGraph>, graph_url: &str) -> Option<GraphSettings> {
+        let raw = &raw_at.value;
+        let secret = self.secret(
+            "graph client secret",
+            raw.client_secret_file.clone(),
+            raw.client_secret_env.clone(),
+        );
+        let credential = match (secret, &raw.federated_token_file) {
+            (Some((_, at)), Some(_)) => {
+                self.problem_at(
+                    at,
+                    "graph: give a client secret or a federated token file, not both",
+                );
+                return None;
+            }
+            (Some((secret, _)), None) => {
+                GraphCredential::ClientSecret(SecretString::new(secret.expose().to_owned()))
+            }
+            (None, Some(file)) => {
+                // Read when a token is requested (it rotates); relative to the config file.
+                GraphCredential::FederatedTokenFile(self.base.join(&file.value))
+            }
+            (None, None) => {
+                // A given but unreadable secret was already reported.
+                if raw.client_secret_file.is_none() && raw.client_secret_env.is_none() {
+                    self.problem(
+                        raw_at,
+                        "graph needs client_secret_file, client_secret_env or federated_token_file",
+                    );
+                }
+                return None;
+            }
+        };
+        let mut graph = GraphSettings::new(&raw.client_id.value, credential).with_graph_url(
+            raw.graph_url
+                .as_ref()
+                .map_or(graph_url, |u| u.value.as_str()),
+        );
+        if let Some(authority) = &raw.authority {
+            graph = graph.with_token_authority(&authority.value);
+        }
+        Some(graph)
+    }
+
+    fn oidc_provider(&mut self, p: &RawProvider) -> Option<ProviderSettings> {
+        let clean = self.not_for_kind(
+            "oidc",
+            &[
+                ("tenant", p.tenant.as_ref().map(Loc::of)),
+                ("tenants", p.tenants.as_ref().map(Loc::of)),
+                ("versions", p.versions.as_ref().map(Loc::of)),
+                ("cloud", p.cloud.as_ref().map(Loc::of)),
+                ("login_host", p.login_host.as_ref().map(Loc::of)),
+                ("sts_host", p.sts_host.as_ref().map(Loc::of)),
+                ("authority", p.authority.as_ref().map(Loc::of)),
+                ("groups_overage", p.groups_overage.as_ref().map(Loc::of)),
+                ("graph", p.graph.as_ref().map(Loc::of)),
+            ],
+        );
+        let Some(issuer) = &p.issuer else {
+            self.problem(&p.name, "an oidc provider needs an issuer (URL)");
+            return None;
+        };
+        let mut settings =
+            match ProviderSettings::oidc(&p.name.value, &issuer.value, p.audiences.value.clone()) {
+                Ok(settings) => settings,
+                Err(err) => {
+                    let at = match err {
+                        SettingsError::AudiencesEmpty { .. }
+                        | SettingsError::AudienceBlank { .. } => Loc::of(&p.audiences),
+                        SettingsError::NameEmpty => Loc::of(&p.name),
+                        _ => Loc::of(issuer),
+                    };
+                    self.problem_at(at, err.to_string());
+                    return None;
+                }
+            };
+        if !clean {
+            return None;
+        }
+        if let Some(url) = &p.discovery_url {
+            settings = self.step(settings.with_discovery_url(&url.value), Loc::of(url))?;
+        }
+        for (path, roles) in [(&p.roles_claim, true), (&p.groups_claim, false)] {
+            if let Some(path) = path {
+                let value = Some(path.value.as_str());
+                let (r, g) = if roles { (value, None) } else { (None, value) };
+                settings = self.step(settings.with_claim_paths(r, g), Loc::of(path))?;
+            }
+        }
+        if let Some(principal) = &p.principal {
+            let rule = match principal.value.as_str() {
+                "auto" => PrincipalRule::Auto,
+                "user" => PrincipalRule::User,
+                "application" => PrincipalRule::Application,
+                other => {
+                    self.problem(
+                        principal,
+                        format!("unknown principal {other:?}; expected auto, user or application"),
+                    );
+                    return None;
+                }
+            };
+            settings = self.step(settings.with_principal(rule), Loc::of(principal))?;
+        }
+        Some(settings)
     }
 
     fn step<T>(&mut self, result: Result<T, SettingsError>, at: Loc) -> Option<T> {
@@ -760,12 +1035,24 @@ impl Loc {
     }
 }
 
-/// The Entra login host (issuer host) of a national cloud.
-fn cloud_login_host(cloud: &str) -> Option<&'static str> {
+/// The Entra v2 login host, v1 issuer host and Graph URL of a national cloud.
+fn cloud_hosts(cloud: &str) -> Option<(&'static str, &'static str, &'static str)> {
     match cloud {
-        "global" => Some("login.microsoftonline.com"),
-        "usgov" => Some("login.microsoftonline.us"),
-        "china" => Some("login.partner.microsoftonline.cn"),
+        "global" => Some((
+            "login.microsoftonline.com",
+            "sts.windows.net",
+            "https://graph.microsoft.com",
+        )),
+        "usgov" => Some((
+            "login.microsoftonline.us",
+            "sts.windows.net",
+            "https://graph.microsoft.us",
+        )),
+        "china" => Some((
+            "login.partner.microsoftonline.cn",
+            "sts.chinacloudapi.cn",
+            "https://microsoftgraph.chinacloudapi.cn",
+        )),
         _ => None,
     }
 }
@@ -788,10 +1075,10 @@ mod tests {
         std::fs::write(dir.join("policy.yaml"), policy_for("APP")).unwrap();
     }
 
-    /// A policy whose one tenant uses `account` (line 6).
+    /// A policy whose one tenant uses `account` (line 5).
     fn policy_for(account: &str) -> String {
         format!(
-            "version: 1\ntenants:\n  - name: t\n    entra_tenants: [{TENANT}]\n    providers: [contoso]\n    \
+            "version: 1\ntenants:\n  - name: t\n    entra_tenants: [{TENANT}]\n    \
              account: \"{account}\"\nroles:\n  - name: r\n    publish: {{ allow: [\"a.>\"] }}\n\
              bindings:\n  - name: b\n    tenant: t\n    roles: [r]\n    when: {{ app_roles: [R] }}\n"
         )
@@ -824,8 +1111,11 @@ mod tests {
         assert_eq!(config.nats.queue_group, DEFAULT_QUEUE_GROUP);
         assert_eq!(config.providers.len(), 1);
         assert_eq!(
-            config.providers[0].issuer(),
-            format!("https://login.microsoftonline.com/{TENANT}/v2.0")
+            config.providers[0].issuers(),
+            [
+                format!("https://sts.windows.net/{TENANT}/"),
+                format!("https://login.microsoftonline.com/{TENANT}/v2.0"),
+            ]
         );
         assert!(matches!(config.nats.auth, NatsAuth::UserPassword { .. }));
         // Secrets never reach Debug output.
@@ -867,6 +1157,106 @@ mod tests {
         assert_eq!(at.len(), 4, "{text}");
     }
 
+    /// The three provider examples of the README, verbatim in spirit.
+    const PROVIDERS: &str = "providers:
+  - name: contoso
+    kind: entra
+    tenant: 72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41
+    audiences: [\"6e3f1d0c-8b5a-4c2e-9f41-2d7a9b0c5e11\", \"api://nats-auth\"]
+  - name: partners
+    kind: entra
+    tenants: [0b9e7c2a-4d1f-4e8b-a3c6-9f2d5e8b1a07, 9f1c2a7d-4e58-4b06-8e41-b7c95a3fd2e0]
+    versions: [v2]
+    audiences: [\"6e3f1d0c-8b5a-4c2e-9f41-2d7a9b0c5e11\"]
+    cloud: usgov
+    groups_overage: resolve
+    graph:
+      client_id: 3c6a9f0e-2d7b-4b18-8e54-a1f0c9d2e7b3
+      client_secret_env: NATS_PASSWORD
+  - name: keycloak
+    kind: oidc
+    issuer: https://sso.example.com/realms/nats
+    audiences: [nats]
+    algorithms: [RS256, ES256]
+    roles_claim: realm_access.roles
+    principal: auto
+";
+
+    #[test]
+    fn entra_and_oidc_providers_load() {
+        use crate::oidc::{GroupsOverage, Tenants};
+
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path());
+        let text = GOOD.replace("TENANT", TENANT);
+        let (head, tail) = text.split_once("providers:").unwrap();
+        let tail = tail.split_once("policies:").unwrap().1;
+        let config = load(dir.path(), &format!("{head}{PROVIDERS}policies:{tail}")).unwrap();
+        assert_eq!(config.providers.len(), 3);
+        let partners = config.providers[1].as_entra().unwrap();
+        assert!(matches!(partners.tenants(), Tenants::List(list) if list.len() == 2));
+        assert_eq!(partners.login_host(), "login.microsoftonline.us");
+        assert!(!partners.versions().v1);
+        let GroupsOverage::Resolve(graph) = partners.groups_overage() else {
+            panic!("resolve expected")
+        };
+        assert_eq!(graph.graph_url(), "https://graph.microsoft.us");
+        let debug = format!("{:?}", config.providers);
+        assert!(!debug.contains("pwd"), "{debug}");
+        let keycloak = config.providers[2].as_oidc().unwrap();
+        assert_eq!(keycloak.roles_claim().as_str(), "realm_access.roles");
+        assert_eq!(config.providers[2].algorithms().len(), 2);
+    }
+
+    #[test]
+    fn the_readme_provider_examples_load() {
+        let readme = include_str!("../README.md");
+        let examples: Vec<&str> = readme
+            .split("```yaml\n")
+            .skip(1)
+            .filter_map(|block| block.split_once("```").map(|(yaml, _)| yaml))
+            .filter(|yaml| yaml.starts_with("providers:"))
+            .collect();
+        assert_eq!(examples.len(), 3, "three provider examples in the README");
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path());
+        let text = GOOD.replace("TENANT", TENANT);
+        let (head, tail) = text.split_once("providers:").unwrap();
+        let tail = tail.split_once("policies:").unwrap().1;
+        for example in examples {
+            let config = load(dir.path(), &format!("{head}{example}policies:{tail}"))
+                .unwrap_or_else(|e| panic!("{e}\n{example}"));
+            assert_eq!(config.providers.len(), 1);
+        }
+    }
+
+    #[test]
+    fn provider_problems_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path());
+        let text = "callout:\n  issuer_seed_env: ISSUER_SEED\n\
+            providers:\n\
+            \x20 - name: a\n    kind: entra\n    tenants: all\n    audiences: [x]\n\
+            \x20 - name: b\n    kind: entra\n    tenants: any\n    audiences: [x]\n    algorithms: [RS256, HS256]\n\
+            \x20 - name: c\n    kind: entra\n    tenant: 72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41\n    audiences: [x]\n    groups_overage: resolve\n\
+            \x20 - name: d\n    kind: oidc\n    issuer: https://idp.example\n    tenant: x\n    audiences: [x]\n\
+            \x20 - name: e\n    kind: oidc\n    issuer: http://idp.example\n    audiences: [x]\n\
+            \x20 - name: f\n    kind: entra\n    tenants: [72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41, nope]\n    audiences: [x]\n    versions: [v3]\n\
+            policies: policy.yaml\n";
+        let err = load(dir.path(), text).unwrap_err();
+        let text = err.to_string();
+        for expected in [
+            "config.yaml:6:14: tenants must be a list of tenant ids or the word any, not \"all\"",
+            "config.yaml:12:17: provider `b`: algorithm `HS256` is not allowed",
+            "config.yaml:17:21: groups_overage: resolve needs a graph section",
+            "config.yaml:21:13: `tenant` does not apply to a oidc provider",
+            "config.yaml:25:13: provider `e`: issuer must be https",
+            "config.yaml:29:14: provider `f`: tenant is not a GUID",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
     #[test]
     fn unknown_fields_and_policy_errors_are_located() {
         let dir = tempfile::tempdir().unwrap();
@@ -887,11 +1277,11 @@ mod tests {
         .unwrap();
         let err = load(dir.path(), &GOOD.replace("TENANT", TENANT)).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("policy.yaml:9:24: "), "{text}");
+        assert!(text.contains("policy.yaml:8:24: "), "{text}");
         // Tenants may only name configured providers.
         std::fs::write(
             dir.path().join("policy.yaml"),
-            policy_for("APP").replace("[contoso]", "[fabrikam]"),
+            policy_for("APP").replace("    account:", "    providers: [fabrikam]\n    account:"),
         )
         .unwrap();
         let err = load(dir.path(), &GOOD.replace("TENANT", TENANT)).unwrap_err();
@@ -909,7 +1299,7 @@ mod tests {
             std::fs::write(dir.path().join("policy.yaml"), policy_for(account)).unwrap();
             let err = load(dir.path(), &GOOD.replace("TENANT", TENANT)).unwrap_err();
             assert!(
-                err.to_string().contains("policy.yaml:6:"),
+                err.to_string().contains("policy.yaml:5:"),
                 "{account}: {err}"
             );
         }

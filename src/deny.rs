@@ -12,8 +12,12 @@ use std::fmt;
 pub enum DenyReason {
     /// The client presented no token (neither `auth_token` nor a password).
     TokenMissing,
-    /// The token is not a well-formed compact JWT, or a claim has the wrong type.
+    /// The token is not a well-formed compact JWT (parts, base64url, JSON, duplicate members).
     TokenMalformed,
+    /// A required claim (`iss`, `sub`, `exp`, `aud`) is absent.
+    ClaimMissing,
+    /// A claim has the wrong JSON type or an impossible value (e.g. `roles` as a string).
+    ClaimInvalid,
     /// The token is larger than the configured limit.
     TokenTooLarge,
     /// The token's `alg` is not on the provider's allow-list (includes `none` and HS*).
@@ -32,6 +36,14 @@ pub enum DenyReason {
     IssuerMismatch,
     /// The token's tenant is not allowed by the provider.
     TenantNotAllowed,
+    /// The token's `tid` is absent or not a canonical GUID, or `iss` names no GUID tenant.
+    TenantInvalid,
+    /// The token's `tid` differs from the tenant its `iss` names.
+    TenantMismatch,
+    /// The token's version (Entra v1 or v2) is not enabled for the provider.
+    VersionNotAllowed,
+    /// The signing key is published for another issuer (Entra's per-key `issuer`).
+    KeyIssuerMismatch,
     /// The token was issued for another audience.
     AudienceMismatch,
     /// The token has expired.
@@ -40,8 +52,11 @@ pub enum DenyReason {
     TokenNotYetValid,
     /// The token is an ID token or otherwise not an access token.
     NotAnAccessToken,
-    /// The token's group claims were replaced by an overage marker.
+    /// The token's group claims were replaced by an overage marker and the provider denies
+    /// overage (its default).
     GroupsOverage,
+    /// The provider resolves overage through Microsoft Graph, and that failed.
+    GroupsUnresolved,
     /// No policy binding grants this identity anything.
     NoMatchingPolicy,
     /// Matching rules disagree about the target account.
@@ -60,6 +75,8 @@ impl DenyReason {
         match self {
             Self::TokenMissing => "token_missing",
             Self::TokenMalformed => "token_malformed",
+            Self::ClaimMissing => "claim_missing",
+            Self::ClaimInvalid => "claim_invalid",
             Self::TokenTooLarge => "token_too_large",
             Self::AlgorithmNotAllowed => "algorithm_not_allowed",
             Self::KeyIdMissing => "key_id_missing",
@@ -69,11 +86,16 @@ impl DenyReason {
             Self::IssuerUnknown => "issuer_unknown",
             Self::IssuerMismatch => "issuer_mismatch",
             Self::TenantNotAllowed => "tenant_not_allowed",
+            Self::TenantInvalid => "tenant_invalid",
+            Self::TenantMismatch => "tenant_mismatch",
+            Self::VersionNotAllowed => "version_not_allowed",
+            Self::KeyIssuerMismatch => "key_issuer_mismatch",
             Self::AudienceMismatch => "audience_mismatch",
             Self::TokenExpired => "token_expired",
             Self::TokenNotYetValid => "token_not_yet_valid",
             Self::NotAnAccessToken => "not_an_access_token",
             Self::GroupsOverage => "groups_overage",
+            Self::GroupsUnresolved => "groups_unresolved",
             Self::NoMatchingPolicy => "no_matching_policy",
             Self::AccountConflict => "account_conflict",
             Self::UnsafeClaimValue => "unsafe_claim_value",

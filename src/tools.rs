@@ -18,12 +18,15 @@ use serde_saphyr::Spanned;
 use crate::config::yaml_problem;
 use crate::diagnostic::Diagnostic;
 use crate::identity::Identity;
-use crate::oidc::{ProviderSettings, TokenError, identity_from_unverified_claims};
+use crate::oidc::{ProviderSettings, Tenants, TokenError, identity_from_unverified_claims};
 use crate::policy::{Explanation, Grant, Permissions, PolicySet};
 
 /// Printed first by every `explain` of a token: a forged token would be explained the same way.
 pub const UNVERIFIED_WARNING: &str = "WARNING: the token's signature was NOT verified. explain decodes it offline; \
 a forged token is explained exactly like a real one.";
+
+/// How `ProviderSettings::issuers` writes the tenant of a provider that accepts any tenant.
+const TENANT_TEMPLATE: &str = "{tenantid}";
 
 /// Lifetime given to test claims without `exp`.
 const TEST_TOKEN_LIFETIME: u64 = 3600;
@@ -81,13 +84,21 @@ pub fn route<'a>(
         return Routing { provider, note };
     }
     if let Some(iss) = claims.get("iss").and_then(Value::as_str) {
-        let provider = providers.iter().find(|p| p.issuer() == iss);
+        let tid = claims
+            .get("tid")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let provider = providers.iter().find(|p| {
+            p.issuers()
+                .iter()
+                .any(|i| i == iss || (!tid.is_empty() && i.replace(TENANT_TEMPLATE, tid) == iss))
+        });
         let note = match provider {
-            Some(p) => format!("iss {iss} is the issuer of provider `{}`", p.name()),
+            Some(p) => format!("iss {iss} is an issuer of provider `{}`", p.name()),
             None => {
                 let known: Vec<String> = providers
                     .iter()
-                    .map(|p| format!("`{}` ({})", p.name(), p.issuer()))
+                    .map(|p| format!("`{}` ({})", p.name(), p.issuers().join(", ")))
                     .collect();
                 format!(
                     "iss {iss} matches no configured provider; configured: {}",
@@ -99,7 +110,9 @@ pub fn route<'a>(
     }
     if lenient {
         if let Some(tid) = claims.get("tid").and_then(Value::as_str)
-            && let Some(p) = providers.iter().find(|p| p.tenant() == tid)
+            && let Some(p) = providers
+                .iter()
+                .find(|p| p.as_entra().is_some_and(|e| e.allows_tenant(tid)))
         {
             return Routing {
                 provider: Some(p),
@@ -150,17 +163,33 @@ pub fn read_claims(path: &Path) -> Result<Map<String, Value>, ToolError> {
     }
 }
 
-/// Fills the claims a test rarely cares about from `provider`: `iss`, `aud`, `tid`, `ver`,
-/// `iat`/`nbf`/`exp` (valid for an hour from `now`) and `sub` (the `oid`, as in app-only
-/// tokens). Claims already present are kept.
+/// Fills the claims a test rarely cares about from `provider`: `tid` (the provider's first
+/// tenant), `iss` (its first issuer for that tenant), `aud`, `iat`/`nbf`/`exp` (valid for an
+/// hour from `now`) and `sub` (the `oid`, as in app-only tokens). Claims already present are
+/// kept.
 pub fn fill_test_defaults(claims: &mut Map<String, Value>, provider: &ProviderSettings, now: u64) {
+    if let Some(entra) = provider.as_entra() {
+        let first = match entra.tenants() {
+            Tenants::One(t) => Some(t.as_str()),
+            Tenants::List(list) => list.first().map(String::as_str),
+            Tenants::Any => None,
+        };
+        if let Some(tid) = first {
+            claims.entry("tid".to_owned()).or_insert_with(|| json!(tid));
+        }
+    }
+    let tid = claims
+        .get("tid")
+        .and_then(Value::as_str)
+        .unwrap_or(TENANT_TEMPLATE)
+        .to_owned();
     let mut set = |name: &str, value: Value| {
         claims.entry(name.to_owned()).or_insert(value);
     };
-    set("iss", json!(provider.issuer()));
+    if let Some(issuer) = provider.issuers().first() {
+        set("iss", json!(issuer.replace(TENANT_TEMPLATE, &tid)));
+    }
     set("aud", json!(provider.audiences().first()));
-    set("tid", json!(provider.tenant()));
-    set("ver", json!("2.0"));
     set("iat", json!(now));
     set("nbf", json!(now));
     set("exp", json!(now + TEST_TOKEN_LIFETIME));

@@ -10,6 +10,8 @@ mod support;
 mod callout;
 #[path = "integration/cli.rs"]
 mod cli;
+#[path = "integration/entra.rs"]
+mod entra;
 #[path = "integration/isolation.rs"]
 mod isolation;
 #[path = "integration/oidc.rs"]

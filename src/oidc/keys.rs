@@ -1,7 +1,8 @@
 //! Signing keys: the parsed key set ([`KeySet`]) and fetching it over HTTP (discovery, then JWKS).
 //!
-//! Parsing is pure and skips keys the verifier could never use (not RSA, not for signatures, an
-//! `alg` other than RS256, shorter than 2048 bits), so one odd key never breaks a whole set.
+//! Parsing is pure and skips keys the verifier could never use (not RSA or EC P-256/P-384, not for
+//! signatures, a symmetric or unknown `alg`, RSA shorter than 2048 bits), so one odd key never
+//! breaks a whole set.
 //! Fetching enforces https (plain http only to loopback), timeouts, no redirects and a size cap.
 
 use std::collections::HashMap;
@@ -9,12 +10,12 @@ use std::fmt;
 use std::time::Duration;
 
 use data_encoding::BASE64URL_NOPAD;
-use jsonwebtoken::DecodingKey;
+use jsonwebtoken::{Algorithm, DecodingKey};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::settings::{ProviderSettings, is_allowed_transport};
+use super::settings::{algorithm_by_name, is_allowed_transport};
 
 /// Cap on discovery and JWKS response bodies.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -27,18 +28,49 @@ const MIN_RSA_BITS: usize = 2048;
 /// Error messages quote values read from the network; this keeps them short.
 const MAX_QUOTED_CHARS: usize = 200;
 
-/// The usable signing keys of one provider, by `kid`.
+/// The usable signing keys of one key source (a provider, or one Entra tenant and version), by
+/// `kid`, with the issuer its metadata announced.
 #[derive(Clone, Default)]
 pub struct KeySet {
     keys: HashMap<String, SigningKey>,
+    /// The discovery document's `issuer` (Entra's may be a `{tenantid}` template); `None` for
+    /// a key set that did not come from discovery.
+    metadata_issuer: Option<String>,
 }
 
-/// One RS256 public key from a JWKS.
+/// One public signing key from a JWKS.
 #[derive(Clone)]
 pub struct SigningKey {
     pub(crate) decoding: DecodingKey,
+    pub(crate) family: KeyFamily,
+    /// The JWK's `alg`, when it names one: the key may then only verify that algorithm.
+    pub(crate) algorithm: Option<Algorithm>,
     /// Entra's per-key `issuer` (a template with `{tenantid}`), checked against `iss` when present.
     pub(crate) issuer: Option<String>,
+}
+
+/// The kind of public key, which decides the algorithms it can verify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyFamily {
+    /// RSA, for RS* and PS*.
+    Rsa,
+    /// EC P-256, for ES256.
+    P256,
+    /// EC P-384, for ES384.
+    P384,
+}
+
+/// What to fetch: a discovery document, and the issuer it must announce.
+pub(crate) struct FetchTarget<'a> {
+    /// For logs.
+    pub(crate) label: &'a str,
+    /// The discovery document.
+    pub(crate) discovery_url: &'a str,
+    /// The issuer the metadata must announce, after putting `tenant` into a `{tenantid}`
+    /// template; for tenant-independent Entra metadata, the template itself.
+    pub(crate) expected_issuer: &'a str,
+    /// The tenant substituted into a template issuer, for per-tenant Entra metadata.
+    pub(crate) tenant: Option<&'a str>,
 }
 
 /// Why signing keys could not be obtained.
@@ -115,7 +147,7 @@ struct Metadata {
 }
 
 impl KeySet {
-    /// Parses a JWKS document (`{"keys": [...]}`), keeping only keys usable for RS256.
+    /// Parses a JWKS document (`{"keys": [...]}`), keeping only usable asymmetric signing keys.
     /// Returns `None` when the document is not a JSON object with a `keys` array.
     pub fn from_jwks(document: &[u8]) -> Option<Self> {
         let value: Value = serde_json::from_slice(document).ok()?;
@@ -129,7 +161,21 @@ impl KeySet {
             // A duplicate kid makes the key ambiguous; the first one wins, like most libraries.
             keys.entry(kid).or_insert(key);
         }
-        Some(Self { keys })
+        Some(Self {
+            keys,
+            metadata_issuer: None,
+        })
+    }
+
+    /// The same keys, announced by metadata whose `issuer` is `issuer`.
+    pub fn with_metadata_issuer(mut self, issuer: &str) -> Self {
+        self.metadata_issuer = Some(issuer.to_owned());
+        self
+    }
+
+    /// The issuer the key set's metadata announced, if it came from discovery.
+    pub fn metadata_issuer(&self) -> Option<&str> {
+        self.metadata_issuer.as_deref()
     }
 
     /// The key with this `kid`.
@@ -169,11 +215,32 @@ impl SigningKey {
     pub fn issuer(&self) -> Option<&str> {
         self.issuer.as_deref()
     }
+
+    /// True when this key may verify `algorithm`: the key's family fits, and the JWK's own
+    /// `alg`, if it has one, is the same.
+    pub fn can_verify(&self, algorithm: Algorithm) -> bool {
+        let family_fits = match self.family {
+            KeyFamily::Rsa => matches!(
+                algorithm,
+                Algorithm::RS256
+                    | Algorithm::RS384
+                    | Algorithm::RS512
+                    | Algorithm::PS256
+                    | Algorithm::PS384
+                    | Algorithm::PS512
+            ),
+            KeyFamily::P256 => algorithm == Algorithm::ES256,
+            KeyFamily::P384 => algorithm == Algorithm::ES384,
+        };
+        family_fits && self.algorithm.is_none_or(|own| own == algorithm)
+    }
 }
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SigningKey")
+            .field("family", &self.family)
+            .field("algorithm", &self.algorithm)
             .field("issuer", &self.issuer)
             .finish_non_exhaustive()
     }
@@ -193,29 +260,29 @@ impl Fetcher {
     }
 
     /// Discovery, issuer check, then the JWKS it points to.
-    pub(crate) async fn fetch(&self, settings: &ProviderSettings) -> Result<KeySet, KeysError> {
-        let discovery = format!(
-            "{}/{}/v2.0/.well-known/openid-configuration",
-            settings.authority(),
-            settings.tenant()
-        );
-        let discovery_url = Url::parse(&discovery).map_err(|_| KeysError::Document {
-            url: discovery.clone(),
+    pub(crate) async fn fetch(&self, target: &FetchTarget<'_>) -> Result<KeySet, KeysError> {
+        let discovery = target.discovery_url;
+        let discovery_url = Url::parse(discovery).map_err(|_| KeysError::Document {
+            url: discovery.to_owned(),
             document: "discovery url",
         })?;
         let body = self.get(&discovery_url).await?;
         let metadata: Metadata =
             serde_json::from_slice(&body).map_err(|_| KeysError::Document {
-                url: discovery.clone(),
+                url: discovery.to_owned(),
                 document: "discovery document",
             })?;
 
-        // Entra's multi-tenant documents carry the `{tenantid}` template; per-tenant ones the
-        // concrete issuer. Either way, after substitution it must be exactly what we expect.
-        let found = metadata.issuer.replace("{tenantid}", settings.tenant());
-        if found != settings.issuer() {
+        // Entra's tenant-independent documents carry the `{tenantid}` template; per-tenant ones
+        // the concrete issuer. Either way, after substitution it must be exactly what we expect.
+        let announced = normalize_template(&metadata.issuer);
+        let found = match target.tenant {
+            Some(tenant) => announced.replace(TENANT_PLACEHOLDER, tenant),
+            None => announced.clone(),
+        };
+        if found != target.expected_issuer {
             return Err(KeysError::IssuerMismatch {
-                expected: settings.issuer().to_owned(),
+                expected: target.expected_issuer.to_owned(),
                 found: shorten(&found),
             });
         }
@@ -239,11 +306,11 @@ impl Fetcher {
             });
         }
         tracing::debug!(
-            provider = %settings.name(),
+            source = target.label,
             keys = keys.len(),
             "fetched signing keys"
         );
-        Ok(keys)
+        Ok(keys.with_metadata_issuer(&announced))
     }
 
     async fn get(&self, url: &Url) -> Result<Vec<u8>, KeysError> {
@@ -251,7 +318,7 @@ impl Fetcher {
             url: url.to_string(),
             source,
         };
-        let mut response = self
+        let response = self
             .client
             .get(url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
@@ -268,27 +335,60 @@ impl Fetcher {
             url: url.to_string(),
             limit: MAX_RESPONSE_BYTES,
         };
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
-        {
-            return Err(too_large());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(request_error)? {
-            if body.len().saturating_add(chunk.len()) > MAX_RESPONSE_BYTES {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+        read_capped(response, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|error| match error {
+                Some(source) => request_error(source),
+                None => too_large(),
+            })
     }
+}
+
+/// Entra spells its placeholder `{tenantid}`; accept any case, so comparisons see one form.
+pub(crate) const TENANT_PLACEHOLDER: &str = "{tenantid}";
+
+/// `issuer` with any-case `{tenantid}` spelled as [`TENANT_PLACEHOLDER`].
+pub(crate) fn normalize_template(issuer: &str) -> String {
+    let lower = issuer.to_ascii_lowercase();
+    match lower.find(TENANT_PLACEHOLDER) {
+        Some(at) => {
+            let end = at + TENANT_PLACEHOLDER.len();
+            let (head, tail) = (issuer.get(..at), issuer.get(end..));
+            format!(
+                "{}{TENANT_PLACEHOLDER}{}",
+                head.unwrap_or_default(),
+                tail.unwrap_or_default()
+            )
+        }
+        None => issuer.to_owned(),
+    }
+}
+
+/// Reads a response body of at most `limit` bytes; `Err(None)` when it is larger.
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, Option<reqwest::Error>> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Err(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(Some)? {
+        if body.len().saturating_add(chunk.len()) > limit {
+            return Err(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The `kid` and key of a JWK the verifier can use, or `None`.
 fn usable_key(entry: &Value) -> Option<(String, SigningKey)> {
     let kid = entry.get("kid")?.as_str()?;
-    if kid.is_empty() || entry.get("kty")?.as_str()? != "RSA" {
+    if kid.is_empty() {
         return None;
     }
     if let Some(usage) = entry.get("use")
@@ -296,31 +396,62 @@ fn usable_key(entry: &Value) -> Option<(String, SigningKey)> {
     {
         return None;
     }
-    if let Some(alg) = entry.get("alg")
-        && alg.as_str() != Some("RS256")
-    {
-        return None;
-    }
-    let modulus = BASE64URL_NOPAD
-        .decode(entry.get("n")?.as_str()?.as_bytes())
-        .ok()?;
-    let exponent = BASE64URL_NOPAD
-        .decode(entry.get("e")?.as_str()?.as_bytes())
-        .ok()?;
-    let significant = modulus.iter().skip_while(|byte| **byte == 0).count();
-    if significant.saturating_mul(8) < MIN_RSA_BITS || exponent.is_empty() {
-        return None;
-    }
+    let algorithm = match entry.get("alg") {
+        None => None,
+        // Symmetric or unknown algorithms are not representable, so such keys are skipped.
+        Some(alg) => Some(algorithm_by_name(alg.as_str()?)?),
+    };
+    let (decoding, family) = match entry.get("kty")?.as_str()? {
+        "RSA" => {
+            let modulus = decode_member(entry, "n")?;
+            let exponent = decode_member(entry, "e")?;
+            let significant = modulus.iter().skip_while(|byte| **byte == 0).count();
+            if significant.saturating_mul(8) < MIN_RSA_BITS || exponent.is_empty() {
+                return None;
+            }
+            let decoding = DecodingKey::from_rsa_raw_components(&modulus, &exponent);
+            (decoding, KeyFamily::Rsa)
+        }
+        "EC" => {
+            let (family, coordinate_len) = match entry.get("crv")?.as_str()? {
+                "P-256" => (KeyFamily::P256, 32),
+                "P-384" => (KeyFamily::P384, 48),
+                _ => return None,
+            };
+            let (x, y) = (decode_member(entry, "x")?, decode_member(entry, "y")?);
+            if x.len() != coordinate_len || y.len() != coordinate_len {
+                return None;
+            }
+            let decoding = DecodingKey::from_ec_components(
+                entry.get("x")?.as_str()?,
+                entry.get("y")?.as_str()?,
+            )
+            .ok()?;
+            (decoding, family)
+        }
+        _ => return None,
+    };
     let issuer = match entry.get("issuer") {
         None => None,
         Some(Value::String(issuer)) => Some(issuer.clone()),
         Some(_) => return None,
     };
     let key = SigningKey {
-        decoding: DecodingKey::from_rsa_raw_components(&modulus, &exponent),
+        decoding,
+        family,
+        algorithm,
         issuer,
     };
+    if algorithm.is_some_and(|alg| !key.can_verify(alg)) {
+        return None;
+    }
     Some((kid.to_owned(), key))
+}
+
+fn decode_member(entry: &Value, member: &str) -> Option<Vec<u8>> {
+    BASE64URL_NOPAD
+        .decode(entry.get(member)?.as_str()?.as_bytes())
+        .ok()
 }
 
 fn shorten(value: &str) -> String {
@@ -336,6 +467,13 @@ mod tests {
     fn rsa_jwk(kid: &str) -> Value {
         let n = BASE64URL_NOPAD.encode(&[0xc5; 256]);
         json!({"kid": kid, "kty": "RSA", "use": "sig", "n": n, "e": "AQAB"})
+    }
+
+    fn ec_jwk(kid: &str, crv: &str, len: usize) -> Value {
+        // Coordinates of the P-256 generator; never verified here, only parsed.
+        let x = BASE64URL_NOPAD.encode(&[0x6b; 48][..len]);
+        let y = BASE64URL_NOPAD.encode(&[0x4f; 48][..len]);
+        json!({"kid": kid, "kty": "EC", "crv": crv, "x": x, "y": y, "use": "sig"})
     }
 
     fn parse(keys: Vec<Value>) -> KeySet {
@@ -359,8 +497,10 @@ mod tests {
     fn skips_keys_it_cannot_use() {
         let mut enc = rsa_jwk("enc");
         enc["use"] = json!("enc");
-        let mut ps256 = rsa_jwk("ps");
-        ps256["alg"] = json!("PS256");
+        let mut hs256 = rsa_jwk("hs");
+        hs256["alg"] = json!("HS256");
+        let mut es_on_rsa = rsa_jwk("es-on-rsa");
+        es_on_rsa["alg"] = json!("ES256");
         let mut oct = rsa_jwk("oct");
         oct["kty"] = json!("oct");
         let mut short = rsa_jwk("short");
@@ -371,9 +511,15 @@ mod tests {
         bad_n["n"] = json!("!!!");
         let mut rs256 = rsa_jwk("rs");
         rs256["alg"] = json!("RS256");
+        let mut p521 = ec_jwk("p521", "P-256", 32);
+        p521["crv"] = json!("P-521");
+        let short_ec = ec_jwk("short-ec", "P-384", 32);
         let set = parse(vec![
             enc,
-            ps256,
+            hs256,
+            es_on_rsa,
+            p521,
+            short_ec,
             oct,
             short,
             no_kid,
@@ -382,6 +528,29 @@ mod tests {
             json!("junk"),
         ]);
         assert_eq!(set.kids().collect::<Vec<_>>(), vec!["rs"]);
+    }
+
+    #[test]
+    fn keys_verify_only_their_own_family_and_alg() {
+        let mut ps = rsa_jwk("ps");
+        ps["alg"] = json!("PS256");
+        let set = parse(vec![rsa_jwk("rsa"), ps, ec_jwk("ec", "P-256", 32)]);
+        let rsa = set.get("rsa").unwrap();
+        assert!(rsa.can_verify(Algorithm::RS256) && rsa.can_verify(Algorithm::PS512));
+        assert!(!rsa.can_verify(Algorithm::ES256) && !rsa.can_verify(Algorithm::HS256));
+        let ps = set.get("ps").unwrap();
+        assert!(ps.can_verify(Algorithm::PS256) && !ps.can_verify(Algorithm::RS256));
+        let ec = set.get("ec").unwrap();
+        assert!(ec.can_verify(Algorithm::ES256) && !ec.can_verify(Algorithm::ES384));
+    }
+
+    #[test]
+    fn placeholders_are_normalized_in_any_case() {
+        assert_eq!(
+            normalize_template("https://login.microsoftonline.com/{TenantID}/v2.0"),
+            "https://login.microsoftonline.com/{tenantid}/v2.0"
+        );
+        assert_eq!(normalize_template("https://a/b"), "https://a/b");
     }
 
     #[test]

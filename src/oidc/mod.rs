@@ -1,16 +1,20 @@
-//! Entra ID access-token validation: from a compact JWT to a verified [`Identity`].
+//! Access-token validation for Entra ID and generic OIDC issuers: from a compact JWT to a
+//! verified [`Identity`].
 //!
 //! Layout:
-//! * `settings`: validated [`ProviderSettings`] of one provider (tenant, audiences, hosts, limits).
+//! * `settings`: validated [`ProviderSettings`] of one provider (Entra tenants and versions, or a
+//!   generic issuer; audiences, algorithms, hosts, limits).
 //! * `verify`: the pure core, [`verify_with_keys`]; no I/O, time is a parameter.
 //! * `keys`: [`KeySet`] parsing and the HTTP fetch of discovery + JWKS.
-//! * `verifier`: [`Verifier`], which routes a token to its provider by `iss`, caches keys per
-//!   provider and refreshes them.
+//! * `graph`: group-overage resolution through Microsoft Graph.
+//! * `verifier`: [`Verifier`], which routes a token to its provider and key source by `iss`
+//!   (never by trial), caches keys per source and refreshes them.
 //!
 //! No error or log line produced here contains the token.
 //!
 //! [`Identity`]: crate::identity::Identity
 
+mod graph;
 mod keys;
 mod settings;
 mod verifier;
@@ -20,10 +24,14 @@ use std::sync::Arc;
 
 use crate::deny::DenyReason;
 
+pub use graph::GraphError;
 pub use keys::{KeySet, KeysError, SigningKey};
 pub use settings::{
-    DEFAULT_KEY_REFRESH_INTERVAL, DEFAULT_LEEWAY_SECS, DEFAULT_LOGIN_HOST, DEFAULT_MAX_TOKEN_BYTES,
-    DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL, ProviderSettings, SettingsError,
+    ClaimPath, DEFAULT_GRAPH_URL, DEFAULT_KEY_REFRESH_INTERVAL, DEFAULT_LEEWAY_SECS,
+    DEFAULT_LOGIN_HOST, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_STS_HOST,
+    DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL, EntraSettings, GraphCredential, GraphSettings,
+    GroupsOverage, OidcSettings, PrincipalRule, ProviderKind, ProviderSettings, SecretString,
+    SettingsError, Tenants, TokenVersion, Versions,
 };
 pub use verifier::{Verifier, VerifierError};
 pub use verify::verify_with_keys;
@@ -38,7 +46,7 @@ pub fn identity_from_unverified_claims(
     settings: &ProviderSettings,
     now: u64,
 ) -> Result<crate::identity::Identity, TokenError> {
-    verify::identity_from_claims(claims, settings, None, now)
+    verify::identity_from_claims(claims, settings, now)
 }
 
 /// Why a token was refused. Never carries the token; values read from it are limited to short,
@@ -68,8 +76,8 @@ pub enum TokenError {
         /// What it should have been.
         expected: &'static str,
     },
-    /// The header's `alg` is not RS256.
-    #[error("token algorithm `{alg}` is not allowed; only RS256 is")]
+    /// The header's `alg` is not on the provider's allow-list (or is `none`/HS*).
+    #[error("token algorithm `{alg}` is not allowed")]
     AlgorithmNotAllowed {
         /// The header's `alg`, sanitised.
         alg: String,
@@ -111,10 +119,33 @@ pub enum TokenError {
         /// Which check failed.
         detail: &'static str,
     },
-    /// The token's `tid` is not the provider's tenant.
-    #[error("token tenant is not the tenant of provider `{provider}`")]
+    /// The token's `tid` is not among the provider's tenants.
+    #[error("token tenant is not allowed by provider `{provider}`")]
     TenantNotAllowed {
-        /// The provider whose tenant was expected.
+        /// The provider whose tenants were checked.
+        provider: Arc<str>,
+    },
+    /// The token's `tid` is absent or not a canonical GUID, or `iss` names no GUID tenant.
+    #[error("token tenant is invalid: {0}")]
+    TenantInvalid(&'static str),
+    /// The token's `tid` is not the tenant its `iss` names.
+    #[error("token tid is not the tenant in iss (provider `{provider}`)")]
+    TenantMismatch {
+        /// The provider at fault.
+        provider: Arc<str>,
+    },
+    /// The token's version (v1 or v2 issuer) is not enabled for the provider.
+    #[error("provider `{provider}` does not accept {version} tokens")]
+    VersionNotAllowed {
+        /// The provider at fault.
+        provider: Arc<str>,
+        /// `v1` or `v2`.
+        version: &'static str,
+    },
+    /// The signing key is published for another issuer than the token's.
+    #[error("the signing key belongs to another issuer than the token's (provider `{provider}`)")]
+    KeyIssuerMismatch {
+        /// The provider at fault.
         provider: Arc<str>,
     },
     /// No `aud` value is a configured audience.
@@ -149,6 +180,15 @@ pub enum TokenError {
     /// The token's groups were replaced by an overage marker: membership is unknown.
     #[error("token replaces its groups with an overage marker; group membership is unknown")]
     GroupsOverage,
+    /// The token's groups overage could not be resolved through Microsoft Graph.
+    #[error("groups overage of provider `{provider}` could not be resolved")]
+    GroupsUnresolved {
+        /// The provider at fault.
+        provider: Arc<str>,
+        /// Why Graph failed.
+        #[source]
+        source: Arc<GraphError>,
+    },
 }
 
 impl TokenError {
@@ -156,9 +196,9 @@ impl TokenError {
     pub fn reason(&self) -> DenyReason {
         match self {
             Self::TooLarge { .. } => DenyReason::TokenTooLarge,
-            Self::Malformed(_) | Self::MissingClaim(_) | Self::InvalidClaim { .. } => {
-                DenyReason::TokenMalformed
-            }
+            Self::Malformed(_) => DenyReason::TokenMalformed,
+            Self::MissingClaim(_) => DenyReason::ClaimMissing,
+            Self::InvalidClaim { .. } => DenyReason::ClaimInvalid,
             Self::AlgorithmNotAllowed { .. } => DenyReason::AlgorithmNotAllowed,
             Self::KeyIdMissing => DenyReason::KeyIdMissing,
             Self::KeyUnknown { .. } => DenyReason::KeyUnknown,
@@ -167,11 +207,16 @@ impl TokenError {
             Self::IssuerUnknown => DenyReason::IssuerUnknown,
             Self::IssuerMismatch { .. } => DenyReason::IssuerMismatch,
             Self::TenantNotAllowed { .. } => DenyReason::TenantNotAllowed,
+            Self::TenantInvalid(_) => DenyReason::TenantInvalid,
+            Self::TenantMismatch { .. } => DenyReason::TenantMismatch,
+            Self::VersionNotAllowed { .. } => DenyReason::VersionNotAllowed,
+            Self::KeyIssuerMismatch { .. } => DenyReason::KeyIssuerMismatch,
             Self::AudienceMismatch { .. } => DenyReason::AudienceMismatch,
             Self::Expired { .. } => DenyReason::TokenExpired,
             Self::NotYetValid { .. } => DenyReason::TokenNotYetValid,
             Self::NotAnAccessToken(_) => DenyReason::NotAnAccessToken,
             Self::GroupsOverage => DenyReason::GroupsOverage,
+            Self::GroupsUnresolved { .. } => DenyReason::GroupsUnresolved,
         }
     }
 }

@@ -1,14 +1,25 @@
-//! The [`Verifier`]: routes a token to its provider by `iss`, gets that provider's keys from a
-//! cache (fetching them when needed) and hands both to the pure core.
+//! The [`Verifier`]: routes a token to its provider and key source by `iss`, gets that source's
+//! keys from a cache (fetching them when needed) and hands both to the pure core.
 //!
-//! Keys are cached per provider in moka, so concurrent lookups on a cold cache coalesce into one
-//! fetch. The last good key set is kept for when a fetch fails, and an unknown `kid` triggers at
-//! most one refetch per provider per `unknown_kid_refetch_interval`, so random kids cannot make
+//! Routing never tries providers in turn. Fixed issuers (generic OIDC, listed Entra tenants) are
+//! looked up in an exact map; Entra `tenants: any` providers are matched by the issuer shape of
+//! their cloud (`https://{login_host}/{tid}/v2.0`, `https://{sts_host}/{tid}/`). Either way the
+//! tenant rules (`tid` a GUID, equal to the issuer's tenant, allowed) run before any fetch, so a
+//! token can never make us fetch metadata for a tenant we do not accept.
+//!
+//! Key sources are known up front: one per (tenant, version) of a listed Entra provider, as
+//! Microsoft recommends (per-tenant discovery), one per version of an `any` provider (the
+//! tenant-independent `common` metadata whose issuer is the `{tenantid}` template; per-tenant
+//! discovery there would let anyone trigger fetches with made-up tenants), and one per generic
+//! issuer. Keys are cached per source in moka, so concurrent lookups on a cold cache coalesce into
+//! one fetch. The last good key set is kept for when a fetch fails, and an unknown `kid` triggers
+//! at most one refetch per source per `unknown_kid_refetch_interval`, so random kids cannot make
 //! us hammer the identity provider.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -16,23 +27,30 @@ use moka::Expiry;
 use moka::future::Cache;
 
 use super::TokenError;
-use super::keys::{Fetcher, KeySet, KeysError};
-use super::settings::ProviderSettings;
-use super::verify::{ParsedToken, verify_parsed};
+use super::graph::{GraphClient, GraphError};
+use super::keys::{FetchTarget, Fetcher, KeySet, KeysError};
+use super::settings::{GroupsOverage, ProviderKind, ProviderSettings, Tenants, TokenVersion};
+use super::verify::{ParsedToken, Verified, check_algorithm, check_entra_tenant, verify_parsed};
 use crate::identity::Identity;
 
 /// After a failed fetch the last good keys are served for this long before the next attempt.
 const FAILED_FETCH_RETRY: Duration = Duration::from_secs(30);
+/// "No unknown-kid refetch yet".
+const NEVER: u64 = u64::MAX;
 
 /// Verifies access tokens of the configured providers.
 pub struct Verifier {
     providers: Vec<Provider>,
-    /// Exact `iss` to index in `providers`; known from the settings, so routing never guesses.
-    by_issuer: HashMap<String, usize>,
+    sources: Vec<Source>,
+    /// Exact `iss` to its provider and key source.
+    by_issuer: HashMap<String, Route>,
+    /// Issuer shapes of every Entra provider and version: routes `any` tenants, and names the
+    /// precise refusal for tenants and versions a provider does not accept.
+    shapes: Vec<Shape>,
     /// Largest `max_token_bytes` of any provider: the limit before the provider is known.
     max_token_bytes: usize,
     fetcher: Fetcher,
-    /// Current key set per provider index.
+    /// Current key set per source index.
     keys: Cache<usize, CachedKeys>,
 }
 
@@ -57,14 +75,43 @@ pub enum VerifierError {
     /// The HTTP client could not be built.
     #[error(transparent)]
     Keys(#[from] KeysError),
+    /// The Graph client could not be built.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
 }
 
 struct Provider {
     settings: ProviderSettings,
+    /// Present when the provider resolves groups overage.
+    graph: Option<GraphClient>,
+}
+
+#[derive(Clone, Copy)]
+struct Route {
+    provider: usize,
+    source: usize,
+}
+
+struct Shape {
+    provider: usize,
+    prefix: String,
+    suffix: &'static str,
+    /// The `common` key source, when the provider accepts any tenant with this version.
+    source: Option<usize>,
+}
+
+/// Where one set of keys comes from, and what is remembered about it.
+struct Source {
+    provider: usize,
+    /// `provider/tenant/version`, for logs.
+    label: String,
+    discovery_url: String,
+    expected_issuer: String,
+    tenant: Option<String>,
     /// The newest key set fetched successfully, served when a later fetch fails.
     last_good: ArcSwapOption<KeySet>,
-    /// When (token-clock seconds) an unknown `kid` last caused a refetch.
-    last_unknown_kid_refetch: Mutex<Option<u64>>,
+    /// When (token-clock seconds) an unknown `kid` last caused a refetch; [`NEVER`] if never.
+    last_unknown_kid_refetch: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -83,21 +130,97 @@ impl Verifier {
         if providers.is_empty() {
             return Err(VerifierError::NoProviders);
         }
-        let mut by_issuer = HashMap::new();
-        let mut names = HashMap::new();
+        let mut names: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut sources = Vec::new();
+        let mut by_issuer: HashMap<String, Route> = HashMap::new();
+        let mut shapes: Vec<Shape> = Vec::new();
+        let name_of = |index: usize| -> Arc<str> {
+            providers
+                .get(index)
+                .map_or_else(|| Arc::from(""), |p| p.name().clone())
+        };
         for (index, settings) in providers.iter().enumerate() {
             if names.insert(settings.name().clone(), index).is_some() {
                 return Err(VerifierError::DuplicateName(settings.name().clone()));
             }
-            if let Some(first) = by_issuer.insert(settings.issuer().to_owned(), index) {
-                let first = providers
-                    .get(first)
-                    .map(|p| p.name().clone())
-                    .unwrap_or_else(|| settings.name().clone());
-                return Err(VerifierError::DuplicateIssuer {
-                    first,
-                    second: settings.name().clone(),
-                });
+            let mut fixed = |issuer: String, source: Source| {
+                let route = Route {
+                    provider: index,
+                    source: sources.len(),
+                };
+                if let Some(first) = by_issuer.insert(issuer, route) {
+                    return Err(VerifierError::DuplicateIssuer {
+                        first: name_of(first.provider),
+                        second: settings.name().clone(),
+                    });
+                }
+                sources.push(source);
+                Ok(())
+            };
+            match settings.kind() {
+                ProviderKind::Oidc(oidc) => {
+                    let source = Source::new(
+                        index,
+                        format!("{}", settings.name()),
+                        oidc.discovery_url().to_owned(),
+                        oidc.issuer().to_owned(),
+                        None,
+                    );
+                    fixed(oidc.issuer().to_owned(), source)?;
+                }
+                ProviderKind::Entra(entra) => {
+                    let authority = entra.authority();
+                    let tenants: &[String] = match entra.tenants() {
+                        Tenants::One(tenant) => std::slice::from_ref(tenant),
+                        Tenants::List(list) => list,
+                        Tenants::Any => &[],
+                    };
+                    for tenant in tenants {
+                        for version in entra.versions().iter() {
+                            let issuer = entra.issuer(version, tenant);
+                            let source = Source::new(
+                                index,
+                                format!("{}/{tenant}/{}", settings.name(), version.as_str()),
+                                discovery_url(&authority, tenant, version),
+                                issuer.clone(),
+                                Some(tenant.clone()),
+                            );
+                            fixed(issuer, source)?;
+                        }
+                    }
+                    for version in [TokenVersion::V1, TokenVersion::V2] {
+                        let (prefix, suffix) = entra.issuer_shape(version);
+                        let any =
+                            *entra.tenants() == Tenants::Any && entra.versions().contains(version);
+                        let source = any.then(|| {
+                            sources.push(Source::new(
+                                index,
+                                format!("{}/common/{}", settings.name(), version.as_str()),
+                                discovery_url(&authority, "common", version),
+                                entra.issuer(version, super::keys::TENANT_PLACEHOLDER),
+                                None,
+                            ));
+                            sources.len() - 1
+                        });
+                        if let Some(other) = shapes.iter().find(|s| {
+                            source.is_some()
+                                && s.source.is_some()
+                                && s.prefix == prefix
+                                && s.suffix == suffix
+                        }) {
+                            return Err(VerifierError::DuplicateIssuer {
+                                first: name_of(other.provider),
+                                second: settings.name().clone(),
+                            });
+                        }
+                        shapes.push(Shape {
+                            provider: index,
+                            prefix,
+                            suffix,
+                            source,
+                        });
+                    }
+                }
             }
         }
         let max_token_bytes = providers
@@ -105,20 +228,29 @@ impl Verifier {
             .map(ProviderSettings::max_token_bytes)
             .max()
             .unwrap_or(super::DEFAULT_MAX_TOKEN_BYTES);
-        // One entry per provider index, so no capacity bound is needed (and none can evict a
-        // provider's keys through moka's admission policy).
+        // One entry per source, all known up front, so no capacity bound is needed (and none
+        // can evict a source's keys through moka's admission policy).
         let keys = Cache::builder().expire_after(KeysExpiry).build();
         let providers = providers
             .into_iter()
-            .map(|settings| Provider {
-                settings,
-                last_good: ArcSwapOption::empty(),
-                last_unknown_kid_refetch: Mutex::new(None),
+            .map(|settings| {
+                let graph = match settings.as_entra() {
+                    Some(entra) => match entra.groups_overage() {
+                        GroupsOverage::Resolve(graph) => {
+                            Some(GraphClient::new(graph, &entra.authority())?)
+                        }
+                        GroupsOverage::Deny => None,
+                    },
+                    None => None,
+                };
+                Ok(Provider { settings, graph })
             })
-            .collect();
+            .collect::<Result<Vec<_>, GraphError>>()?;
         Ok(Self {
             providers,
+            sources,
             by_issuer,
+            shapes,
             max_token_bytes,
             fetcher: Fetcher::new()?,
             keys,
@@ -128,25 +260,50 @@ impl Verifier {
     /// Verifies `token` at time `now` (unix seconds).
     pub async fn verify(&self, token: &str, now: u64) -> Result<Identity, TokenError> {
         let parsed = ParsedToken::parse(token, self.max_token_bytes)?;
-        // Routing reads the unverified `iss`; everything it selects is re-checked after the
-        // signature. An unknown issuer is refused before any network traffic.
-        let index = parsed
-            .issuer()
-            .and_then(|issuer| self.by_issuer.get(issuer))
-            .copied()
-            .ok_or(TokenError::IssuerUnknown)?;
-        let provider = self.provider(index)?;
-        let keys = self
-            .keys_for_kid(index, provider, parsed.kid(), now)
-            .await?;
-        verify_parsed(parsed, token, &provider.settings, &keys, now)
+        // Routing reads unverified claims; everything it selects is re-checked after the
+        // signature. Unknown issuers and refused tenants stop here, before any network traffic.
+        let route = self.route(&parsed)?;
+        let provider = self.provider(route.provider)?;
+        check_algorithm(parsed.alg(), &provider.settings)?;
+        let keys = self.keys_for_kid(route.source, parsed.kid(), now).await?;
+        let Verified {
+            mut identity,
+            groups_overage,
+        } = verify_parsed(parsed, token, &provider.settings, &keys, now)?;
+        if groups_overage {
+            let Some(graph) = &provider.graph else {
+                return Err(TokenError::GroupsOverage);
+            };
+            let groups = graph
+                .member_groups(
+                    identity.tenant.as_deref().unwrap_or_default(),
+                    identity.object_id.as_deref().unwrap_or_default(),
+                    identity.kind,
+                    identity.expires_at,
+                    now,
+                )
+                .await
+                .map_err(|source| {
+                    tracing::warn!(
+                        provider = %provider.settings.name(),
+                        error = %error_chain(&*source),
+                        "groups overage could not be resolved"
+                    );
+                    TokenError::GroupsUnresolved {
+                        provider: provider.settings.name().clone(),
+                        source,
+                    }
+                })?;
+            identity.groups = groups.to_vec();
+        }
+        Ok(identity)
     }
 
-    /// Loads every provider's keys; the service calls this at start and is ready only once it
-    /// succeeds. Tries all providers and returns the first failure.
+    /// Loads every key source; the service calls this at start. Tries all sources and returns
+    /// the first failure.
     pub async fn warm(&self) -> Result<(), TokenError> {
         let mut first_error = None;
-        for index in 0..self.providers.len() {
+        for index in 0..self.sources.len() {
             if let Err(error) = self.refresh(index).await
                 && first_error.is_none()
             {
@@ -156,7 +313,15 @@ impl Verifier {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Refreshes keys in the background, each provider a little before its
+    /// True once every key source has had a good key set (a later failed refresh keeps it).
+    /// Cheap and lock-free: meant for a readiness probe.
+    pub fn keys_loaded(&self) -> bool {
+        self.sources
+            .iter()
+            .all(|source| source.last_good.load().is_some())
+    }
+
+    /// Refreshes keys in the background, each source a little before its provider's
     /// `key_refresh_interval` runs out, until `shutdown` completes or the verifier is dropped.
     pub fn spawn_refresh(
         self: &Arc<Self>,
@@ -164,10 +329,18 @@ impl Verifier {
     ) -> tokio::task::JoinHandle<()> {
         let verifier = Arc::downgrade(self);
         let periods: Vec<Duration> = self
-            .providers
+            .sources
             .iter()
-            // Refreshing at 90 % keeps cached entries from ever expiring while this runs.
-            .map(|p| p.settings.key_refresh_interval().mul_f64(0.9))
+            .map(|source| {
+                let interval = self
+                    .providers
+                    .get(source.provider)
+                    .map_or(super::DEFAULT_KEY_REFRESH_INTERVAL, |p| {
+                        p.settings.key_refresh_interval()
+                    });
+                // Refreshing at 90 % keeps cached entries from ever expiring while this runs.
+                interval.mul_f64(0.9)
+            })
             .collect();
         tokio::spawn(async move {
             let start = tokio::time::Instant::now();
@@ -201,9 +374,68 @@ impl Verifier {
         self.providers.iter().map(|p| p.settings.name())
     }
 
+    /// The provider and key source for the token's `iss`, after the tenant rules.
+    fn route(&self, parsed: &ParsedToken) -> Result<Route, TokenError> {
+        let issuer = parsed.issuer().ok_or(TokenError::MissingClaim("iss"))?;
+        if let Some(route) = self.by_issuer.get(issuer) {
+            let settings = &self.provider(route.provider)?.settings;
+            if let Some(entra) = settings.as_entra() {
+                check_entra_tenant(settings, entra, issuer, parsed.claims())?;
+            }
+            return Ok(*route);
+        }
+        let mut refusal = None;
+        for shape in &self.shapes {
+            let matches = issuer
+                .strip_prefix(shape.prefix.as_str())
+                .and_then(|rest| rest.strip_suffix(shape.suffix))
+                .is_some_and(|segment| !segment.is_empty() && !segment.contains('/'));
+            if !matches {
+                continue;
+            }
+            let settings = &self.provider(shape.provider)?.settings;
+            let Some(entra) = settings.as_entra() else {
+                continue;
+            };
+            let checked = check_entra_tenant(settings, entra, issuer, parsed.claims());
+            match (shape.source, checked) {
+                (Some(source), Ok(_)) => {
+                    return Ok(Route {
+                        provider: shape.provider,
+                        source,
+                    });
+                }
+                (Some(_), Err(error)) => return Err(error),
+                // A listed provider's cloud, but not one of its exact issuers: say why. A provider
+                // that lists the tenant knows better (wrong version, mismatched tid) than one
+                // that merely does not list it.
+                (None, Err(error)) => {
+                    let weaker = refusal
+                        .as_ref()
+                        .is_none_or(|r| matches!(r, TokenError::TenantNotAllowed { .. }));
+                    if weaker {
+                        refusal = Some(error);
+                    }
+                }
+                (None, Ok(_)) => {
+                    refusal.get_or_insert(TokenError::IssuerUnknown);
+                }
+            }
+        }
+        Err(refusal.unwrap_or(TokenError::IssuerUnknown))
+    }
+
     fn provider(&self, index: usize) -> Result<&Provider, TokenError> {
-        // `by_issuer` only holds indices of `providers`; this cannot fail.
+        // Routes only hold indices of `providers`; this cannot fail.
         self.providers.get(index).ok_or(TokenError::IssuerUnknown)
+    }
+
+    fn source(&self, index: usize) -> Result<&Source, TokenError> {
+        self.sources.get(index).ok_or(TokenError::IssuerUnknown)
+    }
+
+    fn provider_of(&self, source: &Source) -> Result<&ProviderSettings, TokenError> {
+        Ok(&self.provider(source.provider)?.settings)
     }
 
     /// The keys to check a token with `kid` against, refetched once if `kid` is unknown and the
@@ -211,54 +443,59 @@ impl Verifier {
     async fn keys_for_kid(
         &self,
         index: usize,
-        provider: &Provider,
         kid: &str,
         now: u64,
     ) -> Result<Arc<KeySet>, TokenError> {
-        let keys = self.current_keys(index, provider).await?;
+        let keys = self.current_keys(index).await?;
         if keys.contains(kid) {
             return Ok(keys);
         }
-        if provider.claim_unknown_kid_refetch(now) {
-            tracing::debug!(provider = %provider.settings.name(), "unknown kid; refetching keys");
+        let source = self.source(index)?;
+        let interval = self
+            .provider_of(source)?
+            .unknown_kid_refetch_interval()
+            .as_secs();
+        if source.claim_unknown_kid_refetch(now, interval) {
+            tracing::debug!(source = %source.label, "unknown kid; refetching keys");
             self.keys.invalidate(&index).await;
         }
         // After our own invalidation this fetches; if another caller's refetch is in flight it
         // waits for it (coalesced); otherwise it returns the cached set without a fetch.
-        self.current_keys(index, provider).await
+        self.current_keys(index).await
     }
 
-    async fn current_keys(
-        &self,
-        index: usize,
-        provider: &Provider,
-    ) -> Result<Arc<KeySet>, TokenError> {
+    async fn current_keys(&self, index: usize) -> Result<Arc<KeySet>, TokenError> {
+        let source = self.source(index)?;
+        let settings = self.provider_of(source)?;
         self.keys
-            .try_get_with(index, self.load(provider))
+            .try_get_with(index, self.load(source, settings))
             .await
             .map(|cached| cached.keys)
-            .map_err(|source| TokenError::KeysUnavailable {
-                provider: provider.settings.name().clone(),
-                source,
+            .map_err(|error| TokenError::KeysUnavailable {
+                provider: settings.name().clone(),
+                source: error,
             })
     }
 
     /// The cache loader: a fresh fetch, or the last good keys for a short while if it fails.
-    async fn load(&self, provider: &Provider) -> Result<CachedKeys, KeysError> {
-        let settings = &provider.settings;
-        match self.fetcher.fetch(settings).await {
+    async fn load(
+        &self,
+        source: &Source,
+        settings: &ProviderSettings,
+    ) -> Result<CachedKeys, KeysError> {
+        match self.fetcher.fetch(&source.target()).await {
             Ok(keys) => {
                 let keys = Arc::new(keys);
-                provider.last_good.store(Some(keys.clone()));
+                source.last_good.store(Some(keys.clone()));
                 Ok(CachedKeys {
                     keys,
                     ttl: settings.key_refresh_interval(),
                 })
             }
-            Err(error) => match provider.last_good.load_full() {
+            Err(error) => match source.last_good.load_full() {
                 Some(keys) => {
                     tracing::warn!(
-                        provider = %settings.name(),
+                        source = %source.label,
                         error = %error_chain(&error),
                         "key fetch failed; keeping the last good keys"
                     );
@@ -269,7 +506,7 @@ impl Verifier {
                 }
                 None => {
                     tracing::warn!(
-                        provider = %settings.name(),
+                        source = %source.label,
                         error = %error_chain(&error),
                         "key fetch failed and no keys are cached"
                     );
@@ -281,19 +518,19 @@ impl Verifier {
 
     /// Fetches and installs keys now; on failure the cache is left as it is.
     async fn refresh(&self, index: usize) -> Result<(), TokenError> {
-        let provider = self.provider(index)?;
-        let settings = &provider.settings;
-        match self.fetcher.fetch(settings).await {
+        let source = self.source(index)?;
+        let settings = self.provider_of(source)?;
+        match self.fetcher.fetch(&source.target()).await {
             Ok(keys) => {
                 let keys = Arc::new(keys);
-                provider.last_good.store(Some(keys.clone()));
+                source.last_good.store(Some(keys.clone()));
                 let ttl = settings.key_refresh_interval();
                 self.keys.insert(index, CachedKeys { keys, ttl }).await;
                 Ok(())
             }
             Err(error) => {
                 tracing::warn!(
-                    provider = %settings.name(),
+                    source = %source.label,
                     error = %error_chain(&error),
                     "key refresh failed"
                 );
@@ -306,25 +543,55 @@ impl Verifier {
     }
 }
 
-impl Provider {
-    /// True (and the slot taken) when an unknown `kid` may trigger a refetch at `now`.
-    fn claim_unknown_kid_refetch(&self, now: u64) -> bool {
-        let interval = self.settings.unknown_kid_refetch_interval().as_secs();
-        // A poisoned lock only means another thread panicked between two plain assignments;
-        // the value is still a valid timestamp.
-        let mut last = self
-            .last_unknown_kid_refetch
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let allowed = match *last {
-            None => true,
-            // A clock that went backwards must not block refetches until it catches up.
-            Some(previous) => now < previous || now - previous >= interval,
-        };
-        if allowed {
-            *last = Some(now);
+impl Source {
+    fn new(
+        provider: usize,
+        label: String,
+        discovery_url: String,
+        expected_issuer: String,
+        tenant: Option<String>,
+    ) -> Self {
+        Self {
+            provider,
+            label,
+            discovery_url,
+            expected_issuer,
+            tenant,
+            last_good: ArcSwapOption::empty(),
+            last_unknown_kid_refetch: AtomicU64::new(NEVER),
         }
+    }
+
+    fn target(&self) -> FetchTarget<'_> {
+        FetchTarget {
+            label: &self.label,
+            discovery_url: &self.discovery_url,
+            expected_issuer: &self.expected_issuer,
+            tenant: self.tenant.as_deref(),
+        }
+    }
+
+    /// True (and the slot taken) when an unknown `kid` may trigger a refetch at `now`.
+    fn claim_unknown_kid_refetch(&self, now: u64, interval: u64) -> bool {
+        let previous = self.last_unknown_kid_refetch.load(Ordering::Acquire);
+        let allowed = previous == NEVER
+            // A clock that went backwards must not block refetches until it catches up.
+            || now < previous
+            || now - previous >= interval;
+        // Of racing callers, exactly one wins the slot.
         allowed
+            && self
+                .last_unknown_kid_refetch
+                .compare_exchange(previous, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+}
+
+/// Where an Entra tenant's (or `common`'s) metadata lives.
+fn discovery_url(authority: &str, tenant: &str, version: TokenVersion) -> String {
+    match version {
+        TokenVersion::V1 => format!("{authority}/{tenant}/.well-known/openid-configuration"),
+        TokenVersion::V2 => format!("{authority}/{tenant}/v2.0/.well-known/openid-configuration"),
     }
 }
 

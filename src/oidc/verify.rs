@@ -4,6 +4,11 @@
 //! The header and payload are parsed here, strictly (base64url without padding, JSON objects
 //! without duplicate members), so routing and verification read the same bytes the same way.
 //! jsonwebtoken only checks the signature; every claim check is done here against `now`.
+//!
+//! Entra rules (Microsoft's access-token validation guidance): the `iss` must have the v1 or v2
+//! shape of the provider's cloud, name a GUID tenant equal to `tid`, that tenant must be allowed,
+//! and the metadata's issuer and the signing key's `issuer` (templates with `{tenantid}`) must
+//! both give back exactly `iss` once `tid` is put in.
 
 use std::fmt;
 
@@ -15,20 +20,33 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::TokenError;
-use super::keys::KeySet;
-use super::settings::{ProviderSettings, is_lowercase_guid};
+use super::keys::{KeySet, SigningKey, TENANT_PLACEHOLDER, normalize_template};
+use super::settings::{
+    ClaimPath, EntraSettings, OidcSettings, PrincipalRule, ProviderKind, ProviderSettings,
+    TokenVersion, algorithm_by_name, is_lowercase_guid,
+};
 use crate::identity::{Identity, PrincipalKind};
 
 /// Longest `alg` or `kid` quoted in an error; longer values are replaced by a placeholder.
 const MAX_QUOTED_HEADER_CHARS: usize = 64;
 
-/// Claims whose presence marks an ID token, which must never pass as an access token.
-const ID_TOKEN_MARKERS: [&str; 3] = ["nonce", "at_hash", "c_hash"];
+/// Claims whose presence marks an Entra ID token, which must never pass as an access token.
+const ENTRA_ID_TOKEN_MARKERS: [&str; 3] = ["nonce", "at_hash", "c_hash"];
+/// The same for generic issuers. `nonce` is left out: Keycloak copies it into access tokens.
+const OIDC_ID_TOKEN_MARKERS: [&str; 2] = ["at_hash", "c_hash"];
 
 /// A token whose structure has been checked but whose signature has not.
 pub(crate) struct ParsedToken {
+    alg: Algorithm,
     kid: String,
     claims: Map<String, Value>,
+}
+
+/// A verified token: the identity, and whether Entra replaced its groups by an overage marker
+/// (then `identity.groups` is empty and means "unknown", never "none").
+pub(crate) struct Verified {
+    pub(crate) identity: Identity,
+    pub(crate) groups_overage: bool,
 }
 
 /// A JSON object that refuses duplicate members (serde_json would silently keep the last one,
@@ -36,7 +54,8 @@ pub(crate) struct ParsedToken {
 struct StrictObject(Map<String, Value>);
 
 /// Verifies `token` with `keys` as a token of the provider `settings`, at time `now` (unix
-/// seconds), and maps its claims to an [`Identity`].
+/// seconds), and maps its claims to an [`Identity`]. A groups overage is refused here, since
+/// resolving it needs the network; [`Verifier`](super::Verifier) can resolve it.
 pub fn verify_with_keys(
     token: &str,
     settings: &ProviderSettings,
@@ -44,17 +63,21 @@ pub fn verify_with_keys(
     now: u64,
 ) -> Result<Identity, TokenError> {
     let parsed = ParsedToken::parse(token, settings.max_token_bytes())?;
-    verify_parsed(parsed, token, settings, keys, now)
+    let verified = verify_parsed(parsed, token, settings, keys, now)?;
+    if verified.groups_overage {
+        return Err(TokenError::GroupsOverage);
+    }
+    Ok(verified.identity)
 }
 
-/// The checks after parsing: key, signature, then claims.
+/// The checks after parsing: algorithm, key, signature, then claims.
 pub(crate) fn verify_parsed(
     parsed: ParsedToken,
     token: &str,
     settings: &ProviderSettings,
     keys: &KeySet,
     now: u64,
-) -> Result<Identity, TokenError> {
+) -> Result<Verified, TokenError> {
     let provider = settings.name();
     if token.len() > settings.max_token_bytes() {
         return Err(TokenError::TooLarge {
@@ -62,77 +85,177 @@ pub(crate) fn verify_parsed(
             limit: settings.max_token_bytes(),
         });
     }
+    check_algorithm(parsed.alg, settings)?;
     let key = keys
         .get(&parsed.kid)
         .ok_or_else(|| TokenError::KeyUnknown {
             provider: provider.clone(),
             kid: quote_header_value(&parsed.kid),
         })?;
-    check_signature(token, &key.decoding, settings)?;
-    identity_from_claims(parsed.claims, settings, key.issuer(), now)
+    check_signature(token, key, parsed.alg, settings)?;
+
+    let claims = parsed.claims;
+    // Owned, so the claims can move into the identity; the identity keeps it anyway.
+    let issuer = required_str(&claims, "iss")?.to_owned();
+    match settings.kind() {
+        ProviderKind::Entra(entra) => entra_claims(
+            claims,
+            issuer,
+            settings,
+            entra,
+            keys.metadata_issuer(),
+            key.issuer(),
+            now,
+        ),
+        ProviderKind::Oidc(oidc) => {
+            oidc_claims(claims, issuer, settings, oidc, keys.metadata_issuer(), now)
+        }
+    }
 }
 
-/// Every check after the signature: maps the claims of a token of provider `settings` to an
-/// [`Identity`]. `key_issuer` is the signing key's issuer template, if its JWKS entry has one.
-/// The offline policy tools call this with claims whose signature was never checked.
+/// Every check after the signature, for claims whose signature was never checked: the offline
+/// policy tools map claims to an identity with the verifier's own rules. There are no keys, so
+/// the metadata's and the signing key's issuers are not compared; an overage is refused.
 pub(crate) fn identity_from_claims(
     claims: Map<String, Value>,
     settings: &ProviderSettings,
-    key_issuer: Option<&str>,
     now: u64,
 ) -> Result<Identity, TokenError> {
+    let issuer = required_str(&claims, "iss")?.to_owned();
+    let verified = match settings.kind() {
+        ProviderKind::Entra(entra) => {
+            entra_claims(claims, issuer, settings, entra, None, None, now)?
+        }
+        ProviderKind::Oidc(oidc) => oidc_claims(claims, issuer, settings, oidc, None, now)?,
+    };
+    if verified.groups_overage {
+        return Err(TokenError::GroupsOverage);
+    }
+    Ok(verified.identity)
+}
+
+/// Refuses an `alg` the provider does not allow, before any key is looked at.
+pub(crate) fn check_algorithm(
+    alg: Algorithm,
+    settings: &ProviderSettings,
+) -> Result<(), TokenError> {
+    if settings.algorithms().contains(&alg) {
+        Ok(())
+    } else {
+        Err(TokenError::AlgorithmNotAllowed {
+            alg: format!("{alg:?}"),
+        })
+    }
+}
+
+/// The version and tenant segment of `iss` when it has the v1 or v2 issuer shape of the
+/// provider's cloud; the segment is not checked further here.
+pub(crate) fn entra_issuer_shape<'a>(
+    entra: &EntraSettings,
+    issuer: &'a str,
+) -> Option<(TokenVersion, &'a str)> {
+    // Compared piecewise rather than through `issuer_shape`, so the hot path allocates nothing.
+    let rest = issuer.strip_prefix("https://")?;
+    [
+        (TokenVersion::V2, entra.login_host(), "/v2.0"),
+        (TokenVersion::V1, entra.sts_host(), "/"),
+    ]
+    .into_iter()
+    .find_map(|(version, host, suffix)| {
+        let segment = rest
+            .strip_prefix(host)?
+            .strip_prefix('/')?
+            .strip_suffix(suffix)?;
+        (!segment.is_empty() && !segment.contains('/')).then_some((version, segment))
+    })
+}
+
+/// Entra's tenant rules, on claims that may not be verified yet (routing runs them before any
+/// fetch, the core again after the signature): `iss` has the provider's shape and an enabled
+/// version, its tenant segment is a GUID equal to `tid`, and that tenant is allowed.
+pub(crate) fn check_entra_tenant<'a>(
+    settings: &ProviderSettings,
+    entra: &EntraSettings,
+    issuer: &str,
+    claims: &'a Map<String, Value>,
+) -> Result<(TokenVersion, &'a str), TokenError> {
     let provider = settings.name();
-    let issuer = required_str(&claims, "iss")?;
-    if issuer != settings.issuer() {
+    let Some((version, segment)) = entra_issuer_shape(entra, issuer) else {
         return Err(TokenError::IssuerMismatch {
             provider: provider.clone(),
-            detail: "iss is not the provider's issuer",
+            detail: "iss is not an issuer of the provider's cloud",
+        });
+    };
+    if !entra.versions().contains(version) {
+        return Err(TokenError::VersionNotAllowed {
+            provider: provider.clone(),
+            version: version.as_str(),
         });
     }
-    let tenant = required_str(&claims, "tid")?;
-    if !is_lowercase_guid(tenant) {
-        return Err(TokenError::InvalidClaim {
-            claim: "tid",
-            expected: "a lowercase GUID",
+    if !is_lowercase_guid(segment) {
+        return Err(TokenError::TenantInvalid("the tenant in iss is not a GUID"));
+    }
+    let tid = match claims.get("tid") {
+        None => return Err(TokenError::TenantInvalid("there is no tid claim")),
+        Some(Value::String(tid)) if is_lowercase_guid(tid) => tid.as_str(),
+        Some(_) => return Err(TokenError::TenantInvalid("tid is not a lowercase GUID")),
+    };
+    if tid != segment {
+        return Err(TokenError::TenantMismatch {
+            provider: provider.clone(),
         });
     }
-    if tenant != settings.tenant() {
+    if !entra.allows_tenant(tid) {
         return Err(TokenError::TenantNotAllowed {
             provider: provider.clone(),
         });
     }
-    if issuer_tenant_segment(issuer) != Some(tenant) {
-        return Err(TokenError::IssuerMismatch {
-            provider: provider.clone(),
-            detail: "iss names another tenant than tid",
-        });
+    Ok((version, tid))
+}
+
+fn entra_claims(
+    claims: Map<String, Value>,
+    issuer: String,
+    settings: &ProviderSettings,
+    entra: &EntraSettings,
+    metadata_issuer: Option<&str>,
+    key_issuer: Option<&str>,
+    now: u64,
+) -> Result<Verified, TokenError> {
+    let provider = settings.name();
+    let (version, tenant) = check_entra_tenant(settings, entra, &issuer, &claims)?;
+    match claims.get("ver") {
+        None => {}
+        Some(Value::String(ver)) if ver == version.claim() => {}
+        Some(_) => {
+            return Err(TokenError::InvalidClaim {
+                claim: "ver",
+                expected: "the version of the token's issuer",
+            });
+        }
     }
-    if let Some(template) = key_issuer
-        && template.replace("{tenantid}", tenant) != issuer
+    if let Some(announced) = metadata_issuer
+        && announced.replace(TENANT_PLACEHOLDER, tenant) != issuer
     {
         return Err(TokenError::IssuerMismatch {
             provider: provider.clone(),
-            detail: "the signing key belongs to another issuer",
+            detail: "the metadata announces another issuer",
+        });
+    }
+    if let Some(template) = key_issuer
+        && normalize_template(template).replace(TENANT_PLACEHOLDER, tenant) != issuer
+    {
+        return Err(TokenError::KeyIssuerMismatch {
+            provider: provider.clone(),
         });
     }
     check_audience(&claims, settings)?;
     let expires_at = check_lifetime(&claims, settings.leeway_secs(), now)?;
     let subject = required_str(&claims, "sub")?;
+    check_id_token_markers(&claims, &ENTRA_ID_TOKEN_MARKERS, provider)?;
+    let groups_overage = groups_overage(&claims)?;
 
-    if let Some(marker) = ID_TOKEN_MARKERS.iter().find(|m| claims.contains_key(**m)) {
-        tracing::debug!(provider = %provider, claim = marker, "id-token marker in token");
-        return Err(TokenError::NotAnAccessToken(
-            "it carries an id-token claim (nonce, at_hash or c_hash)",
-        ));
-    }
-    check_groups_overage(&claims)?;
-
-    let scopes = optional_str(&claims, "scp")?.map(|scp| {
-        scp.split(' ')
-            .filter(|scope| !scope.is_empty())
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    });
+    let scopes = optional_str(&claims, "scp")?.map(split_scopes);
     let roles = string_array(&claims, "roles")?;
     let groups = string_array(&claims, "groups")?;
     let object_id = optional_str(&claims, "oid")?;
@@ -162,25 +285,117 @@ pub(crate) fn identity_from_claims(
             }
         },
     };
-    let display_name = first_str(&claims, &["preferred_username", "upn", "name"])?;
+    let display_name = first_str(
+        &claims,
+        &["preferred_username", "upn", "unique_name", "name"],
+    )?;
     let token_id = first_str(&claims, &["uti", "jti"])?;
+    let tenant = tenant.to_owned();
+    let (subject, object_id) = (subject.to_owned(), object_id.map(str::to_owned));
 
-    Ok(Identity {
-        provider: provider.clone(),
-        issuer: issuer.to_owned(),
-        tenant: Some(tenant.to_owned()),
-        object_id: object_id.map(str::to_owned),
-        subject: subject.to_owned(),
-        app_id,
-        kind,
-        roles,
-        groups,
-        scopes: scopes.unwrap_or_default(),
-        guest,
-        display_name,
-        expires_at,
-        token_id,
-        claims,
+    Ok(Verified {
+        identity: Identity {
+            provider: provider.clone(),
+            issuer,
+            tenant: Some(tenant),
+            object_id,
+            subject,
+            app_id,
+            kind,
+            roles,
+            groups,
+            scopes: scopes.unwrap_or_default(),
+            guest,
+            display_name,
+            expires_at,
+            token_id,
+            claims,
+        },
+        groups_overage,
+    })
+}
+
+fn oidc_claims(
+    claims: Map<String, Value>,
+    issuer: String,
+    settings: &ProviderSettings,
+    oidc: &OidcSettings,
+    metadata_issuer: Option<&str>,
+    now: u64,
+) -> Result<Verified, TokenError> {
+    let provider = settings.name();
+    if issuer != oidc.issuer() {
+        return Err(TokenError::IssuerMismatch {
+            provider: provider.clone(),
+            detail: "iss is not the provider's issuer",
+        });
+    }
+    if metadata_issuer.is_some_and(|announced| announced != issuer) {
+        return Err(TokenError::IssuerMismatch {
+            provider: provider.clone(),
+            detail: "the metadata announces another issuer",
+        });
+    }
+    check_audience(&claims, settings)?;
+    let expires_at = check_lifetime(&claims, settings.leeway_secs(), now)?;
+    let subject = required_str(&claims, "sub")?;
+    check_id_token_markers(&claims, &OIDC_ID_TOKEN_MARKERS, provider)?;
+    // Keycloak labels its tokens with a `typ` claim: `Bearer` for access, `ID` for ID tokens.
+    if optional_str(&claims, "typ")?.is_some_and(|typ| typ.eq_ignore_ascii_case("id")) {
+        return Err(TokenError::NotAnAccessToken(
+            "it is labelled as an id token",
+        ));
+    }
+
+    let scopes = match claims.get("scp") {
+        Some(Value::Array(_)) => string_array(&claims, "scp")?,
+        Some(_) => optional_str(&claims, "scp")?
+            .map(split_scopes)
+            .unwrap_or_default(),
+        None => optional_str(&claims, "scope")?
+            .map(split_scopes)
+            .unwrap_or_default(),
+    };
+    let roles = mapped_array(&claims, oidc.roles_claim(), "roles")?;
+    let groups = mapped_array(&claims, oidc.groups_claim(), "groups")?;
+    let app_id = first_str(&claims, &["azp", "client_id"])?;
+    let kind = match oidc.principal() {
+        PrincipalRule::User => PrincipalKind::User,
+        PrincipalRule::Application => PrincipalKind::Application,
+        PrincipalRule::Auto => {
+            let app_only = optional_str(&claims, "idtyp")? == Some("app")
+                || app_id.as_deref() == Some(subject);
+            if app_only {
+                PrincipalKind::Application
+            } else {
+                PrincipalKind::User
+            }
+        }
+    };
+    let object_id = optional_str(&claims, "oid")?.map(str::to_owned);
+    let display_name = first_str(&claims, &["preferred_username", "upn", "email", "name"])?;
+    let token_id = first_str(&claims, &["jti", "uti"])?;
+    let subject = subject.to_owned();
+
+    Ok(Verified {
+        identity: Identity {
+            provider: provider.clone(),
+            issuer,
+            tenant: None,
+            object_id,
+            subject,
+            app_id,
+            kind,
+            roles,
+            groups,
+            scopes,
+            guest: false,
+            display_name,
+            expires_at,
+            token_id,
+            claims,
+        },
+        groups_overage: false,
     })
 }
 
@@ -202,12 +417,13 @@ impl ParsedToken {
         let header = decode_object(header).ok_or(TokenError::Malformed(
             "header is not base64url-encoded JSON object",
         ))?;
-        match header.get("alg") {
-            Some(Value::String(alg)) if alg == "RS256" => {}
+        // Only asymmetric algorithms are representable: `none` and HS* (the forgery with the
+        // public key as HMAC secret) stop here, whatever any provider allows.
+        let alg = match header.get("alg") {
             Some(Value::String(alg)) => {
-                return Err(TokenError::AlgorithmNotAllowed {
+                algorithm_by_name(alg).ok_or_else(|| TokenError::AlgorithmNotAllowed {
                     alg: quote_header_value(alg),
-                });
+                })?
             }
             Some(_) => return Err(TokenError::Malformed("header alg is not a string")),
             None => {
@@ -215,7 +431,7 @@ impl ParsedToken {
                     alg: "(none)".to_owned(),
                 });
             }
-        }
+        };
         // No critical extension is understood here, so RFC 7515 requires refusing any.
         if header.contains_key("crit") {
             return Err(TokenError::Malformed("header has critical extensions"));
@@ -232,7 +448,7 @@ impl ParsedToken {
         let claims = decode_object(payload).ok_or(TokenError::Malformed(
             "payload is not base64url-encoded JSON object",
         ))?;
-        Ok(Self { kid, claims })
+        Ok(Self { alg, kid, claims })
     }
 
     /// The unverified `iss`, for routing only.
@@ -240,9 +456,19 @@ impl ParsedToken {
         self.claims.get("iss").and_then(Value::as_str)
     }
 
+    /// The unverified claims, for routing only.
+    pub(crate) fn claims(&self) -> &Map<String, Value> {
+        &self.claims
+    }
+
     /// The header's `kid`.
     pub(crate) fn kid(&self) -> &str {
         &self.kid
+    }
+
+    /// The header's `alg`.
+    pub(crate) fn alg(&self) -> Algorithm {
+        self.alg
     }
 }
 
@@ -285,22 +511,30 @@ fn decode_object(part: &str) -> Option<Map<String, Value>> {
 
 fn check_signature(
     token: &str,
-    key: &jsonwebtoken::DecodingKey,
+    key: &SigningKey,
+    alg: Algorithm,
     settings: &ProviderSettings,
 ) -> Result<(), TokenError> {
+    if !key.can_verify(alg) {
+        return Err(TokenError::AlgorithmNotAllowed {
+            alg: format!("{alg:?} (not the algorithm of the key)"),
+        });
+    }
     // Only the signature is jsonwebtoken's job: time is our parameter, not its clock, and the
-    // claim checks above need Entra-specific rules anyway.
-    let mut validation = Validation::new(Algorithm::RS256);
+    // claim checks need provider-specific rules anyway. `alg` is on the provider's allow-list.
+    let mut validation = Validation::new(alg);
     validation.validate_exp = false;
     validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
-    match jsonwebtoken::decode::<IgnoredAny>(token, key, &validation) {
+    match jsonwebtoken::decode::<IgnoredAny>(token, &key.decoding, &validation) {
         Ok(_) => Ok(()),
         Err(error) => Err(match error.kind() {
-            ErrorKind::InvalidSignature => TokenError::SignatureInvalid {
-                provider: settings.name().clone(),
-            },
+            ErrorKind::InvalidSignature | ErrorKind::InvalidEcdsaKey => {
+                TokenError::SignatureInvalid {
+                    provider: settings.name().clone(),
+                }
+            }
             ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                 TokenError::AlgorithmNotAllowed {
                     alg: "(rejected by verifier)".to_owned(),
@@ -316,7 +550,7 @@ fn check_audience(
     claims: &Map<String, Value>,
     settings: &ProviderSettings,
 ) -> Result<(), TokenError> {
-    let accepted = |audience: &str| settings.audiences().iter().any(|a| a == audience);
+    let accepted = |audience: &str| settings.accepts_audience(audience);
     let matches = match claims.get("aud") {
         None => return Err(TokenError::MissingClaim("aud")),
         Some(Value::String(audience)) => accepted(audience),
@@ -363,32 +597,66 @@ fn check_lifetime(claims: &Map<String, Value>, leeway: u64, now: u64) -> Result<
 
 /// Entra replaces `groups` by `_claim_names.groups` above 200 groups, and by `hasgroups` in the
 /// implicit flow. Either means "membership unknown", which must never read as "no groups".
-fn check_groups_overage(claims: &Map<String, Value>) -> Result<(), TokenError> {
-    match claims.get("_claim_names") {
-        None => {}
-        Some(Value::Object(names)) if names.contains_key("groups") => {
-            return Err(TokenError::GroupsOverage);
-        }
-        Some(Value::Object(_)) => {}
+fn groups_overage(claims: &Map<String, Value>) -> Result<bool, TokenError> {
+    let named = match claims.get("_claim_names") {
+        None => false,
+        Some(Value::Object(names)) => names.contains_key("groups"),
         Some(_) => {
             return Err(TokenError::InvalidClaim {
                 claim: "_claim_names",
                 expected: "an object",
             });
         }
-    }
-    match claims.get("hasgroups") {
-        None | Some(Value::Bool(false)) => Ok(()),
-        Some(_) => Err(TokenError::GroupsOverage),
+    };
+    let has = match claims.get("hasgroups") {
+        None | Some(Value::Bool(false)) => false,
+        Some(_) => true,
+    };
+    Ok(named || has)
+}
+
+fn check_id_token_markers(
+    claims: &Map<String, Value>,
+    markers: &[&'static str],
+    provider: &str,
+) -> Result<(), TokenError> {
+    match markers.iter().find(|m| claims.contains_key(**m)) {
+        None => Ok(()),
+        Some(marker) => {
+            tracing::debug!(provider, claim = marker, "id-token marker in token");
+            Err(TokenError::NotAnAccessToken(
+                "it carries an id-token claim (nonce, at_hash or c_hash)",
+            ))
+        }
     }
 }
 
-/// The tenant segment of `https://{host}/{tenant}/...`.
-fn issuer_tenant_segment(issuer: &str) -> Option<&str> {
-    let rest = issuer.strip_prefix("https://")?;
-    let mut segments = rest.split('/');
-    let _host = segments.next()?;
-    segments.next()
+fn split_scopes(scp: &str) -> Vec<String> {
+    scp.split(' ')
+        .filter(|scope| !scope.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// An array of strings at `path`; absent means empty.
+fn mapped_array(
+    claims: &Map<String, Value>,
+    path: &ClaimPath,
+    label: &'static str,
+) -> Result<Vec<String>, TokenError> {
+    let invalid = TokenError::InvalidClaim {
+        claim: label,
+        expected: "an array of strings",
+    };
+    match path.lookup(claims) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(values)) => values
+            .iter()
+            .map(|value| value.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(invalid),
+        Some(_) => Err(invalid),
+    }
 }
 
 fn required_str<'a>(
@@ -488,6 +756,7 @@ mod tests {
 
     use super::*;
     use crate::deny::DenyReason;
+    use crate::oidc::{Tenants, Versions};
 
     const TENANT: &str = "72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41";
     const OTHER_TENANT: &str = "0b9e7c2a-4d1f-4e8b-a3c6-9f2d5e8b1a07";
@@ -500,7 +769,17 @@ mod tests {
     const TEMPLATE: &str = "https://login.microsoftonline.com/{tenantid}/v2.0";
 
     fn settings() -> ProviderSettings {
-        ProviderSettings::new("entra", TENANT, vec![AUDIENCE.to_owned()]).unwrap()
+        settings_with(vec![AUDIENCE.to_owned()])
+    }
+
+    fn settings_with(audiences: Vec<String>) -> ProviderSettings {
+        ProviderSettings::new("entra", TENANT, audiences).unwrap()
+    }
+
+    fn jwk_without_issuer(pem: &str, kid: &str) -> Value {
+        let mut value = jwk(pem, kid, "");
+        value.as_object_mut().unwrap().remove("issuer");
+        value
     }
 
     fn jwk(pem: &str, kid: &str, issuer: &str) -> Value {
@@ -510,6 +789,8 @@ mod tests {
         value["kid"] = json!(kid);
         value["use"] = json!("sig");
         value["issuer"] = json!(issuer);
+        // Entra's JWKs name no `alg`.
+        value.as_object_mut().unwrap().remove("alg");
         value
     }
 
@@ -693,17 +974,21 @@ mod tests {
             json!({"oid": 5}),
             json!({"exp": "99999999999"}),
             json!({"nbf": -1}),
-            json!({"exp": null}),
-            json!({"sub": null}),
             json!({"aud": 1}),
-            json!({"aud": null}),
-            json!({"tid": null}),
+            json!({"ver": "1.0"}),
             json!({"_claim_names": "groups"}),
         ] {
             assert_eq!(
                 user(overrides.clone()),
-                DenyReason::TokenMalformed,
+                DenyReason::ClaimInvalid,
                 "{overrides}"
+            );
+        }
+        for missing in ["exp", "sub", "aud", "iss"] {
+            assert_eq!(
+                user(json!({ missing: null })),
+                DenyReason::ClaimMissing,
+                "{missing}"
             );
         }
     }
@@ -734,24 +1019,197 @@ mod tests {
     #[test]
     fn checks_issuer_and_tenant() {
         let other_iss = format!("https://login.microsoftonline.com/{OTHER_TENANT}/v2.0");
-        assert_eq!(user(json!({"iss": other_iss})), DenyReason::IssuerMismatch);
+        // iss and tid of another tenant, consistently: not on the list.
         assert_eq!(
-            user(json!({"iss": format!("https://sts.windows.net/{TENANT}/")})),
-            DenyReason::IssuerMismatch
-        );
-        assert_eq!(
-            user(json!({"tid": OTHER_TENANT})),
+            user(json!({"iss": other_iss, "tid": OTHER_TENANT})),
             DenyReason::TenantNotAllowed
         );
+        // Our tenant's iss but another tid, and the reverse.
         assert_eq!(
-            user(json!({"tid": TENANT.to_uppercase()})),
-            DenyReason::TokenMalformed
+            user(json!({"tid": OTHER_TENANT})),
+            DenyReason::TenantMismatch
         );
-        assert_eq!(user(json!({"iss": null})), DenyReason::TokenMalformed);
+        assert_eq!(user(json!({"iss": other_iss})), DenyReason::TenantMismatch);
+        for bad_tid in [
+            json!(TENANT.to_uppercase()),
+            json!("common"),
+            json!(7),
+            json!(null),
+        ] {
+            assert_eq!(
+                user(json!({"tid": bad_tid})),
+                DenyReason::TenantInvalid,
+                "{bad_tid}"
+            );
+        }
+        assert_eq!(
+            user(json!({"iss": "https://login.microsoftonline.com/{tenantid}/v2.0"})),
+            DenyReason::TenantInvalid
+        );
+        for foreign in [
+            format!("https://login.microsoftonline.us/{TENANT}/v2.0"),
+            format!("https://login.microsoftonline.com/{TENANT}/v2.0/"),
+            format!("http://login.microsoftonline.com/{TENANT}/v2.0"),
+            format!("https://login.microsoftonline.com/{TENANT}/x/v2.0"),
+            format!("https://sts.windows.net/{TENANT}"),
+        ] {
+            assert_eq!(
+                user(json!({ "iss": foreign })),
+                DenyReason::IssuerMismatch,
+                "{foreign}"
+            );
+        }
         // The key k3 is published for another tenant.
         assert_eq!(
             reason(&sign("k3", &user_claims())),
+            DenyReason::KeyIssuerMismatch
+        );
+    }
+
+    #[test]
+    fn accepts_v1_tokens_with_uri_audiences_unless_disabled() {
+        let v1 = with(
+            user_claims(),
+            json!({"iss": format!("https://sts.windows.net/{TENANT}/"), "ver": "1.0",
+                   "aud": "api://nats-auth/", "azp": null, "azpacr": null,
+                   "appid": "b9c2a7e5-1f34-4d8b-a0c6-7e2d9f4b3a18", "idtyp": null}),
+        );
+        // v1 keys have no `issuer` member; k2 here is published without one.
+        let settings = settings_with(vec![AUDIENCE.into(), "api://nats-auth".into()]);
+        let keys = KeySet::from_jwks(
+            json!({"keys": [jwk_without_issuer(KEY_2, "k2")]})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        let identity = verify_with_keys(&sign("k2", &v1), &settings, &keys, NOW).unwrap();
+        assert_eq!(identity.kind, PrincipalKind::User);
+        assert_eq!(
+            identity.app_id.as_deref(),
+            Some("b9c2a7e5-1f34-4d8b-a0c6-7e2d9f4b3a18")
+        );
+        // The default App ID URI of the client-id audience is accepted too.
+        let guid_uri = with(v1.clone(), json!({"aud": format!("api://{AUDIENCE}")}));
+        assert!(verify_with_keys(&sign("k2", &guid_uri), &settings, &keys, NOW).is_ok());
+
+        let v2_only = settings
+            .clone()
+            .with_versions(Versions {
+                v1: false,
+                v2: true,
+            })
+            .unwrap();
+        let error = verify_with_keys(&sign("k2", &v1), &v2_only, &keys, NOW).unwrap_err();
+        assert_eq!(error.reason(), DenyReason::VersionNotAllowed);
+        let mixed = with(v1, json!({"ver": "2.0"}));
+        let error = verify_with_keys(&sign("k2", &mixed), &settings, &keys, NOW).unwrap_err();
+        assert_eq!(error.reason(), DenyReason::ClaimInvalid);
+    }
+
+    #[test]
+    fn multi_tenant_template_is_filled_with_tid_and_the_allow_list_holds() {
+        let settings = ProviderSettings::entra(
+            "partners",
+            Tenants::List(vec![TENANT.into(), OTHER_TENANT.into()]),
+            vec![AUDIENCE.into()],
+        )
+        .unwrap();
+        let keys = keys().with_metadata_issuer(TEMPLATE);
+        let other_iss = format!("https://login.microsoftonline.com/{OTHER_TENANT}/v2.0");
+        let other = with(
+            user_claims(),
+            json!({"iss": other_iss, "tid": OTHER_TENANT}),
+        );
+        let identity = verify_with_keys(&sign("k1", &other), &settings, &keys, NOW).unwrap();
+        assert_eq!(identity.tenant.as_deref(), Some(OTHER_TENANT));
+        // k3 is published for OTHER_TENANT only: good there, refused for TENANT.
+        assert!(verify_with_keys(&sign("k3", &other), &settings, &keys, NOW).is_ok());
+
+        let third = "9188040d-6c67-4c5b-b112-36a304b66dad";
+        let third = with(
+            user_claims(),
+            json!({"iss": format!("https://login.microsoftonline.com/{third}/v2.0"), "tid": third}),
+        );
+        let error = verify_with_keys(&sign("k1", &third), &settings, &keys, NOW).unwrap_err();
+        assert_eq!(error.reason(), DenyReason::TenantNotAllowed);
+        let any = ProviderSettings::entra("any", Tenants::Any, vec![AUDIENCE.into()]).unwrap();
+        assert!(verify_with_keys(&sign("k1", &third), &any, &keys, NOW).is_ok());
+
+        // Metadata that announces a concrete issuer for another tenant never fits.
+        let wrong = keys.with_metadata_issuer(&other_iss);
+        let error = verify_with_keys(&sign("k1", &user_claims()), &settings, &wrong, NOW);
+        assert_eq!(error.unwrap_err().reason(), DenyReason::IssuerMismatch);
+    }
+
+    #[test]
+    fn the_allow_list_of_algorithms_is_per_provider() {
+        let header = json!({"alg": "PS256", "kid": "k1"}).to_string();
+        let claims = user_claims().to_string();
+        let key = EncodingKey::from_rsa_pem(KEY_1.as_bytes()).unwrap();
+        let message = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::PS256);
+        let token = format!("{message}.{}", signature.unwrap());
+        assert_eq!(reason(&token), DenyReason::AlgorithmNotAllowed);
+        let ps = settings().with_algorithms(&["RS256", "PS256"]).unwrap();
+        assert!(verify_with_keys(&token, &ps, &keys(), NOW).is_ok());
+        // A key whose JWK names RS256 never verifies PS256, whatever the provider allows.
+        let mut pinned = jwk(KEY_1, "k1", TEMPLATE);
+        pinned["alg"] = json!("RS256");
+        let pinned = KeySet::from_jwks(json!({"keys": [pinned]}).to_string().as_bytes()).unwrap();
+        let error = verify_with_keys(&token, &ps, &pinned, NOW).unwrap_err();
+        assert_eq!(error.reason(), DenyReason::AlgorithmNotAllowed);
+    }
+
+    #[test]
+    fn maps_generic_oidc_tokens() {
+        let issuer = "https://keycloak.example/realms/nats";
+        let settings = ProviderSettings::oidc("keycloak", issuer, vec!["nats".into()])
+            .unwrap()
+            .with_claim_paths(Some("realm_access.roles"), None)
+            .unwrap();
+        let claims = json!({
+            "iss": issuer, "aud": ["nats", "account"], "sub": "f:1234",
+            "exp": NOW + 300, "iat": NOW, "azp": "nats-cli", "typ": "Bearer",
+            "scope": "openid nats", "nonce": "kept-by-keycloak",
+            "realm_access": {"roles": ["publisher"]}, "groups": ["/ops"],
+            "preferred_username": "alex", "jti": "j-9",
+        });
+        let keys = keys().with_metadata_issuer(issuer);
+        let identity = verify_with_keys(&sign("k1", &claims), &settings, &keys, NOW).unwrap();
+        assert_eq!(identity.tenant, None);
+        assert_eq!(identity.kind, PrincipalKind::User);
+        assert_eq!(identity.roles, ["publisher"]);
+        assert_eq!(identity.groups, ["/ops"]);
+        assert_eq!(identity.scopes, ["openid", "nats"]);
+        assert_eq!(identity.app_id.as_deref(), Some("nats-cli"));
+        assert_eq!(identity.display_name.as_deref(), Some("alex"));
+
+        let service = with(claims.clone(), json!({"sub": "nats-cli"}));
+        let identity = verify_with_keys(&sign("k1", &service), &settings, &keys, NOW).unwrap();
+        assert_eq!(identity.kind, PrincipalKind::Application);
+
+        let refuse = |overrides: Value| {
+            let token = sign("k1", &with(claims.clone(), overrides));
+            verify_with_keys(&token, &settings, &keys, NOW)
+                .unwrap_err()
+                .reason()
+        };
+        assert_eq!(refuse(json!({"typ": "ID"})), DenyReason::NotAnAccessToken);
+        assert_eq!(
+            refuse(json!({"at_hash": "x"})),
+            DenyReason::NotAnAccessToken
+        );
+        assert_eq!(
+            refuse(json!({"iss": "https://keycloak.example/realms/other"})),
             DenyReason::IssuerMismatch
+        );
+        assert_eq!(
+            refuse(json!({"aud": "account"})),
+            DenyReason::AudienceMismatch
+        );
+        assert_eq!(
+            refuse(json!({"realm_access": {"roles": "publisher"}})),
+            DenyReason::ClaimInvalid
         );
     }
 

@@ -282,7 +282,7 @@ async fn bad_tokens_are_refused_with_their_reason_in_the_server_log() {
         ("signature_invalid", stack.issuer.sign_with(KID_3, json!({ "kid": KID_1 }), &publisher)),
         ("token_expired", stack.issuer.token(json!({ "roles": ["Nats.Publisher"], "exp": now - 600, "nbf": now - 4000, "iat": now - 4000 }))),
         ("audience_mismatch", stack.issuer.token(json!({ "roles": ["Nats.Publisher"], "aud": "00000003-0000-0000-c000-000000000000" }))),
-        ("issuer_unknown", stack.issuer.token(json!({ "roles": ["Nats.Publisher"], "iss": "https://login.microsoftonline.com/0f0e0d0c-0b0a-0908-0706-050403020100/v2.0" }))),
+        ("tenant_not_allowed", stack.issuer.token(json!({ "roles": ["Nats.Publisher"], "iss": "https://login.microsoftonline.com/0f0e0d0c-0b0a-0908-0706-050403020100/v2.0", "tid": "0f0e0d0c-0b0a-0908-0706-050403020100" }))),
         ("no_matching_policy", stack.issuer.token(json!({ "roles": ["Nats.Admin"] }))),
     ];
     for (reason, token) in &cases {

@@ -239,7 +239,7 @@ fn explain_shows_routing_bindings_and_permissions_and_warns_about_the_signature(
         "{printed}"
     );
     assert!(
-        printed.contains("is the issuer of provider `fabrikam`"),
+        printed.contains("is an issuer of provider `fabrikam`"),
         "{printed}"
     );
     assert!(

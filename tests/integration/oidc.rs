@@ -99,18 +99,24 @@ async fn refuses_another_audience() {
 #[tokio::test]
 async fn refuses_other_tenants() {
     let (issuer, verifier) = setup().await;
-    // Another tenant's issuer is routed nowhere, without touching the network.
+    // Another tenant's issuer is refused without touching the network.
     let other_iss = format!("https://login.microsoftonline.com/{OTHER_TENANT}/v2.0");
     let foreign = issuer.token(json!({"iss": other_iss, "tid": OTHER_TENANT}));
-    assert_eq!(reason(&verifier, &foreign).await, DenyReason::IssuerUnknown);
+    assert_eq!(
+        reason(&verifier, &foreign).await,
+        DenyReason::TenantNotAllowed
+    );
+    let elsewhere = issuer.token(json!({"iss": "https://idp.example/"}));
+    assert_eq!(
+        reason(&verifier, &elsewhere).await,
+        DenyReason::IssuerUnknown
+    );
     assert_eq!((issuer.discovery_hits(), issuer.jwks_hits()), (0, 0));
 
     // Our issuer but another `tid`.
     let mixed = issuer.token(json!({"tid": OTHER_TENANT}));
-    assert_eq!(
-        reason(&verifier, &mixed).await,
-        DenyReason::TenantNotAllowed
-    );
+    assert_eq!(reason(&verifier, &mixed).await, DenyReason::TenantMismatch);
+    assert_eq!((issuer.discovery_hits(), issuer.jwks_hits()), (0, 0));
 }
 
 #[tokio::test]
@@ -314,7 +320,7 @@ async fn refuses_groups_overage_and_id_tokens() {
     let roles_string = issuer.token(json!({"roles": "Nats.Publisher"}));
     assert_eq!(
         reason(&verifier, &roles_string).await,
-        DenyReason::TokenMalformed
+        DenyReason::ClaimInvalid
     );
 }
 

@@ -1,10 +1,14 @@
 //! A local stand-in for Microsoft Entra ID: discovery, JWKS and token minting.
 //!
-//! [`TestIssuer::start`] serves, on `127.0.0.1:0`, Entra's per-tenant v2 paths:
-//! `/{tid}/v2.0/.well-known/openid-configuration` (with Entra's real issuer string
-//! `https://login.microsoftonline.com/{tid}/v2.0` and a loopback `jwks_uri`) and
-//! `/{tid}/discovery/v2.0/keys`. It signs realistic v2 access tokens with committed test keys
-//! (`tests/data/keys/`), and lets tests rotate keys, count JWKS fetches and inject failures.
+//! [`TestIssuer::start`] serves, on `127.0.0.1:0`, Entra's per-tenant paths for v2
+//! (`/{tid}/v2.0/.well-known/openid-configuration`, issuer
+//! `https://login.microsoftonline.com/{tid}/v2.0`, keys `/{tid}/discovery/v2.0/keys`) and v1
+//! (`/{tid}/.well-known/openid-configuration`, issuer `https://sts.windows.net/{tid}/`, keys
+//! `/{tid}/discovery/keys`), plus the tenant-independent `common`/`organizations` documents whose
+//! issuer is the `{tenantid}` template. Issuers are Entra's real strings while every `jwks_uri`
+//! points at loopback, so nothing may assume "issuer host == metadata host". It signs realistic
+//! v1 and v2 access tokens with committed test keys (`tests/data/keys/`), and lets tests rotate
+//! keys, count fetches and inject failures.
 //!
 //! ```ignore
 //! let issuer = TestIssuer::start().await;
@@ -14,6 +18,7 @@
 //!
 //! Claim overrides are merged into the defaults; a `null` value removes the claim.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +31,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use data_encoding::BASE64URL_NOPAD;
-use entra_callout::oidc::ProviderSettings;
+use entra_callout::oidc::{ProviderSettings, Versions};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
@@ -38,6 +43,10 @@ pub const TENANT: &str = "72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41";
 pub const OTHER_TENANT: &str = "0b9e7c2a-4d1f-4e8b-a3c6-9f2d5e8b1a07";
 /// The API's client id: the `aud` of every v2 token for it.
 pub const AUDIENCE: &str = "6e3f1d0c-8b5a-4c2e-9f41-2d7a9b0c5e11";
+/// The API's App ID URI: the `aud` of v1 tokens requested for that resource.
+pub const APP_ID_URI: &str = "api://nats-auth";
+/// A third tenant.
+pub const THIRD_TENANT: &str = "9f1c2a7d-4e58-4b06-8e41-b7c95a3fd2e0";
 /// The SPA that user tokens are issued to (`azp`).
 pub const SPA_CLIENT: &str = "b9c2a7e5-1f34-4d8b-a0c6-7e2d9f4b3a18";
 /// The daemon that app-only tokens are issued to (`azp`).
@@ -74,6 +83,10 @@ pub struct TestIssuer {
 
 struct IssuerState {
     tenant: String,
+    /// Tenants served besides `tenant`.
+    others: Vec<String>,
+    /// Discovery requests per path segment (`{tid}/v2`, `common/v1`, ...).
+    hits_by_path: Mutex<HashMap<String, usize>>,
     base: String,
     keys: Vec<TestKey>,
     published: Mutex<Vec<&'static str>>,
@@ -81,6 +94,8 @@ struct IssuerState {
     discovery_hits: AtomicUsize,
     fail_jwks: AtomicBool,
     discovery_issuer: Mutex<Option<String>>,
+    /// Overrides the v2 keys' `issuer` member of one kid.
+    key_issuers: Mutex<HashMap<String, String>>,
 }
 
 struct TestKey {
@@ -98,6 +113,12 @@ impl TestIssuer {
 
     /// Starts an issuer for `tenant`.
     pub async fn start_for(tenant: &str) -> Self {
+        Self::start_for_tenants(&[tenant]).await
+    }
+
+    /// Starts an issuer serving every tenant of `tenants`; the first is [`Self::tenant`].
+    pub async fn start_for_tenants(tenants: &[&str]) -> Self {
+        let tenant = tenants[0];
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let keys = PEMS
@@ -116,6 +137,8 @@ impl TestIssuer {
             .collect();
         let state = Arc::new(IssuerState {
             tenant: tenant.to_owned(),
+            others: tenants[1..].iter().map(|t| (*t).to_owned()).collect(),
+            hits_by_path: Mutex::new(HashMap::new()),
             base: format!("http://{addr}"),
             keys,
             published: Mutex::new(vec![KID_1, KID_2]),
@@ -123,13 +146,16 @@ impl TestIssuer {
             discovery_hits: AtomicUsize::new(0),
             fail_jwks: AtomicBool::new(false),
             discovery_issuer: Mutex::new(None),
+            key_issuers: Mutex::new(HashMap::new()),
         });
         let app = Router::new()
             .route(
                 "/{tid}/v2.0/.well-known/openid-configuration",
                 get(discovery),
             )
+            .route("/{tid}/.well-known/openid-configuration", get(discovery_v1))
             .route("/{tid}/discovery/v2.0/keys", get(jwks))
+            .route("/{tid}/discovery/keys", get(jwks_v1))
             .with_state(state.clone());
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -159,8 +185,62 @@ impl TestIssuer {
         )
     }
 
+    /// `https://sts.windows.net/{tid}/`: the `iss` of v1 tokens for `tid`.
+    pub fn v1_issuer_for(tid: &str) -> String {
+        format!("https://sts.windows.net/{tid}/")
+    }
+
+    /// `https://login.microsoftonline.com/{tid}/v2.0`: the `iss` of v2 tokens for `tid`.
+    pub fn v2_issuer_for(tid: &str) -> String {
+        format!("https://login.microsoftonline.com/{tid}/v2.0")
+    }
+
+    /// How many times discovery was requested for `segment` (a tenant, `common`,
+    /// `organizations`) and version (`v1` or `v2`).
+    pub fn discovery_hits_for(&self, segment: &str, version: &str) -> usize {
+        let hits = self.state.hits_by_path.lock().unwrap();
+        hits.get(&format!("{segment}/{version}"))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Claims of a v1 user token (entra-id.md §1.3 c) for `tid`, valid from now for an hour.
+    pub fn v1_user_claims_for(&self, tid: &str) -> Value {
+        let now = now();
+        json!({
+            "aud": APP_ID_URI,
+            "iss": Self::v1_issuer_for(tid),
+            "iat": now, "nbf": now, "exp": now + 3600,
+            "acr": "1", "aio": "E2dgYJibWt1YLns2t+Yap+dsFd12AA==", "amr": ["pwd", "mfa"],
+            "appid": SPA_CLIENT, "appidacr": "0",
+            "family_name": "Wilber", "given_name": "Alex",
+            "groups": [GROUP],
+            "ipaddr": "203.0.113.42", "name": "Alex Wilber", "oid": USER_OID,
+            "roles": ["Nats.Subscriber"], "scp": "Nats.Connect",
+            "sub": "l3_roISQU222bULS9yi2k0XpqpOiMz5H3ZACo1GeXA",
+            "tid": tid, "unique_name": "alexw@contoso.com", "upn": "alexw@contoso.com",
+            "uti": "FVsGxYXI30-TuikuuUoFAA", "ver": "1.0",
+        })
+    }
+
+    /// A v1 token: header with `x5t == kid`, signed with [`KID_1`]; `overrides` merged into
+    /// [`Self::v1_user_claims_for`] of this issuer's tenant.
+    pub fn v1_token(&self, overrides: Value) -> String {
+        let claims = merge(self.v1_user_claims_for(self.tenant()), overrides);
+        self.sign_with(KID_1, json!({"x5t": KID_1}), &claims)
+    }
+
+    /// A v2 user token for another served tenant `tid`, signed with [`KID_1`].
+    pub fn token_for(&self, tid: &str, overrides: Value) -> String {
+        let base = merge(
+            self.user_claims(),
+            json!({"iss": Self::v2_issuer_for(tid), "tid": tid}),
+        );
+        self.sign(KID_1, &merge(base, overrides))
+    }
+
     /// Provider settings for this issuer: name `entra`, audience [`AUDIENCE`], loopback
-    /// authority, and otherwise the defaults.
+    /// authority, v2 tokens only (one key source), and otherwise the defaults.
     pub fn settings(&self) -> ProviderSettings {
         self.settings_named("entra")
     }
@@ -170,6 +250,11 @@ impl TestIssuer {
         ProviderSettings::new(name, self.tenant(), vec![AUDIENCE.to_owned()])
             .unwrap()
             .with_authority(&self.authority())
+            .unwrap()
+            .with_versions(Versions {
+                v1: false,
+                v2: true,
+            })
             .unwrap()
     }
 
@@ -300,6 +385,16 @@ impl TestIssuer {
         self.state.fail_jwks.store(fail, Ordering::SeqCst);
     }
 
+    /// Publishes `kid` in v2 key sets with `issuer` as its `issuer` member (a key that belongs
+    /// to another tenant).
+    pub fn set_key_issuer(&self, kid: &str, issuer: &str) {
+        self.state
+            .key_issuers
+            .lock()
+            .unwrap()
+            .insert(kid.to_owned(), issuer.to_owned());
+    }
+
     /// Makes discovery announce `issuer` instead of the real one (`None` restores it).
     pub fn set_discovery_issuer(&self, issuer: Option<String>) {
         *self.state.discovery_issuer.lock().unwrap() = issuer;
@@ -363,21 +458,59 @@ fn encode_part(value: &Value) -> String {
 }
 
 async fn discovery(State(state): State<Arc<IssuerState>>, Path(tid): Path<String>) -> Response {
+    discovery_document(&state, &tid, "v2")
+}
+
+async fn discovery_v1(State(state): State<Arc<IssuerState>>, Path(tid): Path<String>) -> Response {
+    discovery_document(&state, &tid, "v1")
+}
+
+impl IssuerState {
+    fn serves(&self, tid: &str) -> bool {
+        tid == self.tenant || self.others.iter().any(|t| t == tid)
+    }
+
+    fn tenant_independent(tid: &str) -> bool {
+        tid == "common" || tid == "organizations"
+    }
+}
+
+fn discovery_document(state: &IssuerState, tid: &str, version: &str) -> Response {
     state.discovery_hits.fetch_add(1, Ordering::SeqCst);
-    if tid != state.tenant {
+    *state
+        .hits_by_path
+        .lock()
+        .unwrap()
+        .entry(format!("{tid}/{version}"))
+        .or_default() += 1;
+    let independent = IssuerState::tenant_independent(tid);
+    if !state.serves(tid) && !independent {
+        // What Entra answers for a tenant that does not exist.
         return StatusCode::BAD_REQUEST.into_response();
     }
+    let segment = if independent { "{tenantid}" } else { tid };
+    let (default_issuer, jwks_uri) = if version == "v2" {
+        (
+            TestIssuer::v2_issuer_for(segment),
+            format!("{}/{tid}/discovery/v2.0/keys", state.base),
+        )
+    } else {
+        (
+            TestIssuer::v1_issuer_for(segment),
+            format!("{}/{tid}/discovery/keys", state.base),
+        )
+    };
     let issuer = state
         .discovery_issuer
         .lock()
         .unwrap()
         .clone()
-        .unwrap_or_else(|| format!("https://login.microsoftonline.com/{tid}/v2.0"));
+        .unwrap_or(default_issuer);
     json_response(&json!({
         "token_endpoint": format!("https://login.microsoftonline.com/{tid}/oauth2/v2.0/token"),
         "token_endpoint_auth_methods_supported":
             ["client_secret_post", "private_key_jwt", "client_secret_basic"],
-        "jwks_uri": format!("{}/{tid}/discovery/v2.0/keys", state.base),
+        "jwks_uri": jwks_uri,
         "response_modes_supported": ["query", "fragment", "form_post"],
         "subject_types_supported": ["pairwise"],
         "id_token_signing_alg_values_supported": ["RS256"],
@@ -397,11 +530,20 @@ async fn discovery(State(state): State<Arc<IssuerState>>, Path(tid): Path<String
 }
 
 async fn jwks(State(state): State<Arc<IssuerState>>, Path(tid): Path<String>) -> Response {
+    key_set(&state, &tid, true)
+}
+
+async fn jwks_v1(State(state): State<Arc<IssuerState>>, Path(tid): Path<String>) -> Response {
+    key_set(&state, &tid, false)
+}
+
+/// v2 keys carry Entra's `issuer` template; v1 keys carry none.
+fn key_set(state: &IssuerState, tid: &str, v2: bool) -> Response {
     state.jwks_hits.fetch_add(1, Ordering::SeqCst);
     if state.fail_jwks.load(Ordering::SeqCst) {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    if tid != state.tenant {
+    if !state.serves(tid) && !IssuerState::tenant_independent(tid) {
         return StatusCode::BAD_REQUEST.into_response();
     }
     let published = state.published.lock().unwrap().clone();
@@ -409,7 +551,18 @@ async fn jwks(State(state): State<Arc<IssuerState>>, Path(tid): Path<String>) ->
         .keys
         .iter()
         .filter(|key| published.contains(&key.kid))
-        .map(TestKey::jwk)
+        .map(|key| {
+            let mut jwk = key.jwk();
+            if v2 {
+                if let Some(issuer) = state.key_issuers.lock().unwrap().get(key.kid) {
+                    jwk["issuer"] = json!(issuer);
+                }
+            } else {
+                jwk.as_object_mut().unwrap().remove("issuer");
+                jwk["x5t"] = json!(key.kid);
+            }
+            jwk
+        })
         .collect();
     json_response(&json!({ "keys": keys }))
 }

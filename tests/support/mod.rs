@@ -1,5 +1,6 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod graph;
 pub mod issuer;
 pub mod nats;
