@@ -10,6 +10,8 @@
 //! * `policy`: YAML policies, model → compile → pure evaluation into a `Grant`.
 //! * `callout`: one request in, one signed answer out (`Authorizer::handle`).
 //! * `service`: the NATS loop — queue subscription, bounded concurrency, drain.
+//! * `admin`, `metrics`, `reload`: operations — the health and metrics endpoints, Prometheus
+//!   metrics, and hot reload of policies.
 //! * `config`, `cli`, `keys`, `telemetry`: the edges — configuration files, commands, key
 //!   material, logging and the wall clock.
 //! * `deny`, `diagnostic`, `duration`: small shared vocabularies.
@@ -24,6 +26,7 @@
     clippy::await_holding_lock
 )]
 
+pub mod admin;
 pub mod callout;
 pub mod cli;
 pub mod config;
@@ -32,8 +35,10 @@ pub mod diagnostic;
 pub mod duration;
 pub mod identity;
 pub mod keys;
+pub mod metrics;
 pub mod nats_jwt;
 pub mod oidc;
 pub mod policy;
+pub mod reload;
 pub mod service;
 pub mod telemetry;
