@@ -12,3 +12,5 @@ mod callout;
 mod cli;
 #[path = "integration/oidc.rs"]
 mod oidc;
+#[path = "integration/ops.rs"]
+mod ops;

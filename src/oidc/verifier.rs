@@ -246,7 +246,9 @@ impl Verifier {
     /// The cache loader: a fresh fetch, or the last good keys for a short while if it fails.
     async fn load(&self, provider: &Provider) -> Result<CachedKeys, KeysError> {
         let settings = &provider.settings;
-        match self.fetcher.fetch(settings).await {
+        let fetched = self.fetcher.fetch(settings).await;
+        crate::metrics::record_key_refresh(settings.name(), fetched.is_ok());
+        match fetched {
             Ok(keys) => {
                 let keys = Arc::new(keys);
                 provider.last_good.store(Some(keys.clone()));
@@ -283,7 +285,9 @@ impl Verifier {
     async fn refresh(&self, index: usize) -> Result<(), TokenError> {
         let provider = self.provider(index)?;
         let settings = &provider.settings;
-        match self.fetcher.fetch(settings).await {
+        let fetched = self.fetcher.fetch(settings).await;
+        crate::metrics::record_key_refresh(settings.name(), fetched.is_ok());
+        match fetched {
             Ok(keys) => {
                 let keys = Arc::new(keys);
                 provider.last_good.store(Some(keys.clone()));

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use entra_callout::callout::Authorizer;
 use entra_callout::config::{Config, ProcessEnv};
 use entra_callout::oidc::Verifier;
-use entra_callout::service::{self, LoopSettings};
+use entra_callout::service::{self, LoopSettings, Ops};
 
 use crate::support::issuer::{AUDIENCE, KID_1, KID_3, TENANT, TestIssuer, merge};
 use crate::support::nats::{NatsServer, config_mode};
@@ -90,7 +90,7 @@ impl Stack {
              callout:\n  issuer_seed_file: issuer.nk\n{xkey_line}  max_ttl: 15m\n  drain_timeout: 5s\n\
              providers:\n  - name: contoso\n    kind: entra\n    tenant: {TENANT}\n    \
              audiences: [\"{AUDIENCE}\"]\n    authority: {authority}\n\
-             policies: policies.yaml\n",
+             policies: policies.yaml\nadmin:\n  listen: 127.0.0.1:0\n",
             url = server.url(),
             authority = issuer.authority(),
         );
@@ -108,6 +108,7 @@ impl Stack {
         let config = Config::load(&self.config_path, &ProcessEnv).expect("valid test config");
         let verifier = Arc::new(Verifier::new(config.providers.clone()).unwrap());
         verifier.warm().await.expect("test issuer keys load");
+        let settings = LoopSettings::from_config(&config);
         let authorizer = Arc::new(Authorizer::new(
             config.callout.issuer.clone(),
             config.callout.xkey.clone(),
@@ -118,11 +119,6 @@ impl Stack {
         let client = service::connect(&config.nats)
             .await
             .expect("service connects");
-        let settings = LoopSettings {
-            queue_group: config.nats.queue_group.clone(),
-            max_concurrency: config.callout.max_concurrency,
-            drain_timeout: config.callout.drain_timeout,
-        };
         let requests = service::subscribe(&client, &settings.queue_group)
             .await
             .expect("subscribe");
@@ -130,7 +126,8 @@ impl Stack {
         let task = tokio::spawn({
             let authorizer = Arc::clone(&authorizer);
             async move {
-                service::run(client, requests, authorizer, settings, async {
+                let ops = Ops::new().unwrap();
+                service::run(client, requests, authorizer, settings, ops, async {
                     let _ = stopped.await;
                 })
                 .await;

@@ -80,6 +80,8 @@ struct IssuerState {
     jwks_hits: AtomicUsize,
     discovery_hits: AtomicUsize,
     fail_jwks: AtomicBool,
+    /// While `true`, JWKS requests wait.
+    jwks_paused: tokio::sync::watch::Sender<bool>,
     discovery_issuer: Mutex<Option<String>>,
 }
 
@@ -122,6 +124,7 @@ impl TestIssuer {
             jwks_hits: AtomicUsize::new(0),
             discovery_hits: AtomicUsize::new(0),
             fail_jwks: AtomicBool::new(false),
+            jwks_paused: tokio::sync::watch::Sender::new(false),
             discovery_issuer: Mutex::new(None),
         });
         let app = Router::new()
@@ -300,6 +303,12 @@ impl TestIssuer {
         self.state.fail_jwks.store(fail, Ordering::SeqCst);
     }
 
+    /// While `true`, JWKS requests are held until it is set back to `false`: a stand-in for a
+    /// slow identity provider that keeps requests in flight as long as a test needs.
+    pub fn pause_jwks(&self, paused: bool) {
+        self.state.jwks_paused.send_replace(paused);
+    }
+
     /// Makes discovery announce `issuer` instead of the real one (`None` restores it).
     pub fn set_discovery_issuer(&self, issuer: Option<String>) {
         *self.state.discovery_issuer.lock().unwrap() = issuer;
@@ -398,6 +407,11 @@ async fn discovery(State(state): State<Arc<IssuerState>>, Path(tid): Path<String
 
 async fn jwks(State(state): State<Arc<IssuerState>>, Path(tid): Path<String>) -> Response {
     state.jwks_hits.fetch_add(1, Ordering::SeqCst);
+    let _ = state
+        .jwks_paused
+        .subscribe()
+        .wait_for(|paused| !paused)
+        .await;
     if state.fail_jwks.load(Ordering::SeqCst) {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
