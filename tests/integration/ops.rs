@@ -544,9 +544,13 @@ async fn the_binary_serves_health_and_metrics_publishes_audit_events_and_reloads
 
 #[tokio::test]
 async fn replicas_on_a_cluster_answer_every_node_and_one_can_leave() {
+    const CLIENTS_PER_NODE: usize = 4;
+    const CONNECTS_PER_CLIENT: usize = 10;
     let issuer = TestIssuer::start().await;
     let mut files = ServiceFiles::new();
     let base = files.server_config();
+    // A generous callout timeout, so only a lost request fails a connect, not a slow machine.
+    let base = base.replace("timeout: 2", "timeout: 10");
     let cluster = NatsCluster::start(3, |i| {
         base.replace(
             "server_name: callout-test",
@@ -586,39 +590,62 @@ async fn replicas_on_a_cluster_answer_every_node_and_one_can_leave() {
         "both replicas answer: {a:?} {b:?}"
     );
 
-    // Clients keep connecting through every node while the first replica stops.
-    let clients: Vec<JoinHandle<usize>> = urls
+    // Clients keep connecting through every node while the first replica stops. Like real
+    // clients, each retries a refused connect once. NATS delivers at most once: a request a
+    // server routes to the leaving replica just as it unsubscribes is lost, so each client
+    // may lose the one request it has in flight, but no more, and its retry must succeed.
+    let before = first.authorizer.stats().allowed + second.authorizer.stats().allowed;
+    let clients: Vec<JoinHandle<u64>> = urls
         .iter()
+        .cycle()
+        .take(urls.len() * CLIENTS_PER_NODE)
         .map(|url| {
             let (url, token) = (url.clone(), token.clone());
             tokio::spawn(async move {
-                let mut refused = 0;
-                for _ in 0..20 {
+                let mut lost = 0;
+                for _ in 0..CONNECTS_PER_CLIENT {
                     if connect(&url, &token).await.is_err() {
-                        refused += 1;
+                        lost += 1;
+                        connect(&url, &token).await.expect("admitted on retry");
                     }
                 }
-                refused
+                lost
             })
         })
         .collect();
-    let before = first.authorizer.stats().allowed + second.authorizer.stats().allowed;
     eventually("clients connecting", async || {
-        first.authorizer.stats().allowed + second.authorizer.stats().allowed >= before + 6
+        first.authorizer.stats().allowed + second.authorizer.stats().allowed >= before + 12
     })
     .await;
-    let first_authorizer = Arc::clone(&first.authorizer);
+    let leaving = Arc::clone(&first.authorizer);
     first.stop().await;
-    let mut refused = 0;
+    let mut lost = Vec::new();
     for client in clients {
-        refused += client.await.unwrap();
+        lost.push(client.await.unwrap());
     }
-    assert_eq!(refused, 0, "no client lost its authorization");
-    let after = second.authorizer.stats();
-    assert_eq!(
-        first_authorizer.stats().allowed + after.allowed,
-        before + 60,
-        "every connect was answered by one replica"
+    assert!(
+        lost.iter().all(|l| *l <= 1),
+        "a client lost more than one request: {lost:?}"
     );
+    // No request was answered twice, and at most one per client — the one it had in flight as
+    // the replica left — went unanswered. (A lost request does not always show as a failed
+    // connect: async-nats takes any first server message for success.)
+    let connects = (urls.len() * CLIENTS_PER_NODE * CONNECTS_PER_CLIENT) as u64;
+    let retries: u64 = lost.iter().sum();
+    let answered = leaving.stats().allowed + second.authorizer.stats().allowed - before;
+    let in_flight_bound = lost.len() as u64;
+    assert!(
+        answered <= connects + retries && answered + in_flight_bound >= connects,
+        "{answered} answers for {connects} connects and {retries} retries"
+    );
+
+    // Afterwards the remaining replica answers every node alone.
+    let remaining = second.authorizer.stats().allowed;
+    for url in &urls {
+        connect(url, &token)
+            .await
+            .expect("admitted by the remaining replica");
+    }
+    assert_eq!(second.authorizer.stats().allowed, remaining + 3);
     second.stop().await;
 }
