@@ -9,12 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
+use crate::config::CalloutSettings;
 use crate::decision::{DEFAULT_DECISION_CACHE_SIZE, Decision, DecisionCache, token_key};
 use crate::deny::DenyReason;
 use crate::identity::Identity;
+use crate::metrics;
 use crate::nats_jwt::{self, Claims, JwtError, Permission, Request, ResponsePermission, User};
 use crate::oidc::Verifier;
 use crate::policy::{Grant, PolicySet};
@@ -71,10 +74,88 @@ pub enum Handled {
         body: Vec<u8>,
         /// Whether the client was admitted.
         allowed: bool,
+        /// The decision's audit event (already logged).
+        audit: Box<AuditEvent>,
     },
     /// Send nothing: the request itself is not acceptable (garbage, forged, expired). The server
     /// times the client out; answering would mean signing for a request we cannot trust.
     Drop(JwtError),
+}
+
+/// One decision, as logged on target `audit` and, when configured, published to NATS as JSON.
+///
+/// Holds no token: `token` is a short one-way fingerprint for correlating events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuditEvent {
+    /// When the decision was made (unix seconds).
+    pub time: u64,
+    /// The authorization request's `jti`.
+    pub request_id: String,
+    /// The id of the nats-server that asked.
+    pub server_id: String,
+    /// The name of the nats-server that asked.
+    pub server_name: String,
+    /// The client's address as the server saw it.
+    pub client_host: String,
+    /// The client's connection id on that server.
+    pub client_id: u64,
+    /// `allow` or `deny`.
+    pub outcome: &'static str,
+    /// Why the client was refused; absent when admitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<DenyReason>,
+    /// Details of the refusal, for operators.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The identity provider that verified the token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Tenant id (`tid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Object id (`oid`) of the user or service principal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_id: Option<String>,
+    /// Client application id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    /// `user` or `application`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// Display name from the token; informational only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Fingerprint of the token (first 8 bytes of its SHA-256, hex).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Names of the policy rules that matched.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
+    /// The account the client was placed in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Subjects the client may publish to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
+    /// Subjects the client may not publish to despite `publish`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publish_deny: Vec<String>,
+    /// Subjects the client may subscribe to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subscribe: Vec<String>,
+    /// Subjects the client may not subscribe to despite `subscribe`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subscribe_deny: Vec<String>,
+    /// When the minted credentials expire (unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Whether the decision was answered from the decision cache.
+    #[serde(skip_serializing_if = "is_false")]
+    pub cached: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl Authorizer {
@@ -98,6 +179,22 @@ impl Authorizer {
             request_leeway_secs,
             counts: Counts::default(),
         }
+    }
+
+    /// Builds the authorizer a configuration describes.
+    pub fn from_config(
+        callout: &CalloutSettings,
+        policies: PolicySet,
+        verifier: Arc<Verifier>,
+    ) -> Self {
+        Self::new(
+            callout.issuer.clone(),
+            callout.xkey.clone(),
+            verifier,
+            policies,
+            callout.request_leeway.as_secs(),
+        )
+        .with_decision_cache(callout.decision_cache_size)
     }
 
     /// Sets the decision cache's capacity (0 disables it), emptying it.
@@ -145,30 +242,61 @@ impl Authorizer {
 
     /// Handles one request message. `xkey_header` is the `Nats-Server-Xkey` header, if any.
     pub async fn handle(&self, payload: &[u8], xkey_header: Option<&str>, now: u64) -> Handled {
-        let request = match nats_jwt::open_request(
+        let request = match self.open(payload, xkey_header, now) {
+            Ok(request) => request,
+            Err(dropped) => return dropped,
+        };
+        let decision = self.decide(&request, now).await;
+        self.answer(&request, decision, now)
+    }
+
+    /// Refuses one request message with `reason` without looking at the client's token: the
+    /// answer for requests the service cannot take on now. The request is still checked, so
+    /// nothing is signed for a forged one.
+    pub fn refuse(
+        &self,
+        payload: &[u8],
+        xkey_header: Option<&str>,
+        reason: DenyReason,
+        now: u64,
+    ) -> Handled {
+        let request = match self.open(payload, xkey_header, now) {
+            Ok(request) => request,
+            Err(dropped) => return dropped,
+        };
+        let denial = Denial::new(reason, "refused before the token was looked at");
+        self.answer(&request, Err(denial), now)
+    }
+
+    fn open(
+        &self,
+        payload: &[u8],
+        xkey_header: Option<&str>,
+        now: u64,
+    ) -> Result<Request, Handled> {
+        nats_jwt::open_request(
             payload,
             xkey_header,
             self.xkey.as_ref(),
             now,
             self.request_leeway_secs,
-        ) {
-            Ok(request) => request,
-            Err(err) => {
-                warn!(target: "audit", outcome = "dropped", error = %err, "authorization request refused");
-                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
-                return Handled::Drop(err);
-            }
-        };
+        )
+        .map_err(|err| {
+            warn!(target: "audit", outcome = "dropped", error = %err, "authorization request refused");
+            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            Handled::Drop(err)
+        })
+    }
 
-        let decision = self.decide(&request, now).await;
+    fn answer(&self, request: &Request, decision: Result<Minted, Denial>, now: u64) -> Handled {
         let (outcome, allowed) = match &decision {
             Ok(minted) => (Ok(minted.jwt.as_str()), true),
             // The error text reaches only the server log and the AUTH.ERR advisory in the callout
             // account, never the client; the stable code helps operators correlate.
             Err(denial) => (Err(denial.reason.code()), false),
         };
-        audit(&request, &decision);
-        match nats_jwt::encode_response(&request, outcome, &self.issuer, self.xkey.as_ref(), now) {
+        let audit = audit(request, &decision, now);
+        match nats_jwt::encode_response(request, outcome, &self.issuer, self.xkey.as_ref(), now) {
             Ok(body) => {
                 let counter = if allowed {
                     &self.counts.allowed
@@ -176,7 +304,11 @@ impl Authorizer {
                     &self.counts.denied
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                Handled::Respond { body, allowed }
+                Handled::Respond {
+                    body,
+                    allowed,
+                    audit: Box::new(audit),
+                }
             }
             Err(err) => {
                 warn!(error = %err, "could not encode the authorization response");
@@ -196,7 +328,9 @@ impl Authorizer {
         let token_hash = short_hash(&key);
         let generation = self.generation.load_full();
 
-        let (decision, cached) = match generation.decisions.get(&key, now).await {
+        let cached = generation.decisions.get(&key, now).await;
+        metrics::record_cache_lookup(cached.is_some());
+        let (decision, cached) = match cached {
             Some(decision) => {
                 self.counts.cache_hits.fetch_add(1, Ordering::Relaxed);
                 (decision, true)
@@ -354,44 +488,105 @@ fn short_hash(key: &[u8; 32]) -> String {
     data_encoding::HEXLOWER.encode(key.get(..8).unwrap_or_default())
 }
 
-fn audit(request: &Request, decision: &Result<Minted, Denial>) {
+/// Builds the decision's audit event and logs it on target `audit`.
+fn audit(request: &Request, decision: &Result<Minted, Denial>, now: u64) -> AuditEvent {
     let server = &request.claims.nats.server_id;
     let client = &request.claims.nats.client_info;
+    let identity = match decision {
+        Ok(m) => Some(&m.decision.identity),
+        Err(d) => d.identity.as_ref(),
+    };
+    let mut event = AuditEvent {
+        time: now,
+        request_id: request.claims.base.jti.clone(),
+        server_id: server.id.clone(),
+        server_name: server.name.clone(),
+        client_host: client.host.clone(),
+        client_id: client.id,
+        outcome: if decision.is_ok() { "allow" } else { "deny" },
+        reason: None,
+        detail: None,
+        provider: identity.map(|i| i.provider.to_string()),
+        tenant: identity.and_then(|i| i.tenant.clone()),
+        object_id: identity.and_then(|i| i.object_id.clone()),
+        app_id: identity.and_then(|i| i.app_id.clone()),
+        kind: identity.map(|i| i.kind.as_str()),
+        name: identity.and_then(|i| i.display_name.clone()),
+        token: None,
+        rules: Vec::new(),
+        account: None,
+        publish: Vec::new(),
+        publish_deny: Vec::new(),
+        subscribe: Vec::new(),
+        subscribe_deny: Vec::new(),
+        expires_at: None,
+        cached: false,
+    };
     match decision {
-        Ok(m) => info!(
+        Ok(m) => {
+            let grant = &m.decision.grant;
+            event.cached = m.cached;
+            event.token = Some(m.token_hash.clone());
+            event.rules = grant.matched.iter().map(|r| r.to_string()).collect();
+            event.account = Some(grant.account.clone());
+            event.publish.clone_from(&grant.publish.allow);
+            event.publish_deny.clone_from(&grant.publish.deny);
+            event.subscribe.clone_from(&grant.subscribe.allow);
+            event.subscribe_deny.clone_from(&grant.subscribe.deny);
+            event.expires_at = Some(grant.expires_at);
+        }
+        Err(d) => {
+            event.reason = Some(d.reason);
+            event.detail = Some(d.detail.clone());
+            event.token.clone_from(&d.token_hash);
+        }
+    }
+    log_audit(&event);
+    event
+}
+
+fn or_empty(value: &Option<String>) -> &str {
+    value.as_deref().unwrap_or_default()
+}
+
+fn log_audit(e: &AuditEvent) {
+    match e.reason {
+        None => info!(
             target: "audit",
-            outcome = "allow",
-            cached = m.cached,
-            server_id = %server.id,
-            client_host = %client.host,
-            client_id = client.id,
-            provider = %m.decision.identity.provider,
-            tenant = m.decision.identity.tenant.as_deref().unwrap_or(""),
-            object_id = m.decision.identity.object_id.as_deref().unwrap_or(""),
-            app_id = m.decision.identity.app_id.as_deref().unwrap_or(""),
-            kind = m.decision.identity.kind.as_str(),
-            name = m.decision.identity.display_name.as_deref().unwrap_or(""),
-            token = %m.token_hash,
-            rules = ?m.decision.grant.matched,
-            account = %m.decision.grant.account,
-            publish = ?m.decision.grant.publish.allow,
-            subscribe = ?m.decision.grant.subscribe.allow,
-            expires_at = m.decision.grant.expires_at,
+            outcome = e.outcome,
+            request_id = %e.request_id,
+            server_id = %e.server_id,
+            client_host = %e.client_host,
+            client_id = e.client_id,
+            provider = or_empty(&e.provider),
+            tenant = or_empty(&e.tenant),
+            object_id = or_empty(&e.object_id),
+            app_id = or_empty(&e.app_id),
+            kind = e.kind.unwrap_or_default(),
+            name = or_empty(&e.name),
+            token = or_empty(&e.token),
+            rules = ?e.rules,
+            cached = e.cached,
+            account = or_empty(&e.account),
+            publish = ?e.publish,
+            subscribe = ?e.subscribe,
+            expires_at = e.expires_at.unwrap_or_default(),
             "client admitted"
         ),
-        Err(d) => info!(
+        Some(reason) => info!(
             target: "audit",
-            outcome = "deny",
-            reason = d.reason.code(),
-            detail = %d.detail,
-            server_id = %server.id,
-            client_host = %client.host,
-            client_id = client.id,
-            provider = d.identity.as_ref().map_or("", |i| &*i.provider),
-            tenant = d.identity.as_ref().and_then(|i| i.tenant.as_deref()).unwrap_or(""),
-            object_id = d.identity.as_ref().and_then(|i| i.object_id.as_deref()).unwrap_or(""),
-            app_id = d.identity.as_ref().and_then(|i| i.app_id.as_deref()).unwrap_or(""),
-            token = d.token_hash.as_deref().unwrap_or(""),
+            outcome = e.outcome,
+            reason = reason.code(),
+            detail = or_empty(&e.detail),
+            request_id = %e.request_id,
+            server_id = %e.server_id,
+            client_host = %e.client_host,
+            client_id = e.client_id,
+            provider = or_empty(&e.provider),
+            tenant = or_empty(&e.tenant),
+            object_id = or_empty(&e.object_id),
+            app_id = or_empty(&e.app_id),
+            token = or_empty(&e.token),
             "client refused"
         ),
     }

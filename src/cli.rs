@@ -5,16 +5,19 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
+use crate::admin::{self, AdminState, Readiness};
 use crate::callout::Authorizer;
 use crate::config::{Config, ConfigError, ProcessEnv};
 use crate::keys;
 use crate::oidc::Verifier;
-use crate::service::{self, LoopSettings};
+use crate::reload::Reloader;
+use crate::service::{self, LoopSettings, Ops};
 use crate::telemetry;
 use crate::tools;
 
@@ -279,53 +282,121 @@ fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve_async(config: Config) -> anyhow::Result<()> {
+    let ops = Ops::new().context("cannot set up metrics")?;
+    let Ops { metrics, readiness } = ops.clone();
+    if let Err(err) = metrics.install_global() {
+        warn!(error = %err, "key refresh and cache metrics are not recorded");
+    }
+    // The admin listener comes first, so liveness answers while the rest starts.
+    let admin_state = AdminState {
+        readiness: Arc::clone(&readiness),
+        metrics: Arc::clone(&metrics),
+    };
+    let admin = admin::spawn(config.admin.listen, admin_state)?;
+
     let verifier = Arc::new(
         Verifier::new(config.providers.clone()).context("cannot set up the identity providers")?,
     );
-    // Keys are fetched now so the first clients need not wait; an unreachable provider is not
-    // fatal (its tokens are refused with `keys_unavailable` until it answers).
-    if let Err(err) = verifier.warm().await {
-        warn!(error = %err, "identity provider keys not loaded yet");
-    }
+    metrics.register_providers(verifier.provider_names().map(|name| &**name));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let refresh = verifier.spawn_refresh(wait_for(stop_rx));
+    // Keys are fetched now so the first clients need not wait; an unreachable provider is not
+    // fatal (its tokens are refused with `keys_unavailable` until it answers) but keeps the
+    // service not ready until its keys load.
+    let keys = load_keys(&verifier, &readiness, wait_for(stop_rx.clone())).await;
+    let refresh = verifier.spawn_refresh(wait_for(stop_rx.clone()));
 
-    let authorizer = Arc::new(
-        Authorizer::new(
-            config.callout.issuer.clone(),
-            config.callout.xkey.clone(),
-            verifier,
-            config.policies,
-            config.callout.request_leeway.as_secs(),
-        )
-        .with_decision_cache(config.callout.decision_cache_size),
-    );
+    let settings = LoopSettings::from_config(&config);
+    metrics.set_policy_rules(config.policies.len());
+    let authorizer = Arc::new(Authorizer::from_config(
+        &config.callout,
+        config.policies,
+        verifier,
+    ));
+    readiness.set_policies_loaded();
+    let reloader = Arc::new(Reloader::new(
+        config.policies_path.clone(),
+        config.policy_options.clone(),
+        Arc::clone(&metrics),
+        {
+            let authorizer = Arc::clone(&authorizer);
+            move |policies| authorizer.replace_policies(policies)
+        },
+    ));
+    let reload = reloader
+        .spawn(config.policy_reload, wait_for(stop_rx))
+        .inspect_err(|err| warn!(error = %err, "policies are reloaded on SIGHUP only"))
+        .ok();
+
     let client = service::connect(&config.nats)
         .await
         .context("cannot connect to NATS")?;
+    readiness.watch_nats(client.clone());
     info!(
         issuer = %config.callout.issuer.public_key(),
         xkey = config.callout.xkey.as_ref().map(nkeys::XKey::public_key).unwrap_or_default(),
         "entra-callout started"
     );
-    let settings = LoopSettings {
-        queue_group: config.nats.queue_group.clone(),
-        max_concurrency: config.callout.max_concurrency,
-        drain_timeout: config.callout.drain_timeout,
-    };
     let requests = service::subscribe(&client, &settings.queue_group).await?;
     service::run(
         client,
         requests,
         authorizer,
         settings,
+        ops,
         service::shutdown_signal(),
     )
     .await;
     let _ = stop_tx.send(true);
     let _ = refresh.await;
+    for task in [keys, reload].into_iter().flatten() {
+        let _ = task.await;
+    }
+    admin.stop();
     info!("stopped");
     Ok(())
+}
+
+/// Loads every provider's signing keys and marks readiness once they are in. If a provider
+/// does not answer, retries in the background (returned) with backoff until `stop`.
+///
+/// Readiness means "`warm` succeeded once"; a verifier that reports loaded keys itself can
+/// replace this check.
+async fn load_keys(
+    verifier: &Arc<Verifier>,
+    readiness: &Arc<Readiness>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Option<tokio::task::JoinHandle<()>> {
+    const FIRST_RETRY: Duration = Duration::from_secs(1);
+    const MAX_RETRY: Duration = Duration::from_secs(60);
+    match verifier.warm().await {
+        Ok(()) => {
+            readiness.set_keys_loaded();
+            return None;
+        }
+        Err(err) => warn!(error = %err, "identity provider keys not loaded yet"),
+    }
+    let (verifier, readiness) = (Arc::clone(verifier), Arc::clone(readiness));
+    Some(tokio::spawn(async move {
+        tokio::pin!(stop);
+        let mut delay = FIRST_RETRY;
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            match verifier.warm().await {
+                Ok(()) => {
+                    info!("identity provider keys loaded");
+                    readiness.set_keys_loaded();
+                    return;
+                }
+                Err(err) => {
+                    warn!(error = %err, retry_in = ?delay, "identity provider keys not loaded yet")
+                }
+            }
+            delay = (delay * 2).min(MAX_RETRY);
+        }
+    }))
 }
 
 async fn wait_for(mut stop: tokio::sync::watch::Receiver<bool>) {

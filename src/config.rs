@@ -7,6 +7,7 @@
 //! appear in errors.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use crate::oidc::{
     SettingsError, Tenants, Versions,
 };
 use crate::policy::{CompileOptions, PolicyErrors, PolicySet};
+use crate::reload::ReloadSettings;
 
 /// Default NATS URL: a local nats-server.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -30,6 +32,15 @@ pub const DEFAULT_QUEUE_GROUP: &str = "entra-callout";
 pub const DEFAULT_CALLOUT_ACCOUNT: &str = "AUTH";
 /// Default name of the server's system account.
 pub const DEFAULT_SYSTEM_ACCOUNT: &str = "SYS";
+/// Default number of requests that may wait for a slot. Sized for reconnect storms: a few
+/// thousand clients reconnecting at once are queued for a moment rather than refused.
+pub const DEFAULT_MAX_QUEUED: usize = 4096;
+/// Default longest wait for a slot; well inside nats-server's default 2 s callout timeout.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default quiet time after a policy file change before reloading.
+pub const DEFAULT_RELOAD_DEBOUNCE: Duration = Duration::from_millis(500);
+/// Default admin listener: loopback only; the Helm chart listens on all interfaces.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8080";
 
 /// A validated configuration, ready to run.
 #[derive(Debug)]
@@ -46,8 +57,30 @@ pub struct Config {
     pub policies: PolicySet,
     /// Where the policies were loaded from (file or directory).
     pub policies_path: PathBuf,
+    /// How the policies were compiled; reloads compile with the same options.
+    pub policy_options: CompileOptions,
+    /// When policies are reloaded.
+    pub policy_reload: ReloadSettings,
     /// Logging.
     pub log: LogSettings,
+    /// The admin HTTP listener.
+    pub admin: AdminSettings,
+    /// Where audit events go besides the log.
+    pub audit: AuditSettings,
+}
+
+/// The admin HTTP listener (`/livez`, `/readyz`, `/metrics`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+}
+
+/// Audit trail settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// NATS subject every decision's audit event is published to, if any.
+    pub subject: Option<String>,
 }
 
 /// How the service connects to nats-server.
@@ -117,6 +150,10 @@ pub struct CalloutSettings {
     pub max_ttl: Duration,
     /// How many requests are handled at once.
     pub max_concurrency: usize,
+    /// How many more may wait for a slot before requests are refused as `overloaded`.
+    pub max_queued: usize,
+    /// How long a request may wait for a slot before it is refused as `overloaded`.
+    pub queue_timeout: Duration,
     /// Clock skew tolerated on the request's `exp`.
     pub request_leeway: Duration,
     /// How long SIGTERM waits for in-flight requests.
@@ -132,6 +169,8 @@ impl fmt::Debug for CalloutSettings {
             .field("xkey", &self.xkey.as_ref().map(nkeys::XKey::public_key))
             .field("max_ttl", &self.max_ttl)
             .field("max_concurrency", &self.max_concurrency)
+            .field("max_queued", &self.max_queued)
+            .field("queue_timeout", &self.queue_timeout)
             .field("request_leeway", &self.request_leeway)
             .field("drain_timeout", &self.drain_timeout)
             .field("decision_cache_size", &self.decision_cache_size)
@@ -204,6 +243,15 @@ pub struct RawConfig {
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
+    /// Admin listener.
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// Audit trail.
+    #[serde(default)]
+    pub audit: RawAudit,
+    /// Policy reloading.
+    #[serde(default)]
+    pub policy_reload: RawPolicyReload,
 }
 
 /// `nats:` as written.
@@ -246,6 +294,10 @@ pub struct RawCallout {
     pub max_ttl: Option<Spanned<String>>,
     /// Requests handled at once.
     pub max_concurrency: Option<Spanned<u64>>,
+    /// Requests that may wait for a slot beyond `max_concurrency`.
+    pub max_queued: Option<Spanned<u64>>,
+    /// Longest wait for a slot, e.g. `500ms`.
+    pub queue_timeout: Option<Spanned<String>>,
     /// Clock skew tolerated on request `exp`, e.g. `2s`.
     pub request_leeway: Option<Spanned<String>>,
     /// Grace period for in-flight requests on shutdown, e.g. `10s`.
@@ -338,6 +390,32 @@ pub struct RawLog {
     pub format: Option<Spanned<String>>,
     /// Filter directive.
     pub level: Option<String>,
+}
+
+/// `admin:` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `host:port` to listen on.
+    pub listen: Option<Spanned<String>>,
+}
+
+/// `audit:` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// NATS subject for audit events.
+    pub subject: Option<Spanned<String>>,
+}
+
+/// `policy_reload:` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyReload {
+    /// Watch the policy files for changes (default true).
+    pub watch: Option<bool>,
+    /// Quiet time after a change before reloading, e.g. `500ms`.
+    pub debounce: Option<Spanned<String>>,
 }
 
 // === validation (stage two) ===
@@ -457,6 +535,9 @@ impl Validator<'_> {
             .flatten()
             .map(|p| p.name().to_string())
             .collect();
+        let admin = self.admin(raw.admin);
+        let audit = self.audit(raw.audit);
+        let policy_reload = self.policy_reload(raw.policy_reload);
         let policies_path = self.base.join(&raw.policies.value);
         let (nats, callout) = (nats?, callout?);
         let forbidden = vec![
@@ -483,7 +564,11 @@ impl Validator<'_> {
             providers: providers?,
             policies: policies?,
             policies_path,
+            policy_options: opts,
+            policy_reload,
             log: log?,
+            admin: admin?,
+            audit: audit?,
         })
     }
 
@@ -562,6 +647,7 @@ impl Validator<'_> {
         let (max_ttl, request_leeway) = (raw.max_ttl.clone(), raw.request_leeway.clone());
         let (drain_timeout, max_concurrency) =
             (raw.drain_timeout.clone(), raw.max_concurrency.clone());
+        let (max_queued, queue_timeout) = (raw.max_queued.clone(), raw.queue_timeout.clone());
         let issuer_seed = self.secret("issuer seed", issuer_file, issuer_env);
         let xkey_seed = self.secret("xkey seed", xkey_file, xkey_env);
         let issuer = match issuer_seed {
@@ -614,11 +700,22 @@ impl Validator<'_> {
         if let (true, Some(at)) = (max_ttl.is_zero(), &max_ttl_at) {
             self.problem(at, "callout.max_ttl must be longer than zero");
         }
+        let max_queued = match max_queued {
+            None => DEFAULT_MAX_QUEUED,
+            Some(n) if n.value > 1_048_576 => {
+                self.problem(&n, "max_queued must be at most 1048576");
+                DEFAULT_MAX_QUEUED
+            }
+            Some(n) => usize::try_from(n.value).unwrap_or(DEFAULT_MAX_QUEUED),
+        };
+        let queue_timeout = self.duration(queue_timeout, DEFAULT_QUEUE_TIMEOUT);
         Some(CalloutSettings {
             issuer: issuer?,
             xkey,
             max_ttl,
             max_concurrency,
+            max_queued,
+            queue_timeout,
             request_leeway,
             drain_timeout,
             decision_cache_size,
@@ -966,6 +1063,48 @@ impl Validator<'_> {
         })
     }
 
+    fn admin(&mut self, raw: RawAdmin) -> Option<AdminSettings> {
+        let Some(listen) = raw.listen else {
+            let listen = DEFAULT_ADMIN_LISTEN.parse().ok()?;
+            return Some(AdminSettings { listen });
+        };
+        match listen.value.parse() {
+            Ok(listen) => Some(AdminSettings { listen }),
+            Err(_) => {
+                let text = &listen.value;
+                self.problem(
+                    &listen,
+                    format!("admin.listen {text:?} is not an address like 127.0.0.1:8080"),
+                );
+                None
+            }
+        }
+    }
+
+    fn audit(&mut self, raw: RawAudit) -> Option<AuditSettings> {
+        let Some(subject) = raw.subject else {
+            return Some(AuditSettings::default());
+        };
+        if !is_publish_subject(&subject.value) {
+            let text = &subject.value;
+            self.problem(
+                &subject,
+                format!("audit.subject {text:?} is not a NATS subject one can publish to"),
+            );
+            return None;
+        }
+        Some(AuditSettings {
+            subject: Some(subject.value),
+        })
+    }
+
+    fn policy_reload(&mut self, raw: RawPolicyReload) -> ReloadSettings {
+        ReloadSettings {
+            watch: raw.watch.unwrap_or(true),
+            debounce: self.duration(raw.debounce, DEFAULT_RELOAD_DEBOUNCE),
+        }
+    }
+
     fn duration(&mut self, raw: Option<Spanned<String>>, default: Duration) -> Duration {
         let Some(raw) = raw else { return default };
         match parse_duration(&raw.value) {
@@ -1033,6 +1172,17 @@ impl Loc {
             column: s.referenced.column(),
         }
     }
+}
+
+/// True for a literal subject: dot-separated non-empty tokens, no wildcards, no whitespace.
+fn is_publish_subject(subject: &str) -> bool {
+    !subject.is_empty()
+        && subject.split('.').all(|token| {
+            !token.is_empty()
+                && token != "*"
+                && token != ">"
+                && !token.chars().any(|c| c.is_whitespace() || c.is_control())
+        })
 }
 
 /// The Entra v2 login host, v1 issuer host and Graph URL of a national cloud.
@@ -1290,6 +1440,68 @@ mod tests {
                 .contains("provider `fabrikam` is not configured"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn operations_settings_have_defaults_and_located_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path());
+        let good = GOOD.replace("TENANT", TENANT);
+        let config = load(dir.path(), &good).unwrap();
+        assert_eq!(config.admin.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.audit.subject, None);
+        assert!(config.policy_reload.watch);
+        assert_eq!(config.policy_reload.debounce, DEFAULT_RELOAD_DEBOUNCE);
+        assert_eq!(config.callout.max_queued, DEFAULT_MAX_QUEUED);
+        assert_eq!(config.callout.queue_timeout, DEFAULT_QUEUE_TIMEOUT);
+        assert_eq!(
+            config.policy_options.default_max_ttl,
+            config.callout.max_ttl
+        );
+
+        let set = format!(
+            "{good}admin:\n  listen: 0.0.0.0:9090\naudit:\n  subject: entra-callout.audit\n\
+             policy_reload:\n  watch: false\n  debounce: 2s\n"
+        )
+        .replace(
+            "max_ttl: 30m",
+            "max_ttl: 30m\n  max_queued: 10\n  queue_timeout: 100ms",
+        );
+        let config = load(dir.path(), &set).unwrap();
+        assert_eq!(config.admin.listen, "0.0.0.0:9090".parse().unwrap());
+        assert_eq!(config.audit.subject.as_deref(), Some("entra-callout.audit"));
+        assert!(!config.policy_reload.watch);
+        assert_eq!(config.policy_reload.debounce, Duration::from_secs(2));
+        assert_eq!(config.callout.max_queued, 10);
+        assert_eq!(config.callout.queue_timeout, Duration::from_millis(100));
+
+        let bad = format!(
+            "{good}admin:\n  listen: localhost\naudit:\n  subject: audit.>\n\
+             policy_reload:\n  debounce: later\n"
+        );
+        let text = load(dir.path(), &bad).unwrap_err().to_string();
+        assert!(
+            text.contains("config.yaml:14:11: admin.listen \"localhost\" is not an address"),
+            "{text}"
+        );
+        assert!(
+            text.contains("config.yaml:16:12: audit.subject \"audit.>\" is not a NATS subject"),
+            "{text}"
+        );
+        assert!(
+            text.contains("config.yaml:18:13: invalid duration \"later\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn publish_subjects_are_literal() {
+        for ok in ["audit", "entra-callout.audit", "a.b_c.D-1"] {
+            assert!(is_publish_subject(ok), "{ok}");
+        }
+        for bad in ["", "a..b", ".a", "a.", "a.*", "a.>", "a b", "a\tb"] {
+            assert!(!is_publish_subject(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use serde::{Serialize, Serializer};
+
 /// Why a connection was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -70,6 +72,44 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
+    /// Every reason, in declaration order (so `ALL[r.index()] == r`); metrics register one
+    /// series per entry.
+    pub const ALL: [Self; 28] = [
+        Self::TokenMissing,
+        Self::TokenMalformed,
+        Self::ClaimMissing,
+        Self::ClaimInvalid,
+        Self::TokenTooLarge,
+        Self::AlgorithmNotAllowed,
+        Self::KeyIdMissing,
+        Self::KeyUnknown,
+        Self::KeysUnavailable,
+        Self::SignatureInvalid,
+        Self::IssuerUnknown,
+        Self::IssuerMismatch,
+        Self::TenantNotAllowed,
+        Self::TenantInvalid,
+        Self::TenantMismatch,
+        Self::VersionNotAllowed,
+        Self::KeyIssuerMismatch,
+        Self::AudienceMismatch,
+        Self::TokenExpired,
+        Self::TokenNotYetValid,
+        Self::NotAnAccessToken,
+        Self::GroupsOverage,
+        Self::GroupsUnresolved,
+        Self::NoMatchingPolicy,
+        Self::AccountConflict,
+        Self::UnsafeClaimValue,
+        Self::Overloaded,
+        Self::Internal,
+    ];
+
+    /// Position of this reason in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The stable snake_case code for logs and metric labels.
     pub fn code(self) -> &'static str {
         match self {
@@ -108,5 +148,29 @@ impl DenyReason {
 impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
+    }
+}
+
+impl Serialize for DenyReason {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_reason_once_in_declaration_order() {
+        for (i, reason) in DenyReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i, "{reason}");
+        }
+        // `Internal` is declared last: nothing can hide after it.
+        assert_eq!(DenyReason::ALL.len(), DenyReason::Internal.index() + 1);
+        let mut codes: Vec<&str> = DenyReason::ALL.iter().map(|r| r.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), DenyReason::ALL.len(), "codes are unique");
     }
 }

@@ -13,6 +13,8 @@
 //! * `tools`: the offline `explain` and `test` commands over policies.
 //! * `callout`: one request in, one signed answer out (`Authorizer::handle`).
 //! * `service`: the NATS loop — queue subscription, bounded concurrency, drain.
+//! * `admin`, `metrics`, `reload`: operations — the health and metrics endpoints, Prometheus
+//!   metrics, and hot reload of policies.
 //! * `config`, `cli`, `keys`, `telemetry`: the edges — configuration files, commands, key
 //!   material, logging and the wall clock.
 //! * `deny`, `diagnostic`, `duration`: small shared vocabularies.
@@ -27,6 +29,7 @@
     clippy::await_holding_lock
 )]
 
+pub mod admin;
 pub mod callout;
 pub mod cli;
 pub mod config;
@@ -36,9 +39,11 @@ pub mod diagnostic;
 pub mod duration;
 pub mod identity;
 pub mod keys;
+pub mod metrics;
 pub mod nats_jwt;
 pub mod oidc;
 pub mod policy;
+pub mod reload;
 pub mod service;
 pub mod telemetry;
 pub mod tools;

@@ -1,20 +1,38 @@
 //! The service loop: subscribe to `$SYS.REQ.USER.AUTH`, answer requests concurrently, drain.
 //!
-//! Replicas share the subject through a queue group, so each request is answered once. Each
-//! request runs in its own task holding a semaphore permit, which bounds concurrency without
-//! serialising the connect path. On shutdown the subscription is drained — requests nats-server
-//! already delivered to us are still answered — and in-flight tasks get a grace period.
+//! Replicas share the subject through a queue group, so each request is answered once — also
+//! across a nats-server cluster, where the servers route each request to one member of the group.
+//! async-nats reconnects on its own and restores the subscription; readiness follows the
+//! connection state meanwhile.
+//!
+//! # Bounded concurrency
+//! At most `max_concurrency` requests are decided at once, each in its own task holding a slot.
+//! A burst beyond that — thousands of clients reconnecting after a server restart — is not
+//! refused at once: up to `max_queued` more requests wait for a slot, each for at most
+//! `queue_timeout`, which stays well inside nats-server's callout timeout. Requests beyond both
+//! bounds, or that waited too long, are answered right away with the `overloaded` error. The
+//! client sees its connection refused and retries, instead of hanging until the server times the
+//! request out, and nats-server logs why. Refusing does no I/O, so the loop does it itself: when
+//! even refusing cannot keep up, the loop slows down and nats-server buffers, rather than this
+//! process growing without bound.
+//!
+//! # Drain
+//! On shutdown readiness drops, the subscription is drained — requests nats-server already
+//! delivered to us are still answered — and requests in flight get a grace period.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 use tracing::{debug, info, warn};
 
-use crate::callout::{Authorizer, Handled};
-use crate::config::{NatsAuth, NatsSettings};
+use crate::admin::Readiness;
+use crate::callout::{AuditEvent, Authorizer, Handled};
+use crate::config::{Config, NatsAuth, NatsSettings};
+use crate::deny::DenyReason;
+use crate::metrics::{Metrics, MetricsError};
 use crate::nats_jwt::{AUTH_REQUEST_SUBJECT, XKEY_HEADER};
 use crate::telemetry::unix_now;
 
@@ -37,10 +55,59 @@ pub enum ServiceError {
 pub struct LoopSettings {
     /// Queue group shared by all replicas.
     pub queue_group: String,
-    /// Requests handled at once.
+    /// Requests decided at once.
     pub max_concurrency: usize,
+    /// Requests that may wait for a slot beyond `max_concurrency`.
+    pub max_queued: usize,
+    /// Longest wait for a slot before a request is refused as `overloaded`.
+    pub queue_timeout: Duration,
     /// Grace period for in-flight requests after shutdown begins.
     pub drain_timeout: Duration,
+    /// Subject each decision's audit event is published to, if any.
+    pub audit_subject: Option<String>,
+}
+
+/// What the loop reports to: metrics and readiness.
+#[derive(Clone)]
+pub struct Ops {
+    /// Request metrics.
+    pub metrics: Arc<Metrics>,
+    /// Readiness; the loop sets `subscribed` and `draining`.
+    pub readiness: Arc<Readiness>,
+}
+
+/// Everything a request task needs.
+struct Context {
+    client: async_nats::Client,
+    authorizer: Arc<Authorizer>,
+    ops: Ops,
+    slots: Arc<Semaphore>,
+    queue_timeout: Duration,
+    audit_subject: Option<async_nats::Subject>,
+}
+
+impl LoopSettings {
+    /// The settings `config` asks for.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            queue_group: config.nats.queue_group.clone(),
+            max_concurrency: config.callout.max_concurrency,
+            max_queued: config.callout.max_queued,
+            queue_timeout: config.callout.queue_timeout,
+            drain_timeout: config.callout.drain_timeout,
+            audit_subject: config.audit.subject.clone(),
+        }
+    }
+}
+
+impl Ops {
+    /// Fresh metrics and readiness, not connected to any listener.
+    pub fn new() -> Result<Self, MetricsError> {
+        Ok(Self {
+            metrics: Arc::new(Metrics::new()?),
+            readiness: Arc::new(Readiness::default()),
+        })
+    }
 }
 
 /// Connects to NATS with the service's own credentials, reconnecting forever once connected.
@@ -93,9 +160,23 @@ pub async fn run(
     mut requests: async_nats::Subscriber,
     authorizer: Arc<Authorizer>,
     settings: LoopSettings,
+    ops: Ops,
     shutdown: impl Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(settings.max_concurrency));
+    ops.readiness.watch_nats(client.clone());
+    ops.readiness.set_subscribed(true);
+    // Every request holds an admission permit from arrival to answer; it is what drain waits
+    // for. Slots bound the requests being decided; the difference is the queue.
+    let admitted_max = settings.max_concurrency.saturating_add(settings.max_queued);
+    let admission = Arc::new(Semaphore::new(admitted_max));
+    let context = Arc::new(Context {
+        client,
+        authorizer,
+        ops,
+        slots: Arc::new(Semaphore::new(settings.max_concurrency)),
+        queue_timeout: settings.queue_timeout,
+        audit_subject: settings.audit_subject.map(async_nats::Subject::from),
+    });
     tokio::pin!(shutdown);
     let mut draining = false;
 
@@ -104,6 +185,7 @@ pub async fn run(
             () = &mut shutdown, if !draining => {
                 info!("shutting down: draining the request subscription");
                 draining = true;
+                context.ops.readiness.set_draining();
                 if let Err(err) = requests.drain().await {
                     warn!(error = %err, "could not drain the subscription");
                     break;
@@ -115,42 +197,117 @@ pub async fn run(
                 None => break,
             },
         };
-        // Waiting here is the backpressure: nats-server keeps further requests buffered.
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            break;
-        };
-        let client = client.clone();
-        let authorizer = Arc::clone(&authorizer);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let Some(reply) = message.reply else {
-                debug!("authorization request without a reply subject ignored");
-                return;
-            };
-            let xkey = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(XKEY_HEADER))
-                .map(|v| v.as_str());
-            let handled = authorizer.handle(&message.payload, xkey, unix_now()).await;
-            if let Handled::Respond { body, .. } = handled
-                && let Err(err) = client.publish(reply, body.into()).await
-            {
-                warn!(error = %err, "could not send the authorization response");
+        let received = Instant::now();
+        match Arc::clone(&admission).try_acquire_owned() {
+            Ok(admitted) => {
+                let context = Arc::clone(&context);
+                tokio::spawn(async move {
+                    let _admitted = admitted;
+                    context.serve(message, received).await;
+                });
             }
-        });
+            Err(TryAcquireError::NoPermits) => context.refuse(message, received).await,
+            Err(TryAcquireError::Closed) => break,
+        }
     }
+    context.ops.readiness.set_subscribed(false);
 
-    let total = u32::try_from(settings.max_concurrency).unwrap_or(u32::MAX);
-    match tokio::time::timeout(settings.drain_timeout, permits.acquire_many(total)).await {
+    let total = u32::try_from(admitted_max).unwrap_or(u32::MAX);
+    match tokio::time::timeout(settings.drain_timeout, admission.acquire_many(total)).await {
         Ok(_) => info!("all in-flight requests answered"),
         Err(_) => {
             warn!(grace = ?settings.drain_timeout, "in-flight requests did not finish in time")
         }
     }
-    if let Err(err) = client.flush().await {
+    if let Err(err) = context.client.flush().await {
         warn!(error = %err, "could not flush the NATS connection");
     }
+}
+
+impl Context {
+    /// Decides one admitted request once a slot is free, or refuses it if none frees in time.
+    async fn serve(&self, message: async_nats::Message, received: Instant) {
+        let slot = match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let _queued = self.ops.metrics.queued();
+                let wait = Arc::clone(&self.slots).acquire_owned();
+                match tokio::time::timeout(self.queue_timeout, wait).await {
+                    Ok(Ok(slot)) => slot,
+                    _ => return self.refuse(message, received).await,
+                }
+            }
+        };
+        let _slot = slot;
+        let _in_flight = self.ops.metrics.in_flight();
+        let Some(reply) = message.reply.clone() else {
+            debug!("authorization request without a reply subject ignored");
+            return;
+        };
+        let handled = self
+            .authorizer
+            .handle(&message.payload, xkey(&message), unix_now())
+            .await;
+        self.finish(reply, handled, received).await;
+    }
+
+    /// Answers a request the service cannot take on now with `overloaded`.
+    async fn refuse(&self, message: async_nats::Message, received: Instant) {
+        let Some(reply) = message.reply.clone() else {
+            return;
+        };
+        let reason = DenyReason::Overloaded;
+        let handled = self
+            .authorizer
+            .refuse(&message.payload, xkey(&message), reason, unix_now());
+        self.finish(reply, handled, received).await;
+    }
+
+    /// Sends the answer, records it, then publishes the audit event: after the answer, so the
+    /// audit trail never delays a client.
+    async fn finish(&self, reply: async_nats::Subject, handled: Handled, received: Instant) {
+        let (body, audit) = match handled {
+            Handled::Respond { body, audit, .. } => (body, audit),
+            Handled::Drop(_) => {
+                self.ops.metrics.record_drop(received.elapsed());
+                return;
+            }
+        };
+        self.ops
+            .metrics
+            .record_answer(audit.reason, received.elapsed());
+        if let Err(err) = self.client.publish(reply, body.into()).await {
+            warn!(error = %err, "could not send the authorization response");
+        }
+        self.publish_audit(&audit).await;
+    }
+
+    async fn publish_audit(&self, audit: &AuditEvent) {
+        let Some(subject) = &self.audit_subject else {
+            return;
+        };
+        let published = match serde_json::to_vec(audit) {
+            Ok(json) => self
+                .client
+                .publish(subject.clone(), json.into())
+                .await
+                .map_err(|err| err.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        if let Err(error) = published {
+            self.ops.metrics.record_audit_failure();
+            warn!(%error, %subject, "could not publish the audit event");
+        }
+    }
+}
+
+/// The request's `Nats-Server-Xkey` header, if any.
+fn xkey(message: &async_nats::Message) -> Option<&str> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(XKEY_HEADER))
+        .map(|v| v.as_str())
 }
 
 /// Completes on SIGTERM (Kubernetes' graceful stop) or SIGINT (Ctrl-C).

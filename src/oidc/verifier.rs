@@ -483,7 +483,9 @@ impl Verifier {
         source: &Source,
         settings: &ProviderSettings,
     ) -> Result<CachedKeys, KeysError> {
-        match self.fetcher.fetch(&source.target()).await {
+        let fetched = self.fetcher.fetch(&source.target()).await;
+        crate::metrics::record_key_refresh(settings.name(), fetched.is_ok());
+        match fetched {
             Ok(keys) => {
                 let keys = Arc::new(keys);
                 source.last_good.store(Some(keys.clone()));
@@ -520,7 +522,9 @@ impl Verifier {
     async fn refresh(&self, index: usize) -> Result<(), TokenError> {
         let source = self.source(index)?;
         let settings = self.provider_of(source)?;
-        match self.fetcher.fetch(&source.target()).await {
+        let fetched = self.fetcher.fetch(&source.target()).await;
+        crate::metrics::record_key_refresh(settings.name(), fetched.is_ok());
+        match fetched {
             Ok(keys) => {
                 let keys = Arc::new(keys);
                 source.last_good.store(Some(keys.clone()));

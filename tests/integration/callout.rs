@@ -4,22 +4,16 @@
 //! whose `auth_callout` points at our issuer key, and one or more service replicas loaded from
 //! a real configuration file through `Config::load`, exactly as `entra-callout serve` does.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{ConnectErrorKind, Event, ServerError};
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
-
-use entra_callout::callout::Authorizer;
-use entra_callout::config::{Config, ProcessEnv};
-use entra_callout::oidc::Verifier;
-use entra_callout::service::{self, LoopSettings};
+use tokio::sync::mpsc;
 
 use crate::support::issuer::{AUDIENCE, KID_1, KID_3, TENANT, TestIssuer, merge};
 use crate::support::nats::{NatsServer, config_mode};
+use crate::support::service::Replica;
 
 const POLICY: &str = r#"
 version: 1
@@ -47,25 +41,6 @@ bindings:
     roles: [reader, inbox]
     when: { app_roles: [Nats.Reader] }
 "#;
-
-/// One replica of the service running in this process.
-struct Replica {
-    authorizer: Arc<Authorizer>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl Replica {
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("replica stops within 15 s")
-            .expect("replica task");
-    }
-}
 
 /// Issuer, nats-server and the service's configuration file.
 struct Stack {
@@ -101,7 +76,7 @@ impl Stack {
              callout:\n  issuer_seed_file: issuer.nk\n{xkey_line}  max_ttl: 15m\n  drain_timeout: 5s\n\
              providers:\n  - name: contoso\n    kind: entra\n    tenant: {TENANT}\n    \
              audiences: [\"{AUDIENCE}\"]\n    authority: {authority}\n\
-             policies: policies.yaml\n",
+             policies: policies.yaml\nadmin:\n  listen: 127.0.0.1:0\n",
             url = server.url(),
             authority = issuer.authority(),
         );
@@ -114,44 +89,9 @@ impl Stack {
         }
     }
 
-    /// Starts a service replica from the configuration file and waits until it is subscribed.
+    /// Starts a service replica from the configuration file; returns once it is subscribed.
     async fn replica(&self) -> Replica {
-        let config = Config::load(&self.config_path, &ProcessEnv).expect("valid test config");
-        let verifier = Arc::new(Verifier::new(config.providers.clone()).unwrap());
-        verifier.warm().await.expect("test issuer keys load");
-        let authorizer = Arc::new(Authorizer::new(
-            config.callout.issuer.clone(),
-            config.callout.xkey.clone(),
-            verifier,
-            config.policies,
-            config.callout.request_leeway.as_secs(),
-        ));
-        let client = service::connect(&config.nats)
-            .await
-            .expect("service connects");
-        let settings = LoopSettings {
-            queue_group: config.nats.queue_group.clone(),
-            max_concurrency: config.callout.max_concurrency,
-            drain_timeout: config.callout.drain_timeout,
-        };
-        let requests = service::subscribe(&client, &settings.queue_group)
-            .await
-            .expect("subscribe");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn({
-            let authorizer = Arc::clone(&authorizer);
-            async move {
-                service::run(client, requests, authorizer, settings, async {
-                    let _ = stopped.await;
-                })
-                .await;
-            }
-        });
-        Replica {
-            authorizer,
-            stop: Some(stop),
-            task,
-        }
+        Replica::start(&self.config_path).await
     }
 
     fn publisher_token(&self) -> String {

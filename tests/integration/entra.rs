@@ -6,23 +6,15 @@
 //! The test issuer serves Entra's real issuer strings (`https://login.microsoftonline.com/...`,
 //! `https://sts.windows.net/...`) while its metadata and keys live on loopback.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use async_nats::ConnectErrorKind;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-use entra_callout::callout::Authorizer;
-use entra_callout::config::{Config, ProcessEnv};
 use entra_callout::deny::DenyReason;
 use entra_callout::identity::PrincipalKind;
 use entra_callout::oidc::{
     GraphCredential, GraphSettings, GroupsOverage, ProviderSettings, SecretString, Tenants,
     Verifier, Versions,
 };
-use entra_callout::service::{self, LoopSettings};
 
 use crate::support::graph::{GRAPH_CLIENT_ID, GRAPH_CLIENT_SECRET, TestGraph};
 use crate::support::issuer::{
@@ -30,6 +22,7 @@ use crate::support::issuer::{
     SPA_CLIENT, TENANT, THIRD_TENANT, TestIssuer, USER_OID, merge, now, unsigned_token,
 };
 use crate::support::nats::{NatsServer, config_mode};
+use crate::support::service::Replica;
 
 const GRAPH_GUID: &str = "00000003-0000-0000-c000-000000000000";
 
@@ -637,9 +630,7 @@ struct EntraStack {
     issuer: TestIssuer,
     _graph: TestGraph,
     server: NatsServer,
-    authorizer: Arc<Authorizer>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
+    replica: Replica,
 }
 
 impl EntraStack {
@@ -675,54 +666,17 @@ impl EntraStack {
         let config_path = dir.join("entra-callout.yaml");
         std::fs::write(&config_path, config).unwrap();
 
-        let config = Config::load(&config_path, &ProcessEnv).expect("valid test config");
-        let verifier = Arc::new(Verifier::new(config.providers.clone()).unwrap());
-        verifier.warm().await.expect("test issuer keys load");
-        assert!(verifier.keys_loaded());
-        let authorizer = Arc::new(Authorizer::new(
-            config.callout.issuer.clone(),
-            None,
-            verifier,
-            config.policies,
-            config.callout.request_leeway.as_secs(),
-        ));
-        let client = service::connect(&config.nats)
-            .await
-            .expect("service connects");
-        let settings = LoopSettings {
-            queue_group: config.nats.queue_group.clone(),
-            max_concurrency: config.callout.max_concurrency,
-            drain_timeout: config.callout.drain_timeout,
-        };
-        let requests = service::subscribe(&client, &settings.queue_group)
-            .await
-            .expect("subscribe");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn({
-            let authorizer = Arc::clone(&authorizer);
-            async move {
-                service::run(client, requests, authorizer, settings, async {
-                    let _ = stopped.await;
-                })
-                .await;
-            }
-        });
+        let replica = Replica::start(&config_path).await;
         Self {
+            replica,
             issuer,
             _graph: graph,
             server,
-            authorizer,
-            stop,
-            task,
         }
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("replica stops within 15 s")
-            .expect("replica task");
+        self.replica.stop().await;
     }
 }
 
@@ -821,7 +775,7 @@ async fn entra_tokens_end_to_end_through_nats_server() {
             stack.server.log()
         );
     }
-    let stats = stack.authorizer.stats();
+    let stats = stack.replica.authorizer.stats();
     assert_eq!(
         (stats.allowed, stats.denied),
         (admitted.len() as u64, refused.len() as u64)

@@ -2,21 +2,16 @@
 //! each try to publish and subscribe to every other's subjects, and only their own work.
 //! Injection attempts through claims are refused by the callout.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{ConnectErrorKind, Event, ServerError};
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
-
-use entra_callout::callout::Authorizer;
-use entra_callout::config::{Config, ProcessEnv};
-use entra_callout::oidc::Verifier;
-use entra_callout::service::{self, LoopSettings};
+use tokio::sync::mpsc;
 
 use crate::support::issuer::{AUDIENCE, OTHER_TENANT, TENANT, TestIssuer};
 use crate::support::nats::{NatsServer, config_mode};
+use crate::support::service::Replica;
 
 /// Two tenants in one account, isolated by prefix alone; one has two projects.
 const POLICY: &str = r#"
@@ -47,9 +42,7 @@ struct Stack {
     contoso: TestIssuer,
     fabrikam: TestIssuer,
     server: NatsServer,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-    authorizer: Arc<Authorizer>,
+    replica: Replica,
 }
 
 impl Stack {
@@ -79,55 +72,17 @@ impl Stack {
         let config_path = dir.join("entra-callout.yaml");
         std::fs::write(&config_path, config).unwrap();
 
-        let config = Config::load(&config_path, &ProcessEnv).expect("valid test config");
-        let verifier = Arc::new(Verifier::new(config.providers.clone()).unwrap());
-        verifier.warm().await.expect("test issuer keys load");
-        let authorizer = Arc::new(Authorizer::new(
-            config.callout.issuer.clone(),
-            None,
-            verifier,
-            config.policies,
-            config.callout.request_leeway.as_secs(),
-        ));
-        let client = service::connect(&config.nats)
-            .await
-            .expect("service connects");
-        let settings = LoopSettings {
-            queue_group: config.nats.queue_group.clone(),
-            max_concurrency: config.callout.max_concurrency,
-            drain_timeout: config.callout.drain_timeout,
-        };
-        let requests = service::subscribe(&client, &settings.queue_group)
-            .await
-            .expect("subscribe");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn({
-            let authorizer = Arc::clone(&authorizer);
-            async move {
-                service::run(client, requests, authorizer, settings, async {
-                    let _ = stopped.await;
-                })
-                .await;
-            }
-        });
+        let replica = Replica::start(&config_path).await;
         Self {
+            replica,
             contoso,
             fabrikam,
             server,
-            stop: Some(stop),
-            task,
-            authorizer,
         }
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("service stops within 15 s")
-            .expect("service task");
+    async fn stop(self) {
+        self.replica.stop().await;
     }
 }
 
@@ -241,7 +196,7 @@ async fn each_identity_reaches_only_its_own_tenant_and_project() {
             );
         }
     }
-    assert_eq!(stack.authorizer.stats().allowed, 3);
+    assert_eq!(stack.replica.authorizer.stats().allowed, 3);
     stack.stop().await;
 }
 
@@ -267,7 +222,7 @@ async fn claims_that_would_widen_a_subject_are_refused() {
             ConnectErrorKind::AuthorizationViolation,
             "{oid:?}"
         );
-        assert_eq!(stack.authorizer.stats().denied, n as u64 + 1);
+        assert_eq!(stack.replica.authorizer.stats().denied, n as u64 + 1);
     }
     let line = "Auth callout service returned an error: unsafe_claim_value";
     assert!(
@@ -292,10 +247,10 @@ async fn decisions_are_cached_until_the_policies_change() {
     for _ in 0..3 {
         connect(&url, &token).await.expect("admitted");
     }
-    let stats = stack.authorizer.stats();
+    let stats = stack.replica.authorizer.stats();
     assert_eq!((stats.allowed, stats.cache_hits), (3, 2));
     assert_eq!(
-        stack.authorizer.cached_decisions().await,
+        stack.replica.authorizer.cached_decisions().await,
         1,
         "one token, one decision"
     );
@@ -322,8 +277,8 @@ async fn decisions_are_cached_until_the_policies_change() {
         &opts,
     )
     .unwrap();
-    stack.authorizer.replace_policies(policies);
-    assert_eq!(stack.authorizer.cached_decisions().await, 0);
+    stack.replica.authorizer.replace_policies(policies);
+    assert_eq!(stack.replica.authorizer.cached_decisions().await, 0);
     let err = connect(&url, &token)
         .await
         .err()

@@ -93,6 +93,8 @@ struct IssuerState {
     jwks_hits: AtomicUsize,
     discovery_hits: AtomicUsize,
     fail_jwks: AtomicBool,
+    /// While `true`, JWKS requests wait.
+    jwks_paused: tokio::sync::watch::Sender<bool>,
     discovery_issuer: Mutex<Option<String>>,
     /// Overrides the v2 keys' `issuer` member of one kid.
     key_issuers: Mutex<HashMap<String, String>>,
@@ -145,6 +147,7 @@ impl TestIssuer {
             jwks_hits: AtomicUsize::new(0),
             discovery_hits: AtomicUsize::new(0),
             fail_jwks: AtomicBool::new(false),
+            jwks_paused: tokio::sync::watch::Sender::new(false),
             discovery_issuer: Mutex::new(None),
             key_issuers: Mutex::new(HashMap::new()),
         });
@@ -395,6 +398,12 @@ impl TestIssuer {
             .insert(kid.to_owned(), issuer.to_owned());
     }
 
+    /// While `true`, JWKS requests are held until it is set back to `false`: a stand-in for a
+    /// slow identity provider that keeps requests in flight as long as a test needs.
+    pub fn pause_jwks(&self, paused: bool) {
+        self.state.jwks_paused.send_replace(paused);
+    }
+
     /// Makes discovery announce `issuer` instead of the real one (`None` restores it).
     pub fn set_discovery_issuer(&self, issuer: Option<String>) {
         *self.state.discovery_issuer.lock().unwrap() = issuer;
@@ -530,16 +539,21 @@ fn discovery_document(state: &IssuerState, tid: &str, version: &str) -> Response
 }
 
 async fn jwks(State(state): State<Arc<IssuerState>>, Path(tid): Path<String>) -> Response {
-    key_set(&state, &tid, true)
+    key_set(&state, &tid, true).await
 }
 
 async fn jwks_v1(State(state): State<Arc<IssuerState>>, Path(tid): Path<String>) -> Response {
-    key_set(&state, &tid, false)
+    key_set(&state, &tid, false).await
 }
 
 /// v2 keys carry Entra's `issuer` template; v1 keys carry none.
-fn key_set(state: &IssuerState, tid: &str, v2: bool) -> Response {
+async fn key_set(state: &IssuerState, tid: &str, v2: bool) -> Response {
     state.jwks_hits.fetch_add(1, Ordering::SeqCst);
+    let _ = state
+        .jwks_paused
+        .subscribe()
+        .wait_for(|paused| !paused)
+        .await;
     if state.fail_jwks.load(Ordering::SeqCst) {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }

@@ -13,6 +13,16 @@ pub struct NatsServer {
     child: Child,
     dir: tempfile::TempDir,
     port: u16,
+    /// The caller's configuration, kept for restarts.
+    config: String,
+    /// Incremented on every restart, so each run logs to a fresh file.
+    run: u32,
+}
+
+/// Several nats-servers routed into one cluster on loopback; killed on drop.
+pub struct NatsCluster {
+    /// The nodes, in start order.
+    pub nodes: Vec<NatsServer>,
 }
 
 /// The server binary, or a panic that says how to install it.
@@ -44,27 +54,33 @@ impl NatsServer {
     /// or `port`: the server picks a free loopback port, which is read back from its log.
     pub fn start(config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let conf = dir.path().join("nats-server.conf");
-        let log = dir.path().join("nats-server.log");
-        let full = format!("listen: \"127.0.0.1:-1\"\n{config}\n");
-        std::fs::write(&conf, full).expect("write nats-server.conf");
-        let child = Command::new(server_bin())
-            .arg("-c")
-            .arg(&conf)
-            .arg("-l")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
+        let child = spawn_server(dir.path(), "127.0.0.1:-1", config, 0);
         let mut server = Self {
             child,
             dir,
             port: 0,
+            config: config.to_owned(),
+            run: 0,
         };
         server.port = server.wait_for_port();
         server
+    }
+
+    /// Kills the server and waits for it to exit.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the server if it runs and starts it again with the same configuration on the same
+    /// client port, as a restarted pod or machine would come back.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.run += 1;
+        let listen = format!("127.0.0.1:{}", self.port);
+        self.child = spawn_server(self.dir.path(), &listen, &self.config, self.run);
+        let port = self.wait_for_port();
+        assert_eq!(port, self.port, "nats-server came back on another port");
     }
 
     fn wait_for_port(&mut self) -> u16 {
@@ -100,9 +116,9 @@ impl NatsServer {
         self.port
     }
 
-    /// Everything the server logged so far.
+    /// Everything the server logged so far (in its current run).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("nats-server.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join(log_name(self.run))).unwrap_or_default()
     }
 
     /// A directory that lives as long as the server, for test files.
@@ -120,6 +136,66 @@ impl NatsServer {
         }
         false
     }
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes with full-mesh routes between them on loopback. `config(i)` gives
+    /// node `i`'s configuration, which must not set `listen`, `port` or `cluster`.
+    ///
+    /// Route ports are picked by binding `127.0.0.1:0` and releasing it just before the nodes
+    /// start; client ports are chosen by each server.
+    pub fn start(size: usize, config: impl Fn(usize) -> String) -> Self {
+        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes: Vec<String> = route_ports
+            .iter()
+            .map(|port| format!("\"nats-route://127.0.0.1:{port}\""))
+            .collect();
+        let nodes = route_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let cluster = format!(
+                    "cluster {{\n  name: test-cluster\n  listen: \"127.0.0.1:{port}\"\n  \
+                     routes: [ {} ]\n}}\n",
+                    routes.join(", ")
+                );
+                NatsServer::start(&format!("{}\n{cluster}", config(i)))
+            })
+            .collect();
+        Self { nodes }
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+fn log_name(run: u32) -> String {
+    if run == 0 {
+        "nats-server.log".to_owned()
+    } else {
+        format!("nats-server.{run}.log")
+    }
+}
+
+fn spawn_server(dir: &Path, listen: &str, config: &str, run: u32) -> Child {
+    let conf = dir.join("nats-server.conf");
+    let full = format!("listen: \"{listen}\"\n{config}\n");
+    std::fs::write(&conf, full).expect("write nats-server.conf");
+    Command::new(server_bin())
+        .arg("-c")
+        .arg(&conf)
+        .arg("-l")
+        .arg(dir.join(log_name(run)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nats-server")
 }
 
 impl Drop for NatsServer {

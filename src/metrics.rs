@@ -1,0 +1,464 @@
+//! Prometheus metrics: the names, their labels and the handles the request path records into.
+//!
+//! Every label value comes from a closed set — an outcome, a [`DenyReason`] code, a result, or a
+//! provider name from the configuration — so no token or client-controlled string can grow the
+//! series count. Request-path handles are registered once up front and recording through them
+//! neither allocates nor looks anything up.
+//!
+//! A [`Metrics`] owns its recorder, so tests can run several side by side. The service also
+//! installs it as the process-wide `metrics` recorder ([`Metrics::install_global`]), which lets
+//! code without a [`Metrics`] at hand (key refreshes, the decision cache) record through
+//! [`record_key_refresh`] and [`record_cache_lookup`].
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `entra_callout_requests_total` | counter | `outcome` (`allow`, `deny`, `drop`), `reason` |
+//! | `entra_callout_decision_duration_seconds` | histogram | |
+//! | `entra_callout_in_flight_requests` | gauge | |
+//! | `entra_callout_queued_requests` | gauge | |
+//! | `entra_callout_cache_lookups_total` | counter | `result` (`hit`, `miss`) |
+//! | `entra_callout_key_refreshes_total` | counter | `provider`, `result` (`ok`, `error`) |
+//! | `entra_callout_policy_reloads_total` | counter | `result` (`ok`, `error`) |
+//! | `entra_callout_policy_rules` | gauge | |
+//! | `entra_callout_audit_publish_failures_total` | counter | |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use crate::deny::DenyReason;
+
+/// Requests answered, by outcome and deny reason.
+pub const REQUESTS: &str = "entra_callout_requests_total";
+/// Time from receiving a request to having its answer, in seconds.
+pub const DECISION_DURATION: &str = "entra_callout_decision_duration_seconds";
+/// Requests being decided right now.
+pub const IN_FLIGHT: &str = "entra_callout_in_flight_requests";
+/// Requests admitted but waiting for a free slot.
+pub const QUEUED: &str = "entra_callout_queued_requests";
+/// Decision-cache lookups, by result.
+pub const CACHE_LOOKUPS: &str = "entra_callout_cache_lookups_total";
+/// Signing-key fetches, by provider and result.
+pub const KEY_REFRESHES: &str = "entra_callout_key_refreshes_total";
+/// Policy reloads, by result.
+pub const POLICY_RELOADS: &str = "entra_callout_policy_reloads_total";
+/// Rules in the policy set in use.
+pub const POLICY_RULES: &str = "entra_callout_policy_rules";
+/// Audit events that could not be handed to NATS.
+pub const AUDIT_PUBLISH_FAILURES: &str = "entra_callout_audit_publish_failures_total";
+
+/// Decision latency buckets, in seconds: sub-millisecond for cached keys up to the two seconds
+/// nats-server waits by default, where a slow key fetch would show.
+const DECISION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
+/// The service's metrics and the recorder that renders them.
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+    allowed: Counter,
+    dropped: Counter,
+    /// One counter per [`DenyReason`], indexed by [`DenyReason::index`].
+    denied: Vec<Counter>,
+    decision_duration: Histogram,
+    in_flight: Gauge,
+    queued: Gauge,
+    reloads_ok: Counter,
+    reloads_failed: Counter,
+    policy_rules: Gauge,
+    audit_failures: Counter,
+}
+
+/// Why metrics could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The histogram buckets were rejected by the exporter.
+    #[error("cannot configure the metrics exporter: {0}")]
+    Build(#[from] metrics_exporter_prometheus::BuildError),
+    /// Another process-wide metrics recorder was installed first.
+    #[error("a process-wide metrics recorder is already installed")]
+    AlreadyInstalled,
+}
+
+/// Marks a request as in flight (or queued) until dropped.
+#[must_use = "the request counts as in flight only while the guard lives"]
+pub struct GaugeGuard(Gauge);
+
+/// The process-wide recorder: the same registry a [`Metrics`] renders.
+struct SharedRecorder(Arc<PrometheusRecorder>);
+
+impl Metrics {
+    /// A fresh set of metrics with every series registered at zero, so dashboards and alerts see
+    /// them before the first request.
+    pub fn new() -> Result<Self, MetricsError> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(DECISION_DURATION.to_owned()),
+                &DECISION_BUCKETS,
+            )?
+            .build_recorder();
+        let handle = recorder.handle();
+        let r: &dyn Recorder = &recorder;
+        describe(r);
+        let requests = |outcome: &'static str, reason: &'static str| {
+            counter(r, REQUESTS, [("outcome", outcome), ("reason", reason)])
+        };
+        let denied = DenyReason::ALL
+            .iter()
+            .map(|reason| requests("deny", reason.code()))
+            .collect();
+        for result in ["hit", "miss"] {
+            // Registering creates the series at zero; the handle is not needed.
+            let _ = counter(r, CACHE_LOOKUPS, [("result", result)]);
+        }
+        let metrics = Self {
+            allowed: requests("allow", ""),
+            dropped: requests("drop", ""),
+            denied,
+            decision_duration: r
+                .register_histogram(&Key::from_static_name(DECISION_DURATION), &META),
+            in_flight: r.register_gauge(&Key::from_static_name(IN_FLIGHT), &META),
+            queued: r.register_gauge(&Key::from_static_name(QUEUED), &META),
+            reloads_ok: counter(r, POLICY_RELOADS, [("result", "ok")]),
+            reloads_failed: counter(r, POLICY_RELOADS, [("result", "error")]),
+            policy_rules: r.register_gauge(&Key::from_static_name(POLICY_RULES), &META),
+            audit_failures: r
+                .register_counter(&Key::from_static_name(AUDIT_PUBLISH_FAILURES), &META),
+            handle,
+            recorder: Arc::new(recorder),
+        };
+        Ok(metrics)
+    }
+
+    /// Makes this the process-wide recorder, so [`record_key_refresh`] and
+    /// [`record_cache_lookup`] land here. Only the first call in a process succeeds.
+    pub fn install_global(&self) -> Result<(), MetricsError> {
+        metrics::set_global_recorder(SharedRecorder(Arc::clone(&self.recorder)))
+            .map_err(|_| MetricsError::AlreadyInstalled)
+    }
+
+    /// Registers the key refresh series of `providers` at zero.
+    pub fn register_providers<'a>(&self, providers: impl IntoIterator<Item = &'a str>) {
+        for provider in providers {
+            for result in ["ok", "error"] {
+                let labels = vec![
+                    Label::new("provider", provider.to_owned()),
+                    Label::from_static_parts("result", result),
+                ];
+                let _ = self
+                    .recorder
+                    .register_counter(&Key::from_parts(KEY_REFRESHES, labels), &META);
+            }
+        }
+    }
+
+    /// Records one answered request: `reason` is `None` when the client was admitted.
+    pub fn record_answer(&self, reason: Option<DenyReason>, elapsed: Duration) {
+        match reason {
+            None => self.allowed.increment(1),
+            Some(reason) => self.denied_counter(reason).increment(1),
+        }
+        self.decision_duration.record(elapsed.as_secs_f64());
+    }
+
+    /// Records a request that got no answer because the request itself was unacceptable.
+    pub fn record_drop(&self, elapsed: Duration) {
+        self.dropped.increment(1);
+        self.decision_duration.record(elapsed.as_secs_f64());
+    }
+
+    /// Counts a request as in flight until the guard is dropped.
+    pub fn in_flight(&self) -> GaugeGuard {
+        GaugeGuard::new(self.in_flight.clone())
+    }
+
+    /// Counts a request as queued until the guard is dropped.
+    pub fn queued(&self) -> GaugeGuard {
+        GaugeGuard::new(self.queued.clone())
+    }
+
+    /// Records a policy reload that put a set of `rules` rules in use.
+    pub fn record_reload(&self, rules: usize) {
+        self.reloads_ok.increment(1);
+        self.set_policy_rules(rules);
+    }
+
+    /// Records a policy reload that was rejected; the previous set stays in use.
+    pub fn record_reload_failure(&self) {
+        self.reloads_failed.increment(1);
+    }
+
+    /// Sets the number of rules in use.
+    pub fn set_policy_rules(&self, rules: usize) {
+        self.policy_rules.set(rules as f64);
+    }
+
+    /// Records an audit event that could not be published.
+    pub fn record_audit_failure(&self) {
+        self.audit_failures.increment(1);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets; call every few seconds, or histograms hold
+    /// every sample until the next scrape.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    fn denied_counter(&self, reason: DenyReason) -> &Counter {
+        // `denied` holds one counter per entry of DenyReason::ALL, in index order, so this
+        // always finds one; the no-op fallback only keeps the request path panic-free.
+        static NOOP: Counter = Counter::noop();
+        self.denied.get(reason.index()).unwrap_or(&NOOP)
+    }
+}
+
+impl GaugeGuard {
+    fn new(gauge: Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+impl Recorder for SharedRecorder {
+    fn describe_counter(&self, key: KeyName, unit: Option<metrics::Unit>, text: SharedString) {
+        self.0.describe_counter(key, unit, text);
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<metrics::Unit>, text: SharedString) {
+        self.0.describe_gauge(key, unit, text);
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<metrics::Unit>, text: SharedString) {
+        self.0.describe_histogram(key, unit, text);
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        self.0.register_counter(key, metadata)
+    }
+
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        self.0.register_gauge(key, metadata)
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        self.0.register_histogram(key, metadata)
+    }
+}
+
+/// Records one signing-key fetch of `provider` (a configured name) in the process-wide
+/// recorder. Allocates, but key fetches are rare.
+pub fn record_key_refresh(provider: &str, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!(KEY_REFRESHES, "provider" => provider.to_owned(), "result" => result)
+        .increment(1);
+}
+
+/// Records one decision-cache lookup in the process-wide recorder.
+pub fn record_cache_lookup(hit: bool) {
+    if hit {
+        metrics::counter!(CACHE_LOOKUPS, "result" => "hit").increment(1);
+    } else {
+        metrics::counter!(CACHE_LOOKUPS, "result" => "miss").increment(1);
+    }
+}
+
+/// Registration metadata; the Prometheus recorder ignores it.
+const META: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
+
+fn counter<const N: usize>(
+    r: &dyn Recorder,
+    name: &'static str,
+    labels: [(&'static str, &'static str); N],
+) -> Counter {
+    let labels: Vec<Label> = labels
+        .into_iter()
+        .map(|(k, v)| Label::from_static_parts(k, v))
+        .collect();
+    r.register_counter(&Key::from_parts(name, labels), &META)
+}
+
+fn describe(r: &dyn Recorder) {
+    let counters = [
+        (
+            REQUESTS,
+            "Authorization requests answered, by outcome and deny reason.",
+        ),
+        (CACHE_LOOKUPS, "Decision cache lookups, by result."),
+        (
+            KEY_REFRESHES,
+            "Signing-key fetches from identity providers, by provider and result.",
+        ),
+        (
+            POLICY_RELOADS,
+            "Policy reloads, by result; a failed reload keeps the previous set.",
+        ),
+        (
+            AUDIT_PUBLISH_FAILURES,
+            "Audit events that could not be published to NATS.",
+        ),
+    ];
+    for (name, text) in counters {
+        r.describe_counter(
+            KeyName::from_const_str(name),
+            None,
+            SharedString::const_str(text),
+        );
+    }
+    let gauges = [
+        (IN_FLIGHT, "Authorization requests being decided now."),
+        (QUEUED, "Authorization requests waiting for a free slot."),
+        (POLICY_RULES, "Rules in the policy set in use."),
+    ];
+    for (name, text) in gauges {
+        r.describe_gauge(
+            KeyName::from_const_str(name),
+            None,
+            SharedString::const_str(text),
+        );
+    }
+    r.describe_histogram(
+        KeyName::from_const_str(DECISION_DURATION),
+        Some(metrics::Unit::Seconds),
+        SharedString::const_str("Time from receiving an authorization request to its answer."),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_slot() {
+        for (i, reason) in DenyReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i, "{reason}");
+        }
+    }
+
+    #[test]
+    fn series_exist_before_the_first_request() {
+        let metrics = Metrics::new().unwrap();
+        metrics.register_providers(["contoso"]);
+        let text = metrics.render();
+        for line in [
+            "# TYPE entra_callout_requests_total counter",
+            "entra_callout_requests_total{outcome=\"allow\",reason=\"\"} 0",
+            "entra_callout_requests_total{outcome=\"deny\",reason=\"token_expired\"} 0",
+            "entra_callout_requests_total{outcome=\"deny\",reason=\"overloaded\"} 0",
+            "entra_callout_cache_lookups_total{result=\"miss\"} 0",
+            "entra_callout_key_refreshes_total{provider=\"contoso\",result=\"error\"} 0",
+            "entra_callout_policy_reloads_total{result=\"error\"} 0",
+            "entra_callout_in_flight_requests 0",
+            "# HELP entra_callout_decision_duration_seconds Time from receiving",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn answers_are_counted_by_reason_and_timed_in_explicit_buckets() {
+        let metrics = Metrics::new().unwrap();
+        metrics.record_answer(None, Duration::from_millis(3));
+        metrics.record_answer(
+            Some(DenyReason::NoMatchingPolicy),
+            Duration::from_millis(30),
+        );
+        metrics.record_answer(
+            Some(DenyReason::NoMatchingPolicy),
+            Duration::from_millis(30),
+        );
+        metrics.record_drop(Duration::from_millis(1));
+        let text = metrics.render();
+        for line in [
+            "entra_callout_requests_total{outcome=\"allow\",reason=\"\"} 1",
+            "entra_callout_requests_total{outcome=\"deny\",reason=\"no_matching_policy\"} 2",
+            "entra_callout_requests_total{outcome=\"drop\",reason=\"\"} 1",
+            "entra_callout_decision_duration_seconds_bucket{le=\"0.0025\"} 1",
+            "entra_callout_decision_duration_seconds_bucket{le=\"0.005\"} 2",
+            "entra_callout_decision_duration_seconds_bucket{le=\"0.05\"} 4",
+            "entra_callout_decision_duration_seconds_count 4",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn guards_count_while_they_live() {
+        let metrics = Metrics::new().unwrap();
+        let first = metrics.in_flight();
+        let _second = metrics.in_flight();
+        let _queued = metrics.queued();
+        assert!(
+            metrics
+                .render()
+                .contains("entra_callout_in_flight_requests 2")
+        );
+        drop(first);
+        let text = metrics.render();
+        assert!(
+            text.contains("entra_callout_in_flight_requests 1"),
+            "{text}"
+        );
+        assert!(text.contains("entra_callout_queued_requests 1"), "{text}");
+    }
+
+    #[test]
+    fn reloads_are_counted_by_result() {
+        let metrics = Metrics::new().unwrap();
+        metrics.record_reload(3);
+        metrics.record_reload_failure();
+        metrics.record_reload_failure();
+        let text = metrics.render();
+        assert!(
+            text.contains("entra_callout_policy_reloads_total{result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("entra_callout_policy_reloads_total{result=\"error\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("entra_callout_policy_rules 3"), "{text}");
+    }
+
+    #[test]
+    fn process_wide_recording_lands_in_local_recorder_scope() {
+        let metrics = Metrics::new().unwrap();
+        let shared = SharedRecorder(Arc::clone(&metrics.recorder));
+        metrics::with_local_recorder(&shared, || {
+            record_key_refresh("contoso", true);
+            record_cache_lookup(true);
+            record_cache_lookup(false);
+            record_cache_lookup(false);
+        });
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "entra_callout_key_refreshes_total{provider=\"contoso\",result=\"ok\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("entra_callout_cache_lookups_total{result=\"hit\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("entra_callout_cache_lookups_total{result=\"miss\"} 2"),
+            "{text}"
+        );
+    }
+}
