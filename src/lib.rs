@@ -15,6 +15,7 @@
 //! * `service`: the NATS loop — queue subscription, bounded concurrency, drain.
 //! * `config`, `cli`, `keys`, `telemetry`: the edges — configuration files, commands, key
 //!   material, logging and the wall clock.
+//! * `dev`: `entra-callout dev`, the local environment with a built-in Entra-shaped issuer.
 //! * `deny`, `diagnostic`, `duration`: small shared vocabularies.
 
 #![deny(
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod deny;
+pub mod dev;
 pub mod diagnostic;
 pub mod duration;
 pub mod identity;
