@@ -272,8 +272,8 @@ Tokens for made-up identities ({exe} dev token --help):
   other tenant's job           {exe} dev token --tenant fabrikam --role Ml.Vision.Producer
 
 Run the scenarios (each example fetches a fresh token from NATS_TOKEN_COMMAND on every connect):
-  NATS_URL={nats} NATS_TOKEN_COMMAND="{exe} dev token --group c3d9e1a7-2b4f-4c8e-9a61-0f5d7b2e8c43" cargo run --example ml-dashboard
-  NATS_URL={nats} NATS_TOKEN_COMMAND="{exe} dev token --role Ml.Vision.Producer" cargo run --example ml-publisher
+  NATS_URL={nats} NATS_TOKEN_COMMAND="{exe} dev token --group c3d9e1a7-2b4f-4c8e-9a61-0f5d7b2e8c43" cargo run -q --release --example ml-dashboard
+  NATS_URL={nats} NATS_TOKEN_COMMAND="{exe} dev token --role Ml.Vision.Producer" cargo run -q --release --example ml-publisher
 "#,
         dir = environment.dir().display(),
         issuer = environment.issuer_url(),
