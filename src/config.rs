@@ -204,6 +204,9 @@ pub struct RawConfig {
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
+    /// Admin listener.
+    #[serde(default)]
+    pub admin: RawAdmin,
 }
 
 /// `nats:` as written.
@@ -338,6 +341,14 @@ pub struct RawLog {
     pub format: Option<Spanned<String>>,
     /// Filter directive.
     pub level: Option<String>,
+}
+
+/// `admin:` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `host:port` to listen on.
+    pub listen: Option<Spanned<String>>,
 }
 
 // === validation (stage two) ===
