@@ -78,6 +78,9 @@ pub enum Command {
     /// Manage key material.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Start a local environment (nats-server, a dev token issuer, the service with the example
+    /// policies), or print a dev token with `dev token`. Needs no Azure tenant.
+    Dev(crate::dev::DevArgs),
 }
 
 /// `keys` subcommands.
@@ -104,6 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => explain(&config, token.as_deref(), claims.as_deref(), now, json),
         Command::Test { config, tests } => test(&config, &tests),
+        Command::Dev(args) => Ok(crate::dev::run(args)?),
         Command::Keys(KeysCommand::Init { dir }) => {
             let created = keys::init(&dir)?;
             println!("wrote keys to {}", dir.display());

@@ -17,6 +17,7 @@
 //!   metrics, and hot reload of policies.
 //! * `config`, `cli`, `keys`, `telemetry`: the edges — configuration files, commands, key
 //!   material, logging and the wall clock.
+//! * `dev`: `entra-callout dev`, the local environment with a built-in Entra-shaped issuer.
 //! * `deny`, `diagnostic`, `duration`: small shared vocabularies.
 
 #![deny(
@@ -35,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod deny;
+pub mod dev;
 pub mod diagnostic;
 pub mod duration;
 pub mod identity;

@@ -18,3 +18,5 @@ mod isolation;
 mod oidc;
 #[path = "integration/ops.rs"]
 mod ops;
+#[path = "integration/scenarios.rs"]
+mod scenarios;

@@ -1,0 +1,555 @@
+//! The local environment: a nats-server wired to the callout, the dev issuer, and the service.
+//!
+//! [`Environment::start`] creates a private temporary directory with fresh keys
+//! (`keys::init`), the service configuration (providers for the example tenants whose metadata
+//! comes from the dev issuer) and a config-mode nats-server configuration; starts the issuer
+//! in-process and nats-server and `entra-callout serve` as child processes; and returns once the
+//! service's subscription is registered with the server. Stopping (or dropping) it kills the
+//! children and removes the directory.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, ProcessEnv};
+use crate::dev::DevError;
+use crate::dev::issuer::DevIssuer;
+use crate::dev::token::{API_APP_ID_URI, API_CLIENT_ID, CONTOSO, FABRIKAM};
+use crate::keys;
+
+/// The example policies, built in so that `dev` works outside a checkout.
+const EXAMPLE_POLICIES: [(&str, &str); 3] = [
+    ("tenants.yaml", include_str!("../../policies/tenants.yaml")),
+    (
+        "ml-events.yaml",
+        include_str!("../../policies/ml-events.yaml"),
+    ),
+    (
+        "delivery.yaml",
+        include_str!("../../policies/delivery.yaml"),
+    ),
+];
+
+/// How long the pieces get to come up.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct DevOptions {
+    /// The `entra-callout` binary that runs `serve`.
+    pub exe: PathBuf,
+    /// The nats-server binary.
+    pub nats_server: PathBuf,
+    /// Client port on 127.0.0.1; 0 picks a free one.
+    pub nats_port: u16,
+    /// nats-server monitoring port on 127.0.0.1; 0 picks a free one.
+    pub monitor_port: u16,
+    /// Dev issuer port on 127.0.0.1; 0 picks a free one.
+    pub issuer_port: u16,
+    /// The service's admin port (/livez, /readyz, /metrics) on 127.0.0.1; 0 picks a free one.
+    pub admin_port: u16,
+    /// Policy file or directory; `None` uses the built-in example policies.
+    pub policies: Option<PathBuf>,
+    /// Send the children's output to files in the directory instead of this terminal.
+    pub quiet: bool,
+}
+
+/// A running environment.
+#[derive(Debug)]
+pub struct Environment {
+    dir: TempDir,
+    issuer: DevIssuer,
+    nats: ChildGuard,
+    service: ChildGuard,
+    nats_port: u16,
+    monitor_port: u16,
+    policies: PathBuf,
+}
+
+impl Environment {
+    /// Starts everything and waits until the service answers authorization requests.
+    pub async fn start(options: &DevOptions) -> Result<Self, DevError> {
+        let dir = TempDir::new()?;
+        let keys_dir = dir.path().join("keys");
+        let created = keys::init(&keys_dir)?;
+        let issuer =
+            DevIssuer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, options.issuer_port))).await?;
+
+        let policies = match &options.policies {
+            Some(path) => std::path::absolute(path).map_err(|source| DevError::Io {
+                path: path.clone(),
+                source,
+            })?,
+            None => {
+                let path = dir.path().join("policies");
+                create_dir(&path)?;
+                for (name, text) in EXAMPLE_POLICIES {
+                    write(&path.join(name), text)?;
+                }
+                path
+            }
+        };
+
+        let password = read_trimmed(&keys_dir.join(keys::NATS_PASSWORD))?;
+        let server_conf = dir.path().join("nats-server.conf");
+        write(
+            &server_conf,
+            &nats_server_config(
+                options.nats_port,
+                options.monitor_port,
+                &password,
+                &created.issuer,
+                &created.xkey,
+            ),
+        )?;
+        let server_log = dir.path().join("nats-server.log");
+        let nats = ChildGuard::spawn(
+            "nats-server",
+            Command::new(&options.nats_server)
+                .arg("-c")
+                .arg(&server_conf)
+                .arg("-l")
+                .arg(&server_log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        let mut env_nats = nats;
+        let (nats_port, monitor_port) = wait_for_server(&mut env_nats, &server_log).await?;
+
+        let config_path = dir.path().join("config.yaml");
+        write(
+            &config_path,
+            &service_config(
+                nats_port,
+                options.admin_port,
+                &issuer.authority(),
+                &policies,
+            ),
+        )?;
+        // Problems in the policies are reported here, located, before anything else runs.
+        Config::load(&config_path, &ProcessEnv).map_err(|e| DevError::Config(e.to_string()))?;
+
+        let mut command = Command::new(&options.exe);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null());
+        if options.quiet {
+            let log = dir.path().join("entra-callout.log");
+            let file = std::fs::File::create(&log).map_err(|source| DevError::Io {
+                path: log.clone(),
+                source,
+            })?;
+            let err = file
+                .try_clone()
+                .map_err(|source| DevError::Io { path: log, source })?;
+            command.stdout(file).stderr(err);
+        }
+        let service = ChildGuard::spawn("entra-callout serve", &mut command)?;
+        let mut environment = Self {
+            dir,
+            issuer,
+            nats: env_nats,
+            service,
+            nats_port,
+            monitor_port,
+            policies,
+        };
+        environment.wait_for_service().await?;
+        Ok(environment)
+    }
+
+    /// `nats://127.0.0.1:{port}`: where clients connect.
+    pub fn nats_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.nats_port)
+    }
+
+    /// nats-server's monitoring endpoint.
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.monitor_port)
+    }
+
+    /// The dev issuer's base URL.
+    pub fn issuer_url(&self) -> String {
+        self.issuer.authority()
+    }
+
+    /// The private directory with keys, configurations and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The service configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    /// The policies the service runs with.
+    pub fn policies(&self) -> &Path {
+        &self.policies
+    }
+
+    /// Everything nats-server logged so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats-server.log")).unwrap_or_default()
+    }
+
+    /// Completes when a child process exits on its own, naming it.
+    pub async fn exited(&mut self) -> (String, Option<ExitStatus>) {
+        loop {
+            for child in [&mut self.nats, &mut self.service] {
+                if let Some(status) = child.try_wait() {
+                    return (child.name.to_owned(), status);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops the children and removes the directory.
+    pub fn stop(self) {
+        drop(self);
+    }
+
+    /// Polls nats-server's monitoring endpoint until the service's subscription to the request
+    /// subject is registered: from then on, client connections are answered.
+    async fn wait_for_service(&mut self) -> Result<(), DevError> {
+        let url = format!("{}/connz?subs=1&acc=AUTH", self.monitor_url());
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| DevError::Startup(format!("cannot build an HTTP client: {e}")))?;
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.service.try_wait() {
+                return Err(DevError::Startup(format!(
+                    "entra-callout serve exited during startup ({})",
+                    describe(status)
+                )));
+            }
+            if let Ok(response) = http.get(&url).send().await
+                && let Ok(body) = response.text().await
+                && subscribed(&body)
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(DevError::Startup(format!(
+            "entra-callout serve did not subscribe to {} within {} s",
+            crate::nats_jwt::AUTH_REQUEST_SUBJECT,
+            STARTUP_TIMEOUT.as_secs()
+        )))
+    }
+}
+
+/// True when a `/connz?subs=1` document lists a subscription to the request subject.
+fn subscribed(connz: &str) -> bool {
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(connz) else {
+        return false;
+    };
+    doc.get("connections")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("subscriptions_list").and_then(|s| s.as_array()))
+        .flatten()
+        .any(|s| s.as_str() == Some(crate::nats_jwt::AUTH_REQUEST_SUBJECT))
+}
+
+/// Waits for "Server is ready" and reads the client and monitoring ports from the log.
+async fn wait_for_server(nats: &mut ChildGuard, log: &Path) -> Result<(u16, u16), DevError> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while Instant::now() < deadline {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(status) = nats.try_wait() {
+            let last = text.lines().rev().take(5).collect::<Vec<_>>();
+            let last: Vec<&str> = last.into_iter().rev().collect();
+            return Err(DevError::Startup(format!(
+                "nats-server exited during startup ({}); its log ends with:\n{}",
+                describe(status),
+                last.join("\n")
+            )));
+        }
+        if text.contains("Server is ready") {
+            let client = port_after(&text, "Listening for client connections on ");
+            let monitor = port_after(&text, "Starting http monitor on ");
+            if let (Some(client), Some(monitor)) = (client, monitor) {
+                return Ok((client, monitor));
+            }
+            return Err(DevError::Startup(format!(
+                "cannot read nats-server's ports from {}",
+                log.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(DevError::Startup(format!(
+        "nats-server did not become ready within {} s (log: {})",
+        STARTUP_TIMEOUT.as_secs(),
+        log.display()
+    )))
+}
+
+/// The port of the first `host:port` following `marker` in `log`.
+fn port_after(log: &str, marker: &str) -> Option<u16> {
+    let rest = log.split(marker).nth(1)?;
+    let addr = rest.lines().next()?.trim();
+    addr.rsplit(':').next()?.trim_end_matches('/').parse().ok()
+}
+
+fn describe(status: Option<ExitStatus>) -> String {
+    status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string())
+}
+
+/// nats-server in config mode with the callout wired as the README describes. Port 0 means
+/// "pick a free port" (`-1` to nats-server).
+pub fn nats_server_config(
+    port: u16,
+    monitor_port: u16,
+    password: &str,
+    issuer: &str,
+    xkey: &str,
+) -> String {
+    let render = |p: u16| {
+        if p == 0 {
+            "-1".to_owned()
+        } else {
+            p.to_string()
+        }
+    };
+    let mut conf = String::new();
+    let _ = write!(
+        conf,
+        r#"# Written by `entra-callout dev`; removed when it stops.
+listen: "127.0.0.1:{client}"
+http: "127.0.0.1:{monitor}"
+server_name: entra-callout-dev
+# Entra access tokens with group claims often exceed the default 4 KiB control line.
+max_control_line: 32KB
+accounts {{
+  AUTH {{ users: [ {{ user: auth, password: "{password}" }} ] }}
+  APP {{}}
+  SYS {{}}
+}}
+system_account: SYS
+authorization {{
+  timeout: 2
+  auth_callout {{
+    issuer: {issuer}
+    account: AUTH
+    auth_users: [ auth ]
+    xkey: {xkey}
+  }}
+}}
+"#,
+        client = render(port),
+        monitor = render(monitor_port),
+    );
+    conf
+}
+
+/// The service configuration: the example tenants, their metadata from the dev issuer.
+pub fn service_config(nats_port: u16, admin_port: u16, authority: &str, policies: &Path) -> String {
+    let policies = policies.display().to_string();
+    format!(
+        r#"# Written by `entra-callout dev`; removed when it stops.
+nats:
+  url: nats://127.0.0.1:{nats_port}
+  user: auth
+  password_file: keys/nats-password
+callout:
+  issuer_seed_file: keys/issuer.nk
+  xkey_seed_file: keys/xkey.nk
+  max_ttl: 1h
+  drain_timeout: 2s
+providers:
+  - name: contoso
+    kind: entra
+    tenant: {CONTOSO}
+    audiences: ["{API_CLIENT_ID}", "{API_APP_ID_URI}"]
+    authority: {authority}
+  - name: fabrikam
+    kind: entra
+    tenant: {FABRIKAM}
+    audiences: ["{API_CLIENT_ID}", "{API_APP_ID_URI}"]
+    authority: {authority}
+policies: {policies:?}
+admin:
+  listen: 127.0.0.1:{admin_port}
+log:
+  format: text
+  level: info
+"#
+    )
+}
+
+fn create_dir(path: &Path) -> Result<(), DevError> {
+    std::fs::create_dir_all(path).map_err(|source| DevError::Io {
+        path: path.into(),
+        source,
+    })
+}
+
+fn write(path: &Path, text: &str) -> Result<(), DevError> {
+    std::fs::write(path, text).map_err(|source| DevError::Io {
+        path: path.into(),
+        source,
+    })
+}
+
+fn read_trimmed(path: &Path) -> Result<String, DevError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|source| DevError::Io {
+            path: path.into(),
+            source,
+        })
+}
+
+/// A child process that is killed and reaped when dropped.
+#[derive(Debug)]
+struct ChildGuard {
+    name: &'static str,
+    child: Child,
+    exited: bool,
+}
+
+impl ChildGuard {
+    fn spawn(name: &'static str, command: &mut Command) -> Result<Self, DevError> {
+        let child = command.spawn().map_err(|source| DevError::Spawn {
+            name: name.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            name,
+            child,
+            exited: false,
+        })
+    }
+
+    /// `Some` once the child has exited (with its status when it could be read).
+    fn try_wait(&mut self) -> Option<Option<ExitStatus>> {
+        if self.exited {
+            return Some(None);
+        }
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.exited = true;
+                Some(Some(status))
+            }
+            Ok(None) => None,
+            Err(_) => {
+                self.exited = true;
+                Some(None)
+            }
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if !self.exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A private (0700) directory under the system temp directory, removed when dropped.
+#[derive(Debug)]
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self, DevError> {
+        let mut raw = [0u8; 6];
+        getrandom::getrandom(&mut raw).map_err(|e| DevError::Random(e.to_string()))?;
+        let name = format!("entra-callout-dev-{}", data_encoding::HEXLOWER.encode(&raw));
+        let path = std::env::temp_dir().join(name);
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder.create(&path).map_err(|source| DevError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_read_from_the_server_log() {
+        let log = "[1] [INF] Starting http monitor on 127.0.0.1:41234\n\
+                   [1] [INF] Listening for client connections on 127.0.0.1:40001\n\
+                   [1] [INF] Server is ready\n";
+        assert_eq!(
+            port_after(log, "Listening for client connections on "),
+            Some(40001)
+        );
+        assert_eq!(port_after(log, "Starting http monitor on "), Some(41234));
+        assert_eq!(port_after(log, "nothing here"), None);
+    }
+
+    #[test]
+    fn the_subscription_is_found_in_connz() {
+        let listed = r#"{"connections":[{"name":"x","subscriptions_list":["_INBOX.a"]},
+            {"name":"entra-callout","subscriptions_list":["$SYS.REQ.USER.AUTH"]}]}"#;
+        assert!(subscribed(listed));
+        assert!(!subscribed(
+            r#"{"connections":[{"subscriptions_list":[]}]}"#
+        ));
+        assert!(!subscribed(r#"{"connections":null}"#));
+        assert!(!subscribed("not json"));
+    }
+
+    #[test]
+    fn the_generated_service_config_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        keys::init(&dir.path().join("keys")).unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        for (name, text) in EXAMPLE_POLICIES {
+            std::fs::write(policies.join(name), text).unwrap();
+        }
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            service_config(4222, 8080, "http://127.0.0.1:8400", &policies),
+        )
+        .unwrap();
+        let config = Config::load(&path, &ProcessEnv).unwrap();
+        assert_eq!(config.providers.len(), 2);
+        assert!(config.callout.xkey.is_some());
+    }
+
+    #[test]
+    fn random_ports_are_asked_of_nats_server_as_minus_one() {
+        let conf = nats_server_config(0, 0, "pw", "AISSUER", "XKEY");
+        assert!(conf.contains("listen: \"127.0.0.1:-1\""), "{conf}");
+        assert!(conf.contains("http: \"127.0.0.1:-1\""), "{conf}");
+        let conf = nats_server_config(4222, 8222, "pw", "AISSUER", "XKEY");
+        assert!(conf.contains("listen: \"127.0.0.1:4222\""), "{conf}");
+        assert!(conf.contains("issuer: AISSUER") && conf.contains("xkey: XKEY"));
+    }
+}
