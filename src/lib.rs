@@ -11,10 +11,12 @@
 //!   evaluation into a `Grant`.
 //! * `decision`: the per-token decision cache in front of verification and evaluation.
 //! * `tools`: the offline `explain` and `test` commands over policies.
+//! * `accounts`: config vs operator mode, and which key signs users into which account.
 //! * `callout`: one request in, one signed answer out (`Authorizer::handle`).
 //! * `service`: the NATS loop — queue subscription, bounded concurrency, drain.
 //! * `config`, `cli`, `keys`, `telemetry`: the edges — configuration files, commands, key
 //!   material, logging and the wall clock.
+//! * `nats_config`: the nats-server configuration (and operator-mode JWTs) matching the keys.
 //! * `deny`, `diagnostic`, `duration`: small shared vocabularies.
 
 #![deny(
@@ -27,6 +29,7 @@
     clippy::await_holding_lock
 )]
 
+pub mod accounts;
 pub mod callout;
 pub mod cli;
 pub mod config;
@@ -36,6 +39,7 @@ pub mod diagnostic;
 pub mod duration;
 pub mod identity;
 pub mod keys;
+pub mod nats_config;
 pub mod nats_jwt;
 pub mod oidc;
 pub mod policy;

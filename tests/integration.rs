@@ -16,3 +16,5 @@ mod entra;
 mod isolation;
 #[path = "integration/oidc.rs"]
 mod oidc;
+#[path = "integration/operator.rs"]
+mod operator;

@@ -4,3 +4,4 @@
 pub mod graph;
 pub mod issuer;
 pub mod nats;
+pub mod operator;
