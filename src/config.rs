@@ -1505,6 +1505,129 @@ mod tests {
         );
     }
 
+    /// An operator-mode configuration in `dir`: a creds file, the callout account seed, and
+    /// APP with a signing key; returns (APP public key, callout public key).
+    fn operator_files(dir: &Path) -> (String, String) {
+        let callout = nkeys::KeyPair::new_account();
+        let app = nkeys::KeyPair::new_account();
+        let signing = nkeys::KeyPair::new_account();
+        std::fs::write(dir.join("auth.nk"), callout.seed().unwrap()).unwrap();
+        std::fs::write(dir.join("app-signing.nk"), signing.seed().unwrap()).unwrap();
+        let creds = crate::nats_jwt::format_credentials("eyJ.x.y", "SUXXX");
+        std::fs::write(dir.join("service.creds"), creds).unwrap();
+        (app.public_key(), callout.public_key())
+    }
+
+    fn operator_config(app: &str, accounts_extra: &str) -> String {
+        format!(
+            "nats:\n  credentials_file: service.creds\n\
+             callout:\n  mode: operator\n  issuer_seed_file: auth.nk\n\
+             accounts:\n  APP:\n    public_key: {app}\n    signing_key_seed_file: app-signing.nk\n{accounts_extra}\
+             providers:\n  - name: contoso\n    kind: entra\n    tenant: {TENANT}\n    audiences: [api://nats]\n\
+             policies: policy.yaml\n"
+        )
+    }
+
+    #[test]
+    fn operator_mode_maps_policy_accounts_to_their_signing_keys() {
+        use crate::accounts::Mode;
+
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path());
+        let (app, callout) = operator_files(dir.path());
+        let config = load(dir.path(), &operator_config(&app, "")).unwrap();
+        let signers = &config.callout.signers;
+        assert_eq!(signers.mode(), Mode::Operator);
+        assert_eq!(signers.response().account(), callout);
+        let issuer = signers.user_issuer("APP").unwrap();
+        assert_eq!(issuer.audience, app);
+        assert_eq!(issuer.issuer_account, Some(app.as_str()));
+        assert!(matches!(config.nats.auth, NatsAuth::Credentials(_)));
+
+        // A policy account the service holds no key for is a located policy error.
+        std::fs::write(dir.path().join("policy.yaml"), policy_for("OTHER")).unwrap();
+        let text = load(dir.path(), &operator_config(&app, ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains(
+                "policy.yaml:5:14: account `OTHER` is not one of the configured accounts (APP)"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn operator_mode_problems_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path());
+        let (app, callout) = operator_files(dir.path());
+        let extra = format!(
+            "  AUTHZ:\n    public_key: {callout}\n    signing_key_seed_file: auth.nk\n\
+             \x20 HALF:\n    public_key: {app}\n"
+        );
+        let text = load(dir.path(), &operator_config(&app, &extra))
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "config.yaml:11:17: account `AUTHZ` is the callout account",
+            "config.yaml:14:5: account `HALF` needs public_key and signing_key_seed_file",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+
+        let text = load(
+            dir.path(),
+            &operator_config(&app, "").replace("mode: operator", "mode: decentral"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            text.contains("config.yaml:4:9: unknown callout mode \"decentral\""),
+            "{text}"
+        );
+
+        // Operator mode connects with creds; config mode cannot use them.
+        let password = operator_config(&app, "").replace(
+            "credentials_file: service.creds",
+            "user: auth\n  password_env: NATS_PASSWORD",
+        );
+        let text = load(dir.path(), &password).unwrap_err().to_string();
+        assert!(
+            text.contains(
+                "config.yaml:5:9: operator mode: the service connects with nats.credentials_file"
+            ),
+            "{text}"
+        );
+        let config_mode = GOOD.replace("TENANT", TENANT).replace(
+            "  user: auth\n  password_env: NATS_PASSWORD\n",
+            "  credentials_file: service.creds\n",
+        );
+        let text = load(dir.path(), &config_mode).unwrap_err().to_string();
+        assert!(
+            text.contains("nats.credentials_file needs callout.mode: operator"),
+            "{text}"
+        );
+        // In config mode, `accounts` only lists names; keys are refused.
+        let keyed = format!(
+            "{}accounts:\n  APP:\n    public_key: {app}\n",
+            GOOD.replace("TENANT", TENANT)
+        );
+        let text = load(dir.path(), &keyed).unwrap_err().to_string();
+        assert!(text.contains("keys apply to operator mode only"), "{text}");
+        let listed = format!("{}accounts:\n  APP: {{}}\n", GOOD.replace("TENANT", TENANT));
+        load(dir.path(), &listed).unwrap();
+        let listed = format!(
+            "{}accounts:\n  OTHER: {{}}\n",
+            GOOD.replace("TENANT", TENANT)
+        );
+        let text = load(dir.path(), &listed).unwrap_err().to_string();
+        assert!(
+            text.contains("account `APP` is not one of the configured accounts"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn users_are_never_placed_in_the_system_or_callout_account() {
         let dir = tempfile::tempdir().unwrap();
