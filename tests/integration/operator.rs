@@ -21,6 +21,7 @@ use entra_callout::callout::Authorizer;
 use entra_callout::config::{Config, ProcessEnv};
 use entra_callout::keys::{OperatorKeys, SENTINEL_CREDS, SYSTEM_CREDS};
 use entra_callout::nats_config::Resolver;
+use entra_callout::nats_jwt::{Account, Claims};
 use entra_callout::oidc::Verifier;
 use entra_callout::service::{self, LoopSettings};
 
@@ -70,11 +71,27 @@ struct Replica {
 
 impl Stack {
     /// `allowed`: the callout account's `allowed_accounts` by name (default: every target).
-    async fn start(allowed: Option<&[&str]>) -> Self {
+    /// `response_signing_key`: the service signs responses with a signing key of the callout
+    /// account instead of its account key, and requests are not encrypted.
+    async fn start(allowed: Option<&[&str]>, response_signing_key: bool) -> Self {
         let issuer = TestIssuer::start_for_tenants(&[TENANT, OTHER_TENANT]).await;
         let dir = tempfile::tempdir().unwrap();
         let keys = operator::init(&dir.path().join("keys"), &["APP", "OTHER"]);
-        let server = NatsServer::start(&operator::server_config(&keys, &Resolver::Memory, allowed));
+        let signing = nkeys::KeyPair::new_account();
+        let edit = |auth: &mut Claims<Account>| {
+            if let Some(allowed) = allowed {
+                auth.nats.authorization.allowed_accounts = allowed
+                    .iter()
+                    .map(|name| keys.accounts[*name].account.public_key())
+                    .collect();
+            }
+            if response_signing_key {
+                auth.nats.signing_keys = vec![signing.public_key()];
+                // In plaintext: nats-server skips the response-signer check for sealed ones.
+                auth.nats.authorization.xkey = String::new();
+            }
+        };
+        let server = NatsServer::start(&operator::server_config(&keys, &Resolver::Memory, edit));
         let policy = POLICY
             .replace("CONTOSO_TID", TENANT)
             .replace("FABRIKAM_TID", OTHER_TENANT);
@@ -84,7 +101,22 @@ impl Stack {
              audiences: [\"{AUDIENCE}\"]\n    authority: {}\n",
             issuer.authority()
         );
-        let config = operator::service_config(&keys, &server.url(), &providers);
+        let mut config = operator::service_config(&keys, &server.url(), &providers);
+        if response_signing_key {
+            std::fs::write(
+                dir.path().join("keys/auth-signing.nk"),
+                signing.seed().unwrap(),
+            )
+            .unwrap();
+            config = config.replace("  xkey_seed_file: keys/xkey.nk\n", "");
+            config = config.replace(
+                "issuer_seed_file: keys/auth.nk",
+                &format!(
+                    "issuer_seed_file: keys/auth-signing.nk\n  issuer_account: {}",
+                    keys.callout.public_key()
+                ),
+            );
+        }
         let config_path = dir.path().join("entra-callout.yaml");
         std::fs::write(&config_path, config).unwrap();
         Self {
@@ -191,7 +223,7 @@ async fn silent(sub: &mut async_nats::Subscriber) -> bool {
 
 #[tokio::test]
 async fn users_are_minted_into_their_tenants_account_with_its_signing_key() {
-    let stack = Stack::start(None).await;
+    let stack = Stack::start(None, false).await;
     let replica = stack.replica().await;
 
     // The service holds only the targets' signing keys, never their account seeds: every
@@ -244,8 +276,32 @@ async fn users_are_minted_into_their_tenants_account_with_its_signing_key() {
 }
 
 #[tokio::test]
+async fn responses_may_be_signed_by_a_signing_key_of_the_callout_account() {
+    let stack = Stack::start(None, true).await;
+    let replica = stack.replica().await;
+    stack
+        .connect(&stack.contoso_token())
+        .await
+        .expect("admitted with a response signed by the callout account's signing key");
+    let err = stack
+        .connect(&stack.issuer.token(json!({ "roles": ["Stranger"] })))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.kind(), ConnectErrorKind::AuthorizationViolation);
+    assert!(
+        stack
+            .server
+            .wait_for_log("Auth callout service returned an error: no_matching_policy")
+            .await
+    );
+    let stats = replica.authorizer.stats();
+    assert_eq!((stats.allowed, stats.denied), (1, 1));
+    replica.stop().await;
+}
+
+#[tokio::test]
 async fn an_account_missing_from_allowed_accounts_is_refused_by_the_server() {
-    let stack = Stack::start(Some(&["APP"])).await;
+    let stack = Stack::start(Some(&["APP"]), false).await;
     let replica = stack.replica().await;
     stack
         .connect(&stack.contoso_token())
@@ -273,7 +329,7 @@ async fn an_account_missing_from_allowed_accounts_is_refused_by_the_server() {
 
 #[tokio::test]
 async fn refusals_are_error_responses_the_server_acts_on_at_once() {
-    let stack = Stack::start(None).await;
+    let stack = Stack::start(None, false).await;
     let replica = stack.replica().await;
     let now = entra_callout::telemetry::unix_now();
     let cases = [
@@ -319,7 +375,7 @@ async fn refusals_are_error_responses_the_server_acts_on_at_once() {
 
 #[tokio::test]
 async fn revoking_a_minted_user_disconnects_only_that_client() {
-    let stack = Stack::start(None).await;
+    let stack = Stack::start(None, false).await;
     // The binary, so the revocation handle comes from where operators find it: the audit log.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_entra-callout"))
         .args(["serve", "--config"])

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use entra_callout::keys::{self, OperatorKeys};
 use entra_callout::nats_config::{self, Resolver};
-use entra_callout::nats_jwt;
+use entra_callout::nats_jwt::{self, Account, Claims};
 
 /// Writes operator-mode keys with target `accounts` into `dir`.
 pub fn init(dir: &Path, accounts: &[&str]) -> OperatorKeys {
@@ -16,22 +16,20 @@ pub fn init(dir: &Path, accounts: &[&str]) -> OperatorKeys {
     keys::init_operator(dir, &names, now()).expect("operator keys")
 }
 
-/// The nats-server configuration `nats-config --mode operator` prints. With `allowed`, the
-/// callout account's `allowed_accounts` lists only those target accounts.
-pub fn server_config(keys: &OperatorKeys, resolver: &Resolver, allowed: Option<&[&str]>) -> String {
+/// The nats-server configuration `nats-config --mode operator` prints, with the callout
+/// account's claims passed through `edit` (a no-op keeps the rendered text as is).
+pub fn server_config(
+    keys: &OperatorKeys,
+    resolver: &Resolver,
+    edit: impl FnOnce(&mut Claims<Account>),
+) -> String {
     let now = now();
     let text = nats_config::operator_mode(keys, resolver, now).expect("server configuration");
-    let Some(allowed) = allowed else {
-        return text;
-    };
     // Signing is deterministic, so the rendered AUTH JWT can be found and swapped.
     let (_, jwts) = nats_config::operator_jwts(keys, now).unwrap();
     let original = jwts.iter().find(|a| a.name == "AUTH").unwrap();
     let mut claims = nats_config::callout_claims(keys);
-    claims.nats.authorization.allowed_accounts = allowed
-        .iter()
-        .map(|name| keys.accounts[*name].account.public_key())
-        .collect();
+    edit(&mut claims);
     let replaced = nats_jwt::encode(&mut claims, &keys.operator, now).unwrap();
     assert!(text.contains(&original.jwt));
     text.replace(&original.jwt, &replaced)
