@@ -13,6 +13,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
+use crate::accounts::{Signers, UserIssuer};
 use crate::config::CalloutSettings;
 use crate::decision::{DEFAULT_DECISION_CACHE_SIZE, Decision, DecisionCache, token_key};
 use crate::deny::DenyReason;
@@ -27,7 +28,7 @@ const MAX_NAME_LEN: usize = 256;
 
 /// Everything a decision needs, shared by all request tasks.
 pub struct Authorizer {
-    issuer: nkeys::KeyPair,
+    signers: Signers,
     xkey: Option<nkeys::XKey>,
     verifier: Arc<Verifier>,
     generation: ArcSwap<Generation>,
@@ -99,6 +100,9 @@ pub struct AuditEvent {
     pub client_host: String,
     /// The client's connection id on that server.
     pub client_id: u64,
+    /// The user key the server generated for this connection; the minted JWT's subject and
+    /// what an operator revokes in operator mode.
+    pub user_nkey: String,
     /// `allow` or `deny`.
     pub outcome: &'static str,
     /// Why the client was refused; absent when admitted.
@@ -159,7 +163,8 @@ fn is_false(value: &bool) -> bool {
 }
 
 impl Authorizer {
-    /// Builds an authorizer. `issuer` signs user JWTs and responses; `xkey` opens sealed requests.
+    /// Builds a config-mode authorizer. `issuer` signs user JWTs and responses; `xkey` opens
+    /// sealed requests. [`Authorizer::with_signers`] switches to other keys (operator mode).
     pub fn new(
         issuer: nkeys::KeyPair,
         xkey: Option<nkeys::XKey>,
@@ -168,7 +173,7 @@ impl Authorizer {
         request_leeway_secs: u64,
     ) -> Self {
         Self {
-            issuer,
+            signers: Signers::config(issuer),
             xkey,
             verifier,
             generation: ArcSwap::from_pointee(Generation {
@@ -195,6 +200,14 @@ impl Authorizer {
             callout.request_leeway.as_secs(),
         )
         .with_decision_cache(callout.decision_cache_size)
+        .with_signers(callout.signers.clone())
+    }
+
+    /// Signs with `signers` instead: operator mode, or config mode with another issuer.
+    #[must_use]
+    pub fn with_signers(mut self, signers: Signers) -> Self {
+        self.signers = signers;
+        self
     }
 
     /// Sets the decision cache's capacity (0 disables it), emptying it.
@@ -296,7 +309,15 @@ impl Authorizer {
             Err(denial) => (Err(denial.reason.code()), false),
         };
         let audit = audit(request, &decision, now);
-        match nats_jwt::encode_response(request, outcome, &self.issuer, self.xkey.as_ref(), now) {
+        let signer = self.signers.response();
+        match nats_jwt::encode_response_as(
+            request,
+            outcome,
+            signer.key(),
+            signer.issuer_account(),
+            self.xkey.as_ref(),
+            now,
+        ) {
             Ok(body) => {
                 let counter = if allowed {
                     &self.counts.allowed
@@ -365,8 +386,19 @@ impl Authorizer {
                 (decision, false)
             }
         };
+        // Config validation makes sure every policy account has a key; a miss here means a
+        // policy changed under us, and refusing is the only safe answer.
+        let issuer = self
+            .signers
+            .user_issuer(&decision.grant.account)
+            .map_err(|err| Denial {
+                reason: DenyReason::Internal,
+                detail: err.to_string(),
+                token_hash: Some(token_hash.clone()),
+                identity: Some(decision.identity.clone()),
+            })?;
         let jwt = mint_user(
-            &self.issuer,
+            &issuer,
             &request.claims.nats.user_nkey,
             &decision.identity,
             &decision.grant,
@@ -415,12 +447,12 @@ impl Denial {
     }
 }
 
-/// Builds and signs the user JWT for `grant`.
+/// Builds and signs the user JWT for `grant` with `issuer` (see [`Signers::user_issuer`]).
 ///
 /// A direction without allows gets `deny: [">"]`: a user JWT without explicit permissions would
 /// get the whole account, so nothing is ever left open by omission.
 pub fn mint_user(
-    issuer: &nkeys::KeyPair,
+    issuer: &UserIssuer<'_>,
     user_nkey: &str,
     identity: &Identity,
     grant: &Grant,
@@ -443,14 +475,17 @@ pub fn mint_user(
         }
     };
     let name = user_name(identity);
-    let mut claims = Claims::<User>::new(user_nkey, &grant.account, &name, grant.expires_at);
+    let mut claims = Claims::<User>::new(user_nkey, issuer.audience, &name, grant.expires_at);
+    if let Some(account) = issuer.issuer_account {
+        account.clone_into(&mut claims.nats.issuer_account);
+    }
     claims.nats.publish = direction(&grant.publish.allow, &grant.publish.deny);
     claims.nats.subscribe = direction(&grant.subscribe.allow, &grant.subscribe.deny);
     claims.nats.resp = grant.responses.as_ref().map(|r| ResponsePermission {
         max: r.max,
         ttl: i64::try_from(r.ttl.as_nanos()).unwrap_or(i64::MAX),
     });
-    Ok(nats_jwt::encode(&mut claims, issuer, now)?)
+    Ok(nats_jwt::encode(&mut claims, issuer.key, now)?)
 }
 
 /// Why a user JWT could not be minted.
@@ -503,6 +538,7 @@ fn audit(request: &Request, decision: &Result<Minted, Denial>, now: u64) -> Audi
         server_name: server.name.clone(),
         client_host: client.host.clone(),
         client_id: client.id,
+        user_nkey: request.claims.nats.user_nkey.clone(),
         outcome: if decision.is_ok() { "allow" } else { "deny" },
         reason: None,
         detail: None,
@@ -558,6 +594,8 @@ fn log_audit(e: &AuditEvent) {
             server_id = %e.server_id,
             client_host = %e.client_host,
             client_id = e.client_id,
+            // The minted user's key: what an operator revokes in the account JWT.
+            user_nkey = %e.user_nkey,
             provider = or_empty(&e.provider),
             tenant = or_empty(&e.tenant),
             object_id = or_empty(&e.object_id),
@@ -653,11 +691,26 @@ mod tests {
         .unwrap()
     }
 
+    fn config_issuer(key: &nkeys::KeyPair) -> UserIssuer<'_> {
+        UserIssuer {
+            key,
+            audience: "APP",
+            issuer_account: None,
+        }
+    }
+
     #[test]
     fn a_direction_without_allows_is_denied_explicitly() {
         let issuer = nkeys::KeyPair::new_account();
         let user = nkeys::KeyPair::new_user().public_key();
-        let jwt = mint_user(&issuer, &user, &identity(), &grant(&[], &["a.>"]), 1_000).unwrap();
+        let jwt = mint_user(
+            &config_issuer(&issuer),
+            &user,
+            &identity(),
+            &grant(&[], &["a.>"]),
+            1_000,
+        )
+        .unwrap();
         let claims = payload(&jwt);
         assert_eq!(claims["sub"], user.as_str());
         assert_eq!(claims["aud"], "APP");
@@ -684,8 +737,37 @@ mod tests {
     fn a_grant_without_any_allow_is_never_minted() {
         let issuer = nkeys::KeyPair::new_account();
         let user = nkeys::KeyPair::new_user().public_key();
-        let err = mint_user(&issuer, &user, &identity(), &grant(&[], &[]), 1_000).unwrap_err();
+        let err = mint_user(
+            &config_issuer(&issuer),
+            &user,
+            &identity(),
+            &grant(&[], &[]),
+            1_000,
+        )
+        .unwrap_err();
         assert!(matches!(err, MintError::NoPermissions));
+    }
+
+    #[test]
+    fn operator_mode_users_carry_the_account_key_and_issuer_account() {
+        use crate::accounts::{AccountKey, Signers};
+
+        let app = nkeys::KeyPair::new_account();
+        let signing = nkeys::KeyPair::new_account();
+        let signers = Signers::operator(
+            AccountKey::own(nkeys::KeyPair::new_account()).unwrap(),
+            [(
+                "APP".to_owned(),
+                AccountKey::new(&app.public_key(), signing.clone()).unwrap(),
+            )],
+        );
+        let user = nkeys::KeyPair::new_user().public_key();
+        let issuer = signers.user_issuer("APP").unwrap();
+        let jwt = mint_user(&issuer, &user, &identity(), &grant(&["a.>"], &[]), 1_000).unwrap();
+        let claims = payload(&jwt);
+        assert_eq!(claims["iss"], signing.public_key().as_str());
+        assert_eq!(claims["aud"], app.public_key().as_str());
+        assert_eq!(claims["nats"]["issuer_account"], app.public_key().as_str());
     }
 
     #[test]

@@ -81,17 +81,66 @@ pub enum Command {
     /// Start a local environment (nats-server, a dev token issuer, the service with the example
     /// policies), or print a dev token with `dev token`. Needs no Azure tenant.
     Dev(crate::dev::DevArgs),
+    /// Print the nats-server configuration matching the keys of `keys init`: max_control_line,
+    /// the callout wiring with the service's own user as the only auth user, and in operator
+    /// mode the signed operator and account JWTs as a resolver preload. Prints no secret.
+    NatsConfig {
+        /// How nats-server is set up.
+        #[arg(long, value_enum)]
+        mode: ModeArg,
+        /// The key directory written by `keys init`.
+        #[arg(long, default_value = "keys")]
+        keys: PathBuf,
+        /// Config mode: a target account (repeatable).
+        #[arg(long = "account", default_values_t = [String::from("APP")])]
+        accounts: Vec<String>,
+        /// Config mode: the service's user name.
+        #[arg(long, default_value = "auth")]
+        user: String,
+        /// Operator mode: where the server keeps account JWTs.
+        #[arg(long, value_enum, default_value_t = ResolverArg::Memory)]
+        resolver: ResolverArg,
+        /// Operator mode, `--resolver full`: the JWT directory.
+        #[arg(long, default_value = "./jwt")]
+        resolver_dir: String,
+    },
 }
 
 /// `keys` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Create the issuer seed, curve seed and NATS password for a new config-mode deployment.
-    /// Seed files are written with mode 0600 and never printed; existing files are kept.
+    /// Create the key material for a new deployment. Config mode: issuer seed, curve seed and
+    /// NATS password. Operator mode: operator, system, callout and target account seeds, the
+    /// service's and the sentinel's creds, a system user's creds, and the curve seed. Secret
+    /// files are written with mode 0600 and never printed; existing files are kept.
     Init {
         /// Directory to write the keys into.
         dir: PathBuf,
+        /// How nats-server is set up.
+        #[arg(long, value_enum, default_value_t = ModeArg::Config)]
+        mode: ModeArg,
+        /// Operator mode: a target account to create (repeatable).
+        #[arg(long = "account", default_values_t = [String::from("APP")])]
+        accounts: Vec<String>,
     },
+}
+
+/// `--mode` of `keys init` and `nats-config`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// `auth_callout` in the server configuration.
+    Config,
+    /// Decentralized JWT auth; the callout is in the callout account's JWT.
+    Operator,
+}
+
+/// `--resolver` of `nats-config --mode operator`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResolverArg {
+    /// `resolver: MEM`: the preloaded JWTs, updates last until restart.
+    Memory,
+    /// The NATS-based `full` resolver: updates (revocations) persist in a directory.
+    Full,
 }
 
 /// Runs the parsed command line.
@@ -108,12 +157,158 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => explain(&config, token.as_deref(), claims.as_deref(), now, json),
         Command::Test { config, tests } => test(&config, &tests),
         Command::Dev(args) => Ok(crate::dev::run(args)?),
-        Command::Keys(KeysCommand::Init { dir }) => {
+        Command::Keys(KeysCommand::Init {
+            dir,
+            mode: ModeArg::Config,
+            ..
+        }) => {
             let created = keys::init(&dir)?;
             println!("wrote keys to {}", dir.display());
             println!("issuer (auth_callout.issuer): {}", created.issuer);
             println!("xkey   (auth_callout.xkey):   {}", created.xkey);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::Init {
+            dir,
+            mode: ModeArg::Operator,
+            accounts,
+        }) => {
+            let created = keys::init_operator(&dir, &accounts, telemetry::unix_now())?;
+            print!("{}", operator_summary(&dir, &created));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::NatsConfig {
+            mode,
+            keys: dir,
+            accounts,
+            user,
+            resolver,
+            resolver_dir,
+        } => {
+            print!(
+                "{}",
+                nats_config(mode, &dir, &accounts, &user, resolver, resolver_dir)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Public keys and the service configuration that uses them; no seed.
+fn operator_summary(dir: &Path, created: &keys::OperatorKeys) -> String {
+    use std::fmt::Write;
+
+    let path = |name: &str| dir.join(name).display().to_string();
+    let mut out = String::new();
+    let _ = writeln!(out, "wrote operator-mode keys to {}", dir.display());
+    let _ = writeln!(out, "operator:        {}", created.operator.public_key());
+    let _ = writeln!(out, "system account:  {}", created.system.public_key());
+    let _ = writeln!(out, "callout account: {}", created.callout.public_key());
+    let _ = writeln!(
+        out,
+        "service user:    {} (the callout account's only auth user)",
+        created.service_user
+    );
+    let _ = writeln!(out, "xkey:            {}", created.xkey);
+    for (name, target) in &created.accounts {
+        let _ = writeln!(
+            out,
+            "account {name}: {} (signing key {})",
+            target.account.public_key(),
+            target.signing.public_key()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nnext: entra-callout nats-config --mode operator --keys {} > nats-server.conf",
+        dir.display()
+    );
+    let _ = writeln!(
+        out,
+        "clients present {} (or nothing: it is the server's default_sentinel) and their token",
+        path(keys::SENTINEL_CREDS)
+    );
+    let _ = writeln!(out, "\nservice configuration:");
+    let _ = writeln!(
+        out,
+        "nats:\n  credentials_file: {}",
+        path(keys::SERVICE_CREDS)
+    );
+    let _ = writeln!(
+        out,
+        "callout:\n  mode: operator\n  issuer_seed_file: {}\n  xkey_seed_file: {}",
+        path(keys::CALLOUT_SEED),
+        path(keys::XKEY_SEED)
+    );
+    let _ = writeln!(out, "accounts:");
+    for (name, target) in &created.accounts {
+        let _ = writeln!(
+            out,
+            "  {name}:\n    public_key: {}\n    signing_key_seed_file: {}",
+            target.account.public_key(),
+            path(&keys::signing_key_file(name)),
+        );
+    }
+    out
+}
+
+fn nats_config(
+    mode: ModeArg,
+    dir: &Path,
+    accounts: &[String],
+    user: &str,
+    resolver: ResolverArg,
+    resolver_dir: String,
+) -> anyhow::Result<String> {
+    match mode {
+        ModeArg::Config => {
+            let seed = std::fs::read_to_string(dir.join(keys::ISSUER_SEED)).with_context(|| {
+                format!("cannot read {}", dir.join(keys::ISSUER_SEED).display())
+            })?;
+            let issuer = nkeys::KeyPair::from_seed(seed.trim())
+                .ok()
+                .filter(|kp| kp.key_pair_type() == nkeys::KeyPairType::Account)
+                .with_context(|| {
+                    format!(
+                        "{} is not an account seed (SA...)",
+                        dir.join(keys::ISSUER_SEED).display()
+                    )
+                })?;
+            let xkey = match std::fs::read_to_string(dir.join(keys::XKEY_SEED)) {
+                Ok(seed) => Some(
+                    nkeys::XKey::from_seed(seed.trim())
+                        .ok()
+                        .with_context(|| {
+                            format!(
+                                "{} is not a curve seed (SX...)",
+                                dir.join(keys::XKEY_SEED).display()
+                            )
+                        })?
+                        .public_key(),
+                ),
+                Err(_) => None,
+            };
+            Ok(crate::nats_config::config_mode(
+                &crate::nats_config::ConfigMode {
+                    issuer: &issuer.public_key(),
+                    xkey: xkey.as_deref(),
+                    user,
+                    callout_account: crate::config::DEFAULT_CALLOUT_ACCOUNT,
+                    accounts,
+                },
+            ))
+        }
+        ModeArg::Operator => {
+            let keys = keys::load_operator(dir)?;
+            let resolver = match resolver {
+                ResolverArg::Memory => crate::nats_config::Resolver::Memory,
+                ResolverArg::Full => crate::nats_config::Resolver::Full { dir: resolver_dir },
+            };
+            Ok(crate::nats_config::operator_mode(
+                &keys,
+                &resolver,
+                telemetry::unix_now(),
+            )?)
         }
     }
 }

@@ -6,6 +6,7 @@
 //! Secrets (seeds, passwords) come from files or environment variables; their values never
 //! appear in errors.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::{DefaultMessageFormatter, MessageFormatter, Spanned};
 
+use crate::accounts::{AccountKey, Mode, Signers};
 use crate::diagnostic::Diagnostic;
 use crate::duration::parse_duration;
 use crate::oidc::{
@@ -109,6 +111,8 @@ pub enum NatsAuth {
     },
     /// An nkey seed (`SU...`).
     Nkey(Secret),
+    /// A `.creds` file: user JWT and seed (operator mode).
+    Credentials(PathBuf),
     /// No credentials (only for servers that need none; unusual with callouts).
     None,
 }
@@ -118,6 +122,7 @@ impl fmt::Debug for NatsAuth {
         match self {
             Self::UserPassword { user, .. } => write!(f, "UserPassword({user}, <redacted>)"),
             Self::Nkey(_) => f.write_str("Nkey(<redacted>)"),
+            Self::Credentials(path) => write!(f, "Credentials({})", path.display()),
             Self::None => f.write_str("None"),
         }
     }
@@ -142,8 +147,10 @@ impl fmt::Debug for Secret {
 
 /// Keys and limits of the callout.
 pub struct CalloutSettings {
-    /// The issuer account key pair (`SA...`): signs user JWTs and responses.
+    /// The issuer account key pair (`SA...`): signs responses, and in config mode user JWTs.
     pub issuer: nkeys::KeyPair,
+    /// The mode and every signing key, for `Authorizer::with_signers`.
+    pub signers: Signers,
     /// The service's curve key (`SX...`), when the server encrypts requests.
     pub xkey: Option<nkeys::XKey>,
     /// Upper bound on the lifetime of a minted user JWT.
@@ -166,6 +173,7 @@ impl fmt::Debug for CalloutSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CalloutSettings")
             .field("issuer", &self.issuer.public_key())
+            .field("signers", &self.signers)
             .field("xkey", &self.xkey.as_ref().map(nkeys::XKey::public_key))
             .field("max_ttl", &self.max_ttl)
             .field("max_concurrency", &self.max_concurrency)
@@ -252,6 +260,20 @@ pub struct RawConfig {
     /// Policy reloading.
     #[serde(default)]
     pub policy_reload: RawPolicyReload,
+    /// Target accounts by the name policies use; keys in operator mode.
+    pub accounts: Option<Spanned<BTreeMap<String, Spanned<RawAccount>>>>,
+}
+
+/// One entry of `accounts:` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccount {
+    /// Operator mode: the account's public key (`A...`).
+    pub public_key: Option<Spanned<String>>,
+    /// Operator mode: file holding the account's seed or a plain signing key seed (`SA...`).
+    pub signing_key_seed_file: Option<Spanned<String>>,
+    /// Operator mode: environment variable holding that seed.
+    pub signing_key_seed_env: Option<Spanned<String>>,
 }
 
 /// `nats:` as written.
@@ -270,6 +292,8 @@ pub struct RawNats {
     pub nkey_seed_file: Option<Spanned<String>>,
     /// Environment variable holding an nkey seed.
     pub nkey_seed_env: Option<Spanned<String>>,
+    /// A `.creds` file (operator mode).
+    pub credentials_file: Option<Spanned<String>>,
     /// Queue group name.
     pub queue_group: Option<Spanned<String>>,
     /// Account the requests arrive in.
@@ -282,6 +306,11 @@ pub struct RawNats {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCallout {
+    /// `config` (default) or `operator`.
+    pub mode: Option<Spanned<String>>,
+    /// Operator mode: the callout account's public key, when the issuer seed is one of its
+    /// signing keys.
+    pub issuer_account: Option<Spanned<String>>,
     /// File holding the issuer account seed (`SA...`).
     pub issuer_seed_file: Option<Spanned<String>>,
     /// Environment variable holding the issuer account seed.
@@ -526,6 +555,9 @@ impl Validator<'_> {
     }
 
     fn build(&mut self, raw: RawConfig, path: &Path) -> Option<Config> {
+        let mode = raw.callout.value.mode.clone();
+        let issuer_account = raw.callout.value.issuer_account.clone();
+        let callout_at = Loc::of(&raw.callout);
         let nats = self.nats(raw.nats);
         let callout = self.callout(raw.callout);
         let providers = self.providers(raw.providers);
@@ -539,7 +571,17 @@ impl Validator<'_> {
         let audit = self.audit(raw.audit);
         let policy_reload = self.policy_reload(raw.policy_reload);
         let policies_path = self.base.join(&raw.policies.value);
-        let (nats, callout) = (nats?, callout?);
+        let (nats, mut callout) = (nats?, callout?);
+        let accounts = self.accounts(
+            AccountsInput {
+                mode,
+                issuer_account,
+                callout_at,
+                raw: raw.accounts,
+            },
+            &nats,
+            &mut callout,
+        );
         let forbidden = vec![
             nats.system_account.clone(),
             nats.callout_account.clone(),
@@ -547,6 +589,7 @@ impl Validator<'_> {
         ];
         let opts = CompileOptions {
             forbidden_accounts: forbidden,
+            accounts,
             default_max_ttl: callout.max_ttl,
             providers: provider_names,
         };
@@ -597,6 +640,10 @@ impl Validator<'_> {
         let password_given = raw.password_file.is_some() || raw.password_env.is_some();
         let password = self.secret("password", raw.password_file, raw.password_env);
         let seed = self.secret("nkey seed", raw.nkey_seed_file, raw.nkey_seed_env);
+        let others_given = raw.user.is_some() || password_given || seed.is_some();
+        let credentials = raw
+            .credentials_file
+            .map(|creds| self.credentials(&creds, others_given));
         let auth = match (raw.user, password, seed) {
             (Some(user), Some((password, _)), None) => NatsAuth::UserPassword {
                 user: user.value,
@@ -628,6 +675,7 @@ impl Validator<'_> {
                 NatsAuth::None
             }
         };
+        let auth = credentials.unwrap_or(auth);
         let name = |v: Option<Spanned<String>>, default: &str| {
             v.map_or_else(|| default.to_owned(), |s| s.value)
         };
@@ -709,8 +757,10 @@ impl Validator<'_> {
             Some(n) => usize::try_from(n.value).unwrap_or(DEFAULT_MAX_QUEUED),
         };
         let queue_timeout = self.duration(queue_timeout, DEFAULT_QUEUE_TIMEOUT);
+        let issuer = issuer?;
         Some(CalloutSettings {
-            issuer: issuer?,
+            signers: Signers::config(issuer.clone()),
+            issuer,
             xkey,
             max_ttl,
             max_concurrency,
@@ -1158,6 +1208,169 @@ impl Validator<'_> {
     }
 }
 
+/// What [`Validator::accounts`] needs from the rest of the file.
+struct AccountsInput {
+    mode: Option<Spanned<String>>,
+    issuer_account: Option<Spanned<String>>,
+    callout_at: Loc,
+    raw: Option<Spanned<BTreeMap<String, Spanned<RawAccount>>>>,
+}
+
+impl Validator<'_> {
+    /// Settles the mode and the target accounts: sets `callout.signers` and returns the account
+    /// names policies may use (empty = any name, config mode without an `accounts` list).
+    fn accounts(
+        &mut self,
+        input: AccountsInput,
+        nats: &NatsSettings,
+        callout: &mut CalloutSettings,
+    ) -> Vec<String> {
+        let mode = match &input.mode {
+            None => Mode::Config,
+            Some(m) => match m.value.as_str() {
+                "config" => Mode::Config,
+                "operator" => Mode::Operator,
+                other => {
+                    self.problem(
+                        m,
+                        format!("unknown callout mode {other:?}; expected config or operator"),
+                    );
+                    return Vec::new();
+                }
+            },
+        };
+        let mode_at = input.mode.as_ref().map_or(input.callout_at, Loc::of);
+        let entries = input.raw.map(|r| r.value).unwrap_or_default();
+        let names: Vec<String> = entries.keys().cloned().collect();
+        if mode == Mode::Config {
+            if let Some(at) = &input.issuer_account {
+                self.problem(at, "callout.issuer_account applies to operator mode only");
+            }
+            if let NatsAuth::Credentials(_) = nats.auth {
+                self.problem_at(
+                    mode_at,
+                    "nats.credentials_file needs callout.mode: operator; config-mode servers \
+                     do not accept user JWTs",
+                );
+            }
+            for (name, entry) in &entries {
+                let e = &entry.value;
+                let keyed = [
+                    &e.public_key,
+                    &e.signing_key_seed_file,
+                    &e.signing_key_seed_env,
+                ];
+                if keyed.iter().any(|k| k.is_some()) {
+                    self.problem(
+                        entry,
+                        format!(
+                            "account `{name}`: keys apply to operator mode only; in config mode \
+                             the callout issuer signs for every account"
+                        ),
+                    );
+                }
+            }
+            return names;
+        }
+
+        if !matches!(nats.auth, NatsAuth::Credentials(_)) {
+            self.problem_at(
+                mode_at,
+                "operator mode: the service connects with nats.credentials_file (a user of the \
+                 callout account listed in its auth_users)",
+            );
+        }
+        let response = match &input.issuer_account {
+            None => AccountKey::own(callout.issuer.clone()),
+            Some(at) => AccountKey::new(&at.value, callout.issuer.clone()),
+        };
+        let response = match response {
+            Ok(key) => key,
+            Err(err) => {
+                let at = input.issuer_account.as_ref().map_or(mode_at, Loc::of);
+                self.problem_at(at, format!("callout.issuer_account: {err}"));
+                return names;
+            }
+        };
+        if entries.is_empty() {
+            self.problem_at(
+                mode_at,
+                "operator mode needs `accounts:` with a public_key and signing key seed for \
+                 every account the policies use",
+            );
+        }
+        let mut targets = Vec::new();
+        for (name, entry) in entries {
+            let at = Loc::of(&entry);
+            let e = entry.value;
+            let seed = self.secret(
+                &format!("account `{name}` signing key seed"),
+                e.signing_key_seed_file,
+                e.signing_key_seed_env,
+            );
+            let (Some(public), Some((seed, seed_at))) = (e.public_key, seed) else {
+                self.problem_at(
+                    at,
+                    format!(
+                        "account `{name}` needs public_key and signing_key_seed_file or \
+                         signing_key_seed_env"
+                    ),
+                );
+                continue;
+            };
+            if public.value == response.account() {
+                self.problem(
+                    &public,
+                    format!(
+                        "account `{name}` is the callout account; users are never placed there"
+                    ),
+                );
+                continue;
+            }
+            let Ok(key) = nkeys::KeyPair::from_seed(seed.expose()) else {
+                self.problem_at(seed_at, format!("account `{name}`: not a valid nkey seed"));
+                continue;
+            };
+            match AccountKey::new(&public.value, key) {
+                Ok(key) => targets.push((name, key)),
+                Err(err) => self.problem(&public, format!("account `{name}`: {err}")),
+            }
+        }
+        callout.signers = Signers::operator(response, targets);
+        names
+    }
+}
+
+impl Validator<'_> {
+    /// `nats.credentials_file`: resolved and checked to be a `.creds` file.
+    fn credentials(&mut self, creds: &Spanned<String>, others_given: bool) -> NatsAuth {
+        if others_given {
+            self.problem(
+                creds,
+                "nats: give credentials_file alone, without user, password or nkey seed",
+            );
+        }
+        let path = self.base.join(&creds.value);
+        match std::fs::read_to_string(&path) {
+            Ok(text) if is_credentials(&text) => {}
+            Ok(_) => self.problem(
+                creds,
+                format!(
+                    "{} is not a NATS credentials file (user JWT and seed)",
+                    path.display()
+                ),
+            ),
+            Err(err) => self.problem(creds, format!("credentials file {}: {err}", path.display())),
+        }
+        NatsAuth::Credentials(path)
+    }
+}
+
+/// Whether `text` looks like a `.creds` file: an armoured user JWT and an armoured seed.
+fn is_credentials(text: &str) -> bool {
+    text.contains("BEGIN NATS USER JWT") && text.contains("BEGIN USER NKEY SEED")
+}
+
 /// A position in the configuration file.
 #[derive(Clone, Copy, Debug, Default)]
 struct Loc {
@@ -1439,6 +1652,129 @@ mod tests {
             err.to_string()
                 .contains("provider `fabrikam` is not configured"),
             "{err}"
+        );
+    }
+
+    /// An operator-mode configuration in `dir`: a creds file, the callout account seed, and
+    /// APP with a signing key; returns (APP public key, callout public key).
+    fn operator_files(dir: &Path) -> (String, String) {
+        let callout = nkeys::KeyPair::new_account();
+        let app = nkeys::KeyPair::new_account();
+        let signing = nkeys::KeyPair::new_account();
+        std::fs::write(dir.join("auth.nk"), callout.seed().unwrap()).unwrap();
+        std::fs::write(dir.join("app-signing.nk"), signing.seed().unwrap()).unwrap();
+        let creds = crate::nats_jwt::format_credentials("eyJ.x.y", "SUXXX");
+        std::fs::write(dir.join("service.creds"), creds).unwrap();
+        (app.public_key(), callout.public_key())
+    }
+
+    fn operator_config(app: &str, accounts_extra: &str) -> String {
+        format!(
+            "nats:\n  credentials_file: service.creds\n\
+             callout:\n  mode: operator\n  issuer_seed_file: auth.nk\n\
+             accounts:\n  APP:\n    public_key: {app}\n    signing_key_seed_file: app-signing.nk\n{accounts_extra}\
+             providers:\n  - name: contoso\n    kind: entra\n    tenant: {TENANT}\n    audiences: [api://nats]\n\
+             policies: policy.yaml\n"
+        )
+    }
+
+    #[test]
+    fn operator_mode_maps_policy_accounts_to_their_signing_keys() {
+        use crate::accounts::Mode;
+
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path());
+        let (app, callout) = operator_files(dir.path());
+        let config = load(dir.path(), &operator_config(&app, "")).unwrap();
+        let signers = &config.callout.signers;
+        assert_eq!(signers.mode(), Mode::Operator);
+        assert_eq!(signers.response().account(), callout);
+        let issuer = signers.user_issuer("APP").unwrap();
+        assert_eq!(issuer.audience, app);
+        assert_eq!(issuer.issuer_account, Some(app.as_str()));
+        assert!(matches!(config.nats.auth, NatsAuth::Credentials(_)));
+
+        // A policy account the service holds no key for is a located policy error.
+        std::fs::write(dir.path().join("policy.yaml"), policy_for("OTHER")).unwrap();
+        let text = load(dir.path(), &operator_config(&app, ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains(
+                "policy.yaml:5:14: account `OTHER` is not one of the configured accounts (APP)"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn operator_mode_problems_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path());
+        let (app, callout) = operator_files(dir.path());
+        let extra = format!(
+            "  AUTHZ:\n    public_key: {callout}\n    signing_key_seed_file: auth.nk\n\
+             \x20 HALF:\n    public_key: {app}\n"
+        );
+        let text = load(dir.path(), &operator_config(&app, &extra))
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "config.yaml:11:17: account `AUTHZ` is the callout account",
+            "config.yaml:14:5: account `HALF` needs public_key and signing_key_seed_file",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+
+        let text = load(
+            dir.path(),
+            &operator_config(&app, "").replace("mode: operator", "mode: decentral"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            text.contains("config.yaml:4:9: unknown callout mode \"decentral\""),
+            "{text}"
+        );
+
+        // Operator mode connects with creds; config mode cannot use them.
+        let password = operator_config(&app, "").replace(
+            "credentials_file: service.creds",
+            "user: auth\n  password_env: NATS_PASSWORD",
+        );
+        let text = load(dir.path(), &password).unwrap_err().to_string();
+        assert!(
+            text.contains(
+                "config.yaml:5:9: operator mode: the service connects with nats.credentials_file"
+            ),
+            "{text}"
+        );
+        let config_mode = GOOD.replace("TENANT", TENANT).replace(
+            "  user: auth\n  password_env: NATS_PASSWORD\n",
+            "  credentials_file: service.creds\n",
+        );
+        let text = load(dir.path(), &config_mode).unwrap_err().to_string();
+        assert!(
+            text.contains("nats.credentials_file needs callout.mode: operator"),
+            "{text}"
+        );
+        // In config mode, `accounts` only lists names; keys are refused.
+        let keyed = format!(
+            "{}accounts:\n  APP:\n    public_key: {app}\n",
+            GOOD.replace("TENANT", TENANT)
+        );
+        let text = load(dir.path(), &keyed).unwrap_err().to_string();
+        assert!(text.contains("keys apply to operator mode only"), "{text}");
+        let listed = format!("{}accounts:\n  APP: {{}}\n", GOOD.replace("TENANT", TENANT));
+        load(dir.path(), &listed).unwrap();
+        let listed = format!(
+            "{}accounts:\n  OTHER: {{}}\n",
+            GOOD.replace("TENANT", TENANT)
+        );
+        let text = load(dir.path(), &listed).unwrap_err().to_string();
+        assert!(
+            text.contains("account `APP` is not one of the configured accounts"),
+            "{text}"
         );
     }
 

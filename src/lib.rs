@@ -11,6 +11,7 @@
 //!   evaluation into a `Grant`.
 //! * `decision`: the per-token decision cache in front of verification and evaluation.
 //! * `tools`: the offline `explain` and `test` commands over policies.
+//! * `accounts`: config vs operator mode, and which key signs users into which account.
 //! * `callout`: one request in, one signed answer out (`Authorizer::handle`).
 //! * `service`: the NATS loop — queue subscription, bounded concurrency, drain.
 //! * `admin`, `metrics`, `reload`: operations — the health and metrics endpoints, Prometheus
@@ -18,6 +19,7 @@
 //! * `config`, `cli`, `keys`, `telemetry`: the edges — configuration files, commands, key
 //!   material, logging and the wall clock.
 //! * `dev`: `entra-callout dev`, the local environment with a built-in Entra-shaped issuer.
+//! * `nats_config`: the nats-server configuration (and operator-mode JWTs) matching the keys.
 //! * `deny`, `diagnostic`, `duration`: small shared vocabularies.
 
 #![deny(
@@ -30,6 +32,7 @@
     clippy::await_holding_lock
 )]
 
+pub mod accounts;
 pub mod admin;
 pub mod callout;
 pub mod cli;
@@ -42,6 +45,7 @@ pub mod duration;
 pub mod identity;
 pub mod keys;
 pub mod metrics;
+pub mod nats_config;
 pub mod nats_jwt;
 pub mod oidc;
 pub mod policy;

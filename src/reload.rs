@@ -279,6 +279,7 @@ mod tests {
             forbidden_accounts: vec!["SYS".into(), "AUTH".into()],
             default_max_ttl: Duration::from_secs(3600),
             providers: Vec::new(),
+            accounts: Vec::new(),
         }
     }
 

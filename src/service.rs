@@ -42,6 +42,9 @@ pub enum ServiceError {
     /// The first connection to NATS failed.
     #[error("cannot connect to NATS: {0}")]
     Connect(#[from] async_nats::ConnectError),
+    /// The credentials file could not be read or parsed.
+    #[error("cannot load the NATS credentials file: {0}")]
+    Credentials(std::io::Error),
     /// The subscription could not be made.
     #[error("cannot subscribe to {AUTH_REQUEST_SUBJECT}: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
@@ -120,6 +123,9 @@ pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, Serv
             )
         }
         NatsAuth::Nkey(seed) => async_nats::ConnectOptions::with_nkey(seed.expose().to_owned()),
+        NatsAuth::Credentials(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(ServiceError::Credentials)?,
         NatsAuth::None => async_nats::ConnectOptions::new(),
     };
     let client = options

@@ -16,6 +16,8 @@ mod entra;
 mod isolation;
 #[path = "integration/oidc.rs"]
 mod oidc;
+#[path = "integration/operator.rs"]
+mod operator;
 #[path = "integration/ops.rs"]
 mod ops;
 #[path = "integration/scenarios.rs"]

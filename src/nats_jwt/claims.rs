@@ -330,6 +330,8 @@ pub enum IssuerKind {
     Server,
     /// An account key (`A...`): responses and user JWTs.
     Account,
+    /// An operator key (`O...`): operator and account JWTs.
+    Operator,
 }
 
 /// A type that can be the `nats` object of a NATS JWT.
@@ -503,10 +505,10 @@ fn is_zero_u64(v: &u64) -> bool {
     *v == 0
 }
 
-fn is_zero_i64(v: &i64) -> bool {
+pub(super) fn is_zero_i64(v: &i64) -> bool {
     *v == 0
 }
 
-fn is_false(v: &bool) -> bool {
+pub(super) fn is_false(v: &bool) -> bool {
     !*v
 }

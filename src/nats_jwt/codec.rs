@@ -169,6 +169,7 @@ fn kind_matches(expected: IssuerKind, kind: &KeyPairType) -> bool {
     match expected {
         IssuerKind::Server => *kind == KeyPairType::Server,
         IssuerKind::Account => *kind == KeyPairType::Account,
+        IssuerKind::Operator => *kind == KeyPairType::Operator,
     }
 }
 
@@ -176,6 +177,7 @@ fn kind_name(kind: IssuerKind) -> &'static str {
     match kind {
         IssuerKind::Server => "server",
         IssuerKind::Account => "account",
+        IssuerKind::Operator => "operator",
     }
 }
 

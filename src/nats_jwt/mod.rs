@@ -6,12 +6,17 @@
 //! The wire format follows `nats-io/jwt/v2` exactly, checked against captures from
 //! nats-server 2.15.1 in `tests/data/nats/`.
 
+mod account;
 mod claims;
 mod codec;
 
 use nkeys::{KeyPair, KeyPairType, XKey};
 use thiserror::Error;
 
+pub use account::{
+    ACCOUNT_TYPE, Account, AccountLimits, DefaultPermissions, ExternalAuthorization, OPERATOR_TYPE,
+    Operator, format_credentials,
+};
 pub use claims::{
     AuthorizationRequest, AuthorizationResponse, CLAIM_VERSION, Claims, ClaimsData,
     ClientInformation, ClientTls, ConnectOptions, IssuerKind, NatsClaim, Permission,
@@ -252,7 +257,23 @@ pub fn encode_response(
     service_xkey: Option<&XKey>,
     now: u64,
 ) -> Result<Vec<u8>, JwtError> {
+    encode_response_as(req, outcome, signer, None, service_xkey, now)
+}
+
+/// [`encode_response`] with `nats.issuer_account` set: the callout account's public key when
+/// `signer` is one of its signing keys (operator mode).
+pub fn encode_response_as(
+    req: &Request,
+    outcome: Result<&str, &str>,
+    signer: &KeyPair,
+    issuer_account: Option<&str>,
+    service_xkey: Option<&XKey>,
+    now: u64,
+) -> Result<Vec<u8>, JwtError> {
     let mut nats = AuthorizationResponse::default();
+    if let Some(account) = issuer_account {
+        account.clone_into(&mut nats.issuer_account);
+    }
     match outcome {
         Ok(jwt) if !jwt.is_empty() => jwt.clone_into(&mut nats.jwt),
         Err(error) if !error.is_empty() => error.clone_into(&mut nats.error),

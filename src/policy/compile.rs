@@ -635,6 +635,16 @@ impl<'a> Compiler<'a> {
                     escape(&account.value)
                 ),
             );
+        } else if !self.opts.accounts.is_empty() && !self.opts.accounts.contains(&account.value) {
+            self.err(
+                si,
+                account.referenced,
+                format!(
+                    "account `{}` is not one of the configured accounts ({})",
+                    escape(&account.value),
+                    self.opts.accounts.join(", ")
+                ),
+            );
         }
     }
 
@@ -1291,6 +1301,7 @@ mod tests {
     fn opts() -> CompileOptions {
         CompileOptions {
             forbidden_accounts: vec!["SYS".into(), "AUTH".into()],
+            accounts: Vec::new(),
             default_max_ttl: Duration::from_secs(3600),
             providers: vec!["contoso".into()],
         }

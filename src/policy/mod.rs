@@ -48,6 +48,9 @@ pub struct CompileOptions {
     /// Accounts no rule may target: the system account and the callout's own account. Granting
     /// either would hand clients control of the server or of the callout itself.
     pub forbidden_accounts: Vec<String>,
+    /// The only accounts tenants may use (operator mode: those the service holds keys for);
+    /// empty allows any name.
+    pub accounts: Vec<String>,
     /// Credential lifetime cap; roles with `max_ttl` may only shorten it.
     pub default_max_ttl: Duration,
     /// Names of the configured identity providers, to check tenants' `providers` against;
@@ -147,6 +150,7 @@ mod tests {
     fn opts() -> CompileOptions {
         CompileOptions {
             forbidden_accounts: vec!["SYS".into(), "AUTH".into()],
+            accounts: Vec::new(),
             default_max_ttl: Duration::from_secs(3600),
             providers: Vec::new(),
         }

@@ -43,6 +43,7 @@ bindings:
 fn policies() -> PolicySet {
     let opts = CompileOptions {
         forbidden_accounts: vec!["SYS".into()],
+        accounts: Vec::new(),
         default_max_ttl: Duration::from_secs(3600),
         providers: Vec::new(),
     };

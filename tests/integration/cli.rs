@@ -297,3 +297,153 @@ fn explain_shows_routing_bindings_and_permissions_and_warns_about_the_signature(
         "needs kind `application`; the token is of kind `user`"
     );
 }
+
+#[test]
+fn operator_keys_print_a_service_configuration_that_checks_and_no_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args([
+            "keys",
+            "init",
+            "keys",
+            "--mode",
+            "operator",
+            "--account",
+            "APP",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let keys = dir.path().join("keys");
+    for entry in std::fs::read_dir(&keys).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines().filter(|l| l.starts_with('S')) {
+            assert!(!stdout.contains(line), "a seed was printed:\n{stdout}");
+        }
+    }
+
+    // The printed service configuration, completed with providers and policies, checks.
+    let service = stdout.split("service configuration:\n").nth(1).unwrap();
+    let policy = format!(
+        "version: 1\ntenants:\n  - name: ml\n    entra_tenants: [{TENANT}]\n    account: ACCOUNT\n\
+         roles:\n  - name: reader\n    subscribe: {{ allow: [\"events.>\"] }}\n\
+         bindings:\n  - name: readers\n    tenant: ml\n    roles: [reader]\n    when: {{ app_roles: [Nats.Reader] }}\n"
+    );
+    let config = format!(
+        "{service}providers:\n  - name: contoso\n    kind: entra\n    tenant: {TENANT}\n    \
+         audiences: [\"{AUDIENCE}\"]\npolicies: policy.yaml\n"
+    );
+    std::fs::write(dir.path().join("config.yaml"), config).unwrap();
+    let check = |account: &str| {
+        std::fs::write(
+            dir.path().join("policy.yaml"),
+            policy.replace("ACCOUNT", account),
+        )
+        .unwrap();
+        bin()
+            .args(["check", "--config"])
+            .arg(dir.path().join("config.yaml"))
+            .output()
+            .unwrap()
+    };
+    let ok = check("APP");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // A tenant whose account the service holds no key for fails the check, located.
+    let missing = check("OTHER");
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains(
+            "policy.yaml:5:14: account `OTHER` is not one of the configured accounts (APP)"
+        ),
+        "{stderr}"
+    );
+
+    // nats-config renders the matching server configuration without secrets, and nats-server
+    // accepts it.
+    let out = bin()
+        .args(["nats-config", "--mode", "operator", "--keys"])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server_config = String::from_utf8(out.stdout).unwrap();
+    assert!(server_config.contains("max_control_line: 32KB"));
+    assert!(server_config.contains("resolver: MEM"));
+    for entry in std::fs::read_dir(&keys).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines().filter(|l| l.starts_with('S')) {
+            assert!(!server_config.contains(line), "a seed was rendered");
+        }
+    }
+    let server = crate::support::nats::NatsServer::start(&server_config);
+    assert!(
+        server.log().contains("Trusted Operators"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn nats_config_for_config_mode_names_only_the_service_as_auth_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    assert!(
+        bin()
+            .args(["keys", "init"])
+            .arg(&keys)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let out = bin()
+        .args([
+            "nats-config",
+            "--mode",
+            "config",
+            "--account",
+            "APP",
+            "--account",
+            "OTHER",
+            "--keys",
+        ])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let issuer = std::fs::read_to_string(keys.join("issuer.pub")).unwrap();
+    let xkey = std::fs::read_to_string(keys.join("xkey.pub")).unwrap();
+    let password = std::fs::read_to_string(keys.join("nats-password")).unwrap();
+    assert!(
+        text.contains(&format!("issuer: {}", issuer.trim())),
+        "{text}"
+    );
+    assert!(text.contains(&format!("xkey: {}", xkey.trim())), "{text}");
+    assert!(text.contains("auth_users: [ auth ]"), "{text}");
+    assert!(text.contains("max_control_line: 32KB"), "{text}");
+    assert!(text.contains("  APP {}\n  OTHER {}\n"), "{text}");
+    assert!(
+        !text.contains(password.trim()),
+        "the password is never printed"
+    );
+}

@@ -266,6 +266,7 @@ async fn decisions_are_cached_until_the_policies_change() {
     assert!(text.contains("[Gone]"));
     let opts = entra_callout::policy::CompileOptions {
         forbidden_accounts: vec!["SYS".into(), "AUTH".into()],
+        accounts: Vec::new(),
         default_max_ttl: Duration::from_secs(3600),
         providers: Vec::new(),
     };

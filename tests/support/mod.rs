@@ -4,4 +4,5 @@
 pub mod graph;
 pub mod issuer;
 pub mod nats;
+pub mod operator;
 pub mod service;
