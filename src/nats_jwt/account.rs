@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::claims::{CLAIM_VERSION, IssuerKind, NatsClaim, Permission, is_false, is_zero_i64};
+use super::claims::{
+    CLAIM_VERSION, IssuerKind, NatsClaim, Permission, is_false, is_zero_i64, nats_claim,
+};
 
 /// `nats.type` of an operator JWT.
 pub const OPERATOR_TYPE: &str = "operator";
@@ -197,42 +199,6 @@ impl ExternalAuthorization {
     }
 }
 
-impl NatsClaim for Operator {
-    const TYPE: &'static str = OPERATOR_TYPE;
-    const ISSUER: IssuerKind = IssuerKind::Operator;
-
-    fn claim_type(&self) -> &str {
-        &self.claim_type
-    }
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-
-    fn stamp(&mut self) {
-        OPERATOR_TYPE.clone_into(&mut self.claim_type);
-        self.version = CLAIM_VERSION;
-    }
-}
-
-impl NatsClaim for Account {
-    const TYPE: &'static str = ACCOUNT_TYPE;
-    const ISSUER: IssuerKind = IssuerKind::Operator;
-
-    fn claim_type(&self) -> &str {
-        &self.claim_type
-    }
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-
-    fn stamp(&mut self) {
-        ACCOUNT_TYPE.clone_into(&mut self.claim_type);
-        self.version = CLAIM_VERSION;
-    }
-}
-
 /// A `.creds` file: a user JWT and the user's seed, in the armoured format NATS clients read
 /// (`nats --creds`, `ConnectOptions::with_credentials_file`). The result contains a secret.
 pub fn format_credentials(jwt: &str, seed: &str) -> String {
@@ -245,3 +211,6 @@ pub fn format_credentials(jwt: &str, seed: &str) -> String {
          *************************************************************\n"
     )
 }
+
+nats_claim!(Operator, OPERATOR_TYPE, IssuerKind::Operator);
+nats_claim!(Account, ACCOUNT_TYPE, IssuerKind::Operator);

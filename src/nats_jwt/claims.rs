@@ -348,6 +348,34 @@ pub trait NatsClaim: Default {
     fn stamp(&mut self);
 }
 
+/// Implements [`NatsClaim`] for a claim body with `claim_type` and `version` fields.
+macro_rules! nats_claim {
+    ($body:ty, $type_name:expr, $issuer:expr) => {
+        impl NatsClaim for $body {
+            const TYPE: &'static str = $type_name;
+            const ISSUER: IssuerKind = $issuer;
+
+            fn claim_type(&self) -> &str {
+                &self.claim_type
+            }
+
+            fn version(&self) -> i64 {
+                self.version
+            }
+
+            fn stamp(&mut self) {
+                $type_name.clone_into(&mut self.claim_type);
+                self.version = CLAIM_VERSION;
+            }
+        }
+    };
+}
+pub(super) use nats_claim;
+
+nats_claim!(AuthorizationRequest, REQUEST_TYPE, IssuerKind::Server);
+nats_claim!(AuthorizationResponse, RESPONSE_TYPE, IssuerKind::Account);
+nats_claim!(User, USER_TYPE, IssuerKind::Account);
+
 impl<T> Claims<T> {
     /// Claims with the given subject and `nats` object; the encoder fills `iss`, `iat`, `jti`.
     pub fn with_subject(sub: impl Into<String>, nats: T) -> Self {
@@ -431,60 +459,6 @@ impl fmt::Debug for ConnectOptions {
             .field("version", &self.version)
             .field("protocol", &self.protocol)
             .finish()
-    }
-}
-
-impl NatsClaim for AuthorizationRequest {
-    const TYPE: &'static str = REQUEST_TYPE;
-    const ISSUER: IssuerKind = IssuerKind::Server;
-
-    fn claim_type(&self) -> &str {
-        &self.claim_type
-    }
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-
-    fn stamp(&mut self) {
-        REQUEST_TYPE.clone_into(&mut self.claim_type);
-        self.version = CLAIM_VERSION;
-    }
-}
-
-impl NatsClaim for AuthorizationResponse {
-    const TYPE: &'static str = RESPONSE_TYPE;
-    const ISSUER: IssuerKind = IssuerKind::Account;
-
-    fn claim_type(&self) -> &str {
-        &self.claim_type
-    }
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-
-    fn stamp(&mut self) {
-        RESPONSE_TYPE.clone_into(&mut self.claim_type);
-        self.version = CLAIM_VERSION;
-    }
-}
-
-impl NatsClaim for User {
-    const TYPE: &'static str = USER_TYPE;
-    const ISSUER: IssuerKind = IssuerKind::Account;
-
-    fn claim_type(&self) -> &str {
-        &self.claim_type
-    }
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-
-    fn stamp(&mut self) {
-        USER_TYPE.clone_into(&mut self.claim_type);
-        self.version = CLAIM_VERSION;
     }
 }
 
