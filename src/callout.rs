@@ -634,29 +634,19 @@ fn log_audit(e: &AuditEvent) {
 mod tests {
     use std::time::Duration;
 
-    use serde_json::{Map, Value};
+    use serde_json::Value;
 
     use super::*;
-    use crate::identity::PrincipalKind;
+    use crate::testutil;
+
     use crate::policy::{Permissions, Responses};
 
     fn identity() -> Identity {
         Identity {
             provider: Arc::from("contoso"),
-            issuer: "https://login.microsoftonline.com/t/v2.0".to_owned(),
-            tenant: Some("72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41".to_owned()),
-            object_id: Some("5a1c8e2f-9d47-4b63-8f0a-2e6c4d9b7a35".to_owned()),
-            subject: "sub".to_owned(),
-            app_id: None,
-            kind: PrincipalKind::User,
-            roles: vec![],
-            groups: vec![],
-            scopes: vec![],
-            guest: false,
             display_name: Some("alex\nw@contoso.com".to_owned()),
             expires_at: 2_000,
-            token_id: None,
-            claims: Map::new(),
+            ..testutil::identity()
         }
     }
 

@@ -53,3 +53,6 @@ pub mod reload;
 pub mod service;
 pub mod telemetry;
 pub mod tools;
+
+#[cfg(test)]
+mod testutil;

@@ -519,12 +519,12 @@ impl fmt::Display for Responses {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::{Map, json};
+    use serde_json::json;
 
     use super::*;
     use crate::policy::{CompileOptions, PolicySource, compile};
+    use crate::testutil;
 
-    const TID: &str = "72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41";
     const OTHER_TID: &str = "0b9e7c2a-4d1f-4e8b-a3c6-9f2d5e8b1a07";
     const GROUP: &str = "c3d9e1a7-5b2f-4d8e-9a61-0f4b7c2e8d15";
     const NOW: u64 = 1_000_000;
@@ -600,21 +600,11 @@ bindings:
 
     fn user() -> Identity {
         Identity {
-            provider: Arc::from("entra"),
-            issuer: format!("https://login.microsoftonline.com/{TID}/v2.0"),
-            tenant: Some(TID.into()),
             object_id: Some("5f1d2c3b-0000-4000-8000-000000000001".into()),
             subject: "AAAAsubject".into(),
             app_id: Some("app1".into()),
-            kind: PrincipalKind::User,
-            roles: vec![],
-            groups: vec![],
-            scopes: vec![],
-            guest: false,
-            display_name: None,
             expires_at: NOW + 86_400,
-            token_id: None,
-            claims: Map::new(),
+            ..testutil::identity()
         }
     }
 

@@ -487,10 +487,10 @@ pub fn overlaps(a: &str, b: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::{Map, json};
+    use serde_json::json;
 
     use super::*;
-    use crate::identity::PrincipalKind;
+    use crate::testutil;
 
     fn rel(s: &str) -> Result<RoleTemplate, SubjectError> {
         RoleTemplate::parse(s, Kind::Relative)
@@ -498,21 +498,9 @@ mod tests {
 
     fn identity() -> Identity {
         Identity {
-            provider: Arc::from("entra"),
-            issuer: "https://login.microsoftonline.com/t/v2.0".into(),
-            tenant: Some("72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41".into()),
             object_id: Some("0b3c".into()),
             subject: "subj".into(),
-            app_id: None,
-            kind: PrincipalKind::User,
-            roles: vec![],
-            groups: vec![],
-            scopes: vec![],
-            guest: false,
-            display_name: None,
-            expires_at: 0,
-            token_id: None,
-            claims: Map::new(),
+            ..testutil::identity()
         }
     }
 
