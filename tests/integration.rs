@@ -12,6 +12,8 @@ mod callout;
 mod cli;
 #[path = "integration/entra.rs"]
 mod entra;
+#[path = "integration/faults.rs"]
+mod faults;
 #[path = "integration/isolation.rs"]
 mod isolation;
 #[path = "integration/oidc.rs"]
