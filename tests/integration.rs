@@ -24,3 +24,5 @@ mod operator;
 mod ops;
 #[path = "integration/scenarios.rs"]
 mod scenarios;
+#[path = "integration/soak.rs"]
+mod soak;

@@ -125,8 +125,14 @@ pub async fn attempt(url: &str, case: &Case) -> Outcome {
         .event_callback(move |event| {
             let tx = tx.clone();
             async move {
-                if let Event::ServerError(ServerError::Other(text)) = event {
-                    let _ = tx.send(text.to_lowercase());
+                match event {
+                    Event::ServerError(ServerError::Other(text)) => {
+                        let _ = tx.send(text.to_lowercase());
+                    }
+                    Event::ServerError(ServerError::AuthorizationViolation) => {
+                        let _ = tx.send(REFUSED.to_owned());
+                    }
+                    _ => {}
                 }
             }
         })
@@ -140,14 +146,30 @@ pub async fn attempt(url: &str, case: &Case) -> Outcome {
         }
         Err(err) => return Outcome::Failed(err.to_string()),
     };
+    // async-nats may report a connect as successful before the server's verdict arrives (any
+    // first server message counts, and `flush` only empties the write buffer), so admission is
+    // proven by a message round trip, refusal by the server's authorization error.
     let Some((own, foreign)) = case.expect else {
-        return Outcome::WrongPermissions(format!("{} was admitted", case.who));
+        let verdict = tokio::time::timeout(Duration::from_secs(10), errors.recv()).await;
+        drop(client);
+        return match verdict {
+            Ok(Some(e)) if e == REFUSED => Outcome::Refused,
+            Ok(other) => Outcome::Failed(format!("{other:?}")),
+            Err(_) => Outcome::WrongPermissions(format!(
+                "{} was not refused within 10 s of connecting",
+                case.who
+            )),
+        };
     };
     match probe(&client, &mut errors, own, foreign).await {
         Ok(()) => Outcome::Admitted,
+        Err(why) if why.contains(REFUSED) => Outcome::Refused,
         Err(why) => Outcome::WrongPermissions(format!("{}: {why}", case.who)),
     }
 }
+
+/// What the event callback reports for the server's authorization error.
+const REFUSED: &str = "authorization violation";
 
 /// Connects as `case`, retrying once when the service did not answer (the request was lost
 /// with a replica); a refusal or wrong permissions are never retried.
