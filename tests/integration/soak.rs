@@ -89,7 +89,7 @@ async fn connect_storms_through_the_tenant_matrix_give_no_wrong_answer_and_no_gr
         let started = std::time::Instant::now();
         let tally = tokio::time::timeout(
             Duration::from_secs(600),
-            client::storm(&[url.clone()], &cases, per_round, 64, false),
+            client::storm(std::slice::from_ref(&url), &cases, per_round, 64, false),
         )
         .await
         .unwrap_or_else(|_| panic!("round {round} finishes within 10 minutes"));
