@@ -42,17 +42,10 @@ fn round_cases(contoso: &TestIssuer, fabrikam: &TestIssuer) -> Vec<Case> {
         let mut batch = client::cases(contoso, fabrikam, true);
         if set % 4 == 0 {
             let exp = now() + 120;
-            for (case, issuer) in batch.iter_mut().zip([contoso, contoso, fabrikam]) {
-                let roles = if case.who.starts_with("contoso/alpha") {
-                    "Alpha"
-                } else if case.who.starts_with("contoso/beta") {
-                    "Beta"
-                } else {
-                    "Alpha"
-                };
-                case.token = issuer.app_token(
-                    json!({ "roles": [roles], "exp": exp, "uti": format!("short-{set}") }),
-                );
+            let admitted = [(contoso, "Alpha"), (contoso, "Beta"), (fabrikam, "Alpha")];
+            for (case, (issuer, role)) in batch.iter_mut().zip(admitted) {
+                let uti = format!("short-{set}-{}", case.who);
+                case.token = issuer.app_token(json!({ "roles": [role], "exp": exp, "uti": uti }));
             }
         }
         cases.extend(batch);
