@@ -1933,7 +1933,7 @@ mod tests {
             warnings,
             vec![
                 format!(
-                    "{config}:3:13: password file {} has mode 0620, open to group or others; \
+                    "{config}:3:18: password file {} has mode 0620, open to group or others; \
                      restrict it to 0600",
                     password.display()
                 ),

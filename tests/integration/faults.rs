@@ -145,7 +145,11 @@ async fn a_restarted_nats_server_is_answered_again_within_two_seconds() {
     let service = ServiceDir::new();
     let mut server = NatsServer::start(&service.server_config(2));
     let url = server.url();
-    let (config, admin) = service.write_config(&settings(&url, providers(&contoso, &fabrikam)));
+    // Text logs here; the other tests scan JSON logs.
+    let (config, admin) = service.write_config(&Settings {
+        log_format: "text",
+        ..settings(&url, providers(&contoso, &fabrikam))
+    });
     let binary = Binary::start_ready(&config, &admin).await;
     let cases = client::cases(&contoso, &fabrikam, false);
     assert_eq!(client::attempt(&url, &cases[0]).await, Outcome::Admitted);
