@@ -316,6 +316,9 @@ fn nats_config(
 fn check(path: &Path) -> ExitCode {
     match Config::load(path, &ProcessEnv) {
         Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}: ok ({} provider(s), {} tenant(s), {} role(s), {} binding(s))",
                 path.display(),
@@ -472,6 +475,9 @@ fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
     };
     telemetry::init(&config.log);
+    for warning in &config.warnings {
+        warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -69,6 +69,9 @@ pub struct Config {
     pub admin: AdminSettings,
     /// Where audit events go besides the log.
     pub audit: AuditSettings,
+    /// Problems that do not stop the service, such as secret files others can read; `check`
+    /// prints them and `serve` logs them.
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// The admin HTTP listener (`/livez`, `/readyz`, `/metrics`).
@@ -495,11 +498,15 @@ impl Config {
             base,
             env,
             problems: Vec::new(),
+            warnings: Vec::new(),
             policy_errors: None,
         };
         let built = v.build(raw, path);
         match built {
-            Some(config) if v.problems.is_empty() => Ok(config),
+            Some(mut config) if v.problems.is_empty() => {
+                config.warnings = v.warnings;
+                Ok(config)
+            }
             _ => Err(ConfigError::Invalid {
                 problems: v.problems,
                 policies: v.policy_errors,
@@ -532,6 +539,7 @@ struct Validator<'a> {
     base: &'a Path,
     env: &'a dyn Env,
     problems: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
     policy_errors: Option<PolicyErrors>,
 }
 
@@ -612,6 +620,7 @@ impl Validator<'_> {
             log: log?,
             admin: admin?,
             audit: audit?,
+            warnings: Vec::new(),
         })
     }
 
@@ -1184,7 +1193,10 @@ impl Validator<'_> {
             (Some(f), None) => {
                 let path = self.base.join(&f.value);
                 match std::fs::read_to_string(&path) {
-                    Ok(text) => Some((Secret(text.trim().to_owned()), Loc::of(&f))),
+                    Ok(text) => {
+                        self.warn_if_shared(&f, &path, what);
+                        Some((Secret(text.trim().to_owned()), Loc::of(&f)))
+                    }
                     Err(err) => {
                         self.problem(&f, format!("{what} file {}: {err}", path.display()));
                         None
@@ -1352,7 +1364,7 @@ impl Validator<'_> {
         }
         let path = self.base.join(&creds.value);
         match std::fs::read_to_string(&path) {
-            Ok(text) if is_credentials(&text) => {}
+            Ok(text) if is_credentials(&text) => self.warn_if_shared(creds, &path, "credentials"),
             Ok(_) => self.problem(
                 creds,
                 format!(
@@ -1364,6 +1376,36 @@ impl Validator<'_> {
         }
         NatsAuth::Credentials(path)
     }
+}
+
+impl Validator<'_> {
+    /// Warns when the secret file at `path` grants any access beyond its owner (wider than
+    /// 0600): a seed others can read is a key others can sign with. A warning, not a failure,
+    /// because some mounts (Kubernetes `fsGroup`) add group bits the operator cannot remove.
+    #[cfg(unix)]
+    fn warn_if_shared(&mut self, at: &Spanned<String>, path: &Path, what: &str) {
+        use std::os::unix::fs::PermissionsExt;
+
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            self.warnings.push(Diagnostic {
+                file: self.file.clone(),
+                line: at.referenced.line(),
+                column: at.referenced.column(),
+                message: format!(
+                    "{what} file {} has mode {mode:04o}, open to group or others; \
+                     restrict it to 0600",
+                    path.display()
+                ),
+            });
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn warn_if_shared(&mut self, _at: &Spanned<String>, _path: &Path, _what: &str) {}
 }
 
 /// Whether `text` looks like a `.creds` file: an armoured user JWT and an armoured seed.
@@ -1851,5 +1893,60 @@ mod tests {
                 "{account}: {err}"
             );
         }
+    }
+    #[cfg(unix)]
+    #[test]
+    fn secret_files_open_to_others_are_warned_about_not_refused() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path());
+        let seed = env()["ISSUER_SEED"];
+        let (issuer, password) = (dir.path().join("issuer.nk"), dir.path().join("pass"));
+        std::fs::write(&issuer, seed).unwrap();
+        std::fs::write(&password, "pwd").unwrap();
+        let text = GOOD
+            .replace("TENANT", TENANT)
+            .replace("password_env: NATS_PASSWORD", "password_file: pass")
+            .replace(
+                "issuer_seed_env: ISSUER_SEED",
+                "issuer_seed_file: issuer.nk",
+            );
+        let set = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+
+        set(&issuer, 0o600);
+        set(&password, 0o400);
+        assert_eq!(load(dir.path(), &text).unwrap().warnings, vec![]);
+
+        set(&issuer, 0o644);
+        set(&password, 0o620);
+        let warnings: Vec<String> = load(dir.path(), &text)
+            .expect("a warning does not stop the service")
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let config = dir.path().join("config.yaml").display().to_string();
+        assert_eq!(
+            warnings,
+            vec![
+                format!(
+                    "{config}:3:18: password file {} has mode 0620, open to group or others; \
+                     restrict it to 0600",
+                    password.display()
+                ),
+                format!(
+                    "{config}:5:21: issuer seed file {} has mode 0644, open to group or \
+                     others; restrict it to 0600",
+                    issuer.display()
+                ),
+            ]
+        );
+        assert!(
+            !warnings.concat().contains(seed),
+            "the seed itself is never shown"
+        );
     }
 }

@@ -130,6 +130,7 @@ pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, Serv
     };
     let client = options
         .name("entra-callout")
+        .reconnect_delay_callback(reconnect_delay)
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => info!("connected to NATS"),
@@ -141,6 +142,18 @@ pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, Serv
         .await?;
     Ok(client)
 }
+
+/// The wait before reconnect attempt `attempts`: async-nats' doubling backoff, capped at
+/// [`MAX_RECONNECT_DELAY`]. Its default cap (4 s) would keep every client of a restarted
+/// nats-server locked out for seconds after it is back; an attempt a second costs nothing.
+fn reconnect_delay(attempts: usize) -> Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
+    Duration::from_millis(2_u64.saturating_pow(doublings)).min(MAX_RECONNECT_DELAY)
+}
+
+/// Upper bound on the wait between reconnect attempts, so the service answers again within
+/// about a second of nats-server coming back.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_millis(750);
 
 /// Subscribes to the request subject in `queue_group` and waits until the server has the
 /// subscription, so requests are routed to this replica from the moment this returns.

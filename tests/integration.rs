@@ -12,6 +12,8 @@ mod callout;
 mod cli;
 #[path = "integration/entra.rs"]
 mod entra;
+#[path = "integration/faults.rs"]
+mod faults;
 #[path = "integration/isolation.rs"]
 mod isolation;
 #[path = "integration/oidc.rs"]
@@ -22,3 +24,5 @@ mod operator;
 mod ops;
 #[path = "integration/scenarios.rs"]
 mod scenarios;
+#[path = "integration/soak.rs"]
+mod soak;

@@ -301,4 +301,6 @@ pub fn encode_response_as(
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

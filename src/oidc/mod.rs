@@ -16,6 +16,8 @@
 
 mod graph;
 mod keys;
+#[cfg(test)]
+mod proptests;
 mod settings;
 mod verifier;
 mod verify;

@@ -209,4 +209,37 @@ proptest! {
         // Denies are enforced with deny winning.
         prop_assert!(!grant.publish.allows("ta.p1.secret.x") && !grant.publish.allows("tb.p1.secret.x"));
     }
+
+    #[test]
+    fn the_minted_user_jwt_carries_exactly_the_grant_and_never_outlives_the_token(
+        id in identity(),
+        token_lifetime in 1u64..100_000,
+    ) {
+        let now = 1_000_000;
+        let mut id = id;
+        id.expires_at = now + token_lifetime;
+        let set = policies();
+        let Ok(grant) = set.evaluate(&id, now) else { return Ok(()) };
+        let key = nkeys::KeyPair::new_account();
+        let issuer = crate::accounts::UserIssuer { key: &key, audience: "APP", issuer_account: None };
+        let user = nkeys::KeyPair::new_user().public_key();
+        let jwt = crate::callout::mint_user(&issuer, &user, &id, &grant, now)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let claims = crate::nats_jwt::decode::<crate::nats_jwt::User>(&jwt)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&claims.base.sub, &user);
+        prop_assert_eq!(claims.base.aud.as_str(), "APP");
+        prop_assert!(claims.base.exp > now && claims.base.exp <= id.expires_at);
+        prop_assert!(!claims.nats.bearer_token);
+        for (minted, granted) in [(&claims.nats.publish, &grant.publish), (&claims.nats.subscribe, &grant.subscribe)] {
+            if granted.allow.is_empty() {
+                // Nothing granted is written as an explicit deny-all, never as "no limits".
+                prop_assert!(minted.allow.is_empty());
+                prop_assert_eq!(&minted.deny, &vec![">".to_owned()]);
+            } else {
+                prop_assert_eq!(&minted.allow, &granted.allow);
+                prop_assert_eq!(&minted.deny, &granted.deny);
+            }
+        }
+    }
 }

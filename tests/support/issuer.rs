@@ -98,6 +98,8 @@ struct IssuerState {
     discovery_issuer: Mutex<Option<String>>,
     /// Overrides the v2 keys' `issuer` member of one kid.
     key_issuers: Mutex<HashMap<String, String>>,
+    /// Where discovery says the keys are, when not at `base` (a proxy in front of the issuer).
+    keys_base: Mutex<Option<String>>,
 }
 
 struct TestKey {
@@ -150,6 +152,7 @@ impl TestIssuer {
             jwks_paused: tokio::sync::watch::Sender::new(false),
             discovery_issuer: Mutex::new(None),
             key_issuers: Mutex::new(HashMap::new()),
+            keys_base: Mutex::new(None),
         });
         let app = Router::new()
             .route(
@@ -404,6 +407,12 @@ impl TestIssuer {
         self.state.jwks_paused.send_replace(paused);
     }
 
+    /// Makes discovery point `jwks_uri` at `authority` (a proxy in front of this issuer) instead
+    /// of the issuer's own address, so cutting the proxy cuts key fetches too.
+    pub fn serve_keys_via(&self, authority: &str) {
+        *self.state.keys_base.lock().unwrap() = Some(authority.to_owned());
+    }
+
     /// Makes discovery announce `issuer` instead of the real one (`None` restores it).
     pub fn set_discovery_issuer(&self, issuer: Option<String>) {
         *self.state.discovery_issuer.lock().unwrap() = issuer;
@@ -498,15 +507,17 @@ fn discovery_document(state: &IssuerState, tid: &str, version: &str) -> Response
         return StatusCode::BAD_REQUEST.into_response();
     }
     let segment = if independent { "{tenantid}" } else { tid };
+    let base = state.keys_base.lock().unwrap().clone();
+    let base = base.as_deref().unwrap_or(&state.base);
     let (default_issuer, jwks_uri) = if version == "v2" {
         (
             TestIssuer::v2_issuer_for(segment),
-            format!("{}/{tid}/discovery/v2.0/keys", state.base),
+            format!("{base}/{tid}/discovery/v2.0/keys"),
         )
     } else {
         (
             TestIssuer::v1_issuer_for(segment),
-            format!("{}/{tid}/discovery/keys", state.base),
+            format!("{base}/{tid}/discovery/keys"),
         )
     };
     let issuer = state
