@@ -141,7 +141,7 @@ fn run() -> Result<(), Error> {
     let static_server = StaticServer::start(&nats_server, &static_token)?;
     let environment = runtime.block_on(Environment::start(&DevOptions {
         exe: PathBuf::from(env!("CARGO_BIN_EXE_entra-callout")),
-        nats_server: nats_server.clone(),
+        nats_server,
         nats_port: 0,
         monitor_port: 0,
         issuer_port: 0,
@@ -491,7 +491,7 @@ fn connect_identities(
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
                     let count = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if count % 20_000 == 0 {
+                    if count.is_multiple_of(20_000) {
                         println!(
                             "  {count} identities, {:.0} s, service RSS {:.1} MiB",
                             started.elapsed().as_secs_f64(),
