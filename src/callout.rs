@@ -378,7 +378,7 @@ impl Authorizer {
                         });
                     }
                 };
-                let decision = Arc::new(Decision { identity, grant });
+                let decision = Arc::new(Decision::new(identity, grant));
                 generation
                     .decisions
                     .insert(key, Arc::clone(&decision), now)

@@ -6,12 +6,19 @@
 //! minted user JWT is never cached, because every connection brings a fresh user nkey. Each
 //! entry expires no later than its token and its grant, the cache is bounded in entries, and a
 //! cache belongs to one policy set: replacing the policies starts an empty cache.
+//!
+//! # Memory
+//! An entry keeps the identity only as far as minting and auditing read it: the raw claims,
+//! roles, groups and scopes, which only policy evaluation reads, are dropped
+//! ([`Decision::new`]). That took an entry from about 4.6 KB to about 1 KB plus moka's own
+//! per-entry bookkeeping (BENCHMARKS.md). `callout.decision_cache_size` bounds the total.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::future::Cache;
+use serde_json::Map;
 use sha2::{Digest, Sha256};
 
 use crate::identity::Identity;
@@ -26,13 +33,25 @@ pub type TokenKey = [u8; 32];
 /// A cached admission: who the token's holder is and what they get.
 #[derive(Debug)]
 pub struct Decision {
-    /// The verified identity.
+    /// The verified identity, without what only policy evaluation reads (see [`Decision::new`]).
     pub identity: Identity,
     /// What the policies grant it.
     pub grant: Grant,
 }
 
 impl Decision {
+    /// The decision to admit `identity` with `grant`. The identity's raw claims, roles, groups
+    /// and scopes are dropped: they were inputs of the evaluation that produced `grant`, nothing
+    /// after it reads them, and they are most of an identity's size (a user may bring hundreds of
+    /// group ids).
+    pub fn new(mut identity: Identity, grant: Grant) -> Self {
+        identity.claims = Map::new();
+        identity.roles = Vec::new();
+        identity.groups = Vec::new();
+        identity.scopes = Vec::new();
+        Self { identity, grant }
+    }
+
     /// The last second (unix) at which this decision may be used.
     pub fn valid_until(&self) -> u64 {
         self.identity.expires_at.min(self.grant.expires_at)
@@ -194,6 +213,23 @@ mod tests {
         }
         cache.sync().await;
         assert!(cache.entry_count() <= 50, "{}", cache.entry_count());
+    }
+
+    #[test]
+    fn decisions_keep_only_what_minting_and_auditing_read() {
+        let full = decision(2_000, 2_000);
+        let mut identity = full.identity.clone();
+        identity.object_id = Some("oid".into());
+        identity.roles = vec!["R".into()];
+        identity.groups = vec!["G".into(); 200];
+        identity.scopes = vec!["S".into()];
+        identity.claims.insert("tid".into(), "t".into());
+        let kept = Decision::new(identity, full.grant.clone());
+        assert!(kept.identity.roles.is_empty() && kept.identity.groups.is_empty());
+        assert!(kept.identity.scopes.is_empty() && kept.identity.claims.is_empty());
+        assert_eq!(kept.identity.object_id.as_deref(), Some("oid"));
+        assert_eq!(kept.identity.expires_at, 2_000);
+        assert_eq!(kept.grant, full.grant);
     }
 
     #[test]

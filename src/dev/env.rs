@@ -193,6 +193,16 @@ impl Environment {
         &self.policies
     }
 
+    /// The process id of `entra-callout serve`, for reading its memory and CPU use.
+    pub fn service_pid(&self) -> u32 {
+        self.service.child.id()
+    }
+
+    /// The process id of nats-server.
+    pub fn nats_server_pid(&self) -> u32 {
+        self.nats.child.id()
+    }
+
     /// Everything nats-server logged so far.
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("nats-server.log")).unwrap_or_default()
