@@ -7,6 +7,7 @@
 //! nats-server 2.15.1 in `tests/data/nats/`.
 
 mod account;
+mod boxes;
 mod claims;
 mod codec;
 
@@ -189,8 +190,8 @@ pub fn open_request(
             if header.len() != PUBLIC_KEY_LEN {
                 return Err(invalid());
             }
-            let sender = XKey::from_public_key(header).map_err(|_| invalid())?;
-            let opened = service.open(payload, &sender).map_err(|_| JwtError::Open)?;
+            XKey::from_public_key(header).map_err(|_| invalid())?;
+            let opened = boxes::open(service, payload, header).ok_or(JwtError::Open)?;
             (opened, Some(header.to_owned()))
         }
     };
@@ -291,13 +292,10 @@ pub fn encode_response_as(
         return Ok(token.into_bytes());
     };
     let service = service_xkey.ok_or(JwtError::ResponseNeedsServiceXkey)?;
-    let recipient =
-        XKey::from_public_key(server_xkey).map_err(|_| JwtError::InvalidXkeyHeader {
-            value: codec::echo(server_xkey),
-        })?;
-    service
-        .seal(token.as_bytes(), &recipient)
-        .map_err(|_| JwtError::Seal)
+    XKey::from_public_key(server_xkey).map_err(|_| JwtError::InvalidXkeyHeader {
+        value: codec::echo(server_xkey),
+    })?;
+    boxes::seal(service, token.as_bytes(), server_xkey).ok_or(JwtError::Seal)
 }
 
 #[cfg(test)]
