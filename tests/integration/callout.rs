@@ -13,34 +13,8 @@ use tokio::sync::mpsc;
 
 use crate::support::issuer::{AUDIENCE, KID_1, KID_3, TENANT, TestIssuer, merge};
 use crate::support::nats::{NatsServer, config_mode};
+use crate::support::policies;
 use crate::support::service::Replica;
-
-const POLICY: &str = r#"
-version: 1
-tenants:
-  - name: ml
-    entra_tenants: [TENANT]
-    account: APP
-    prefix: ml.TENANT
-roles:
-  - name: publisher
-    publish: { allow: [">"] }
-    subscribe: { allow: [">"] }
-  - name: reader
-    subscribe: { allow: [">"] }
-  - name: inbox
-    absolute: true
-    subscribe: { allow: ["_INBOX.>"] }
-bindings:
-  - name: ml-publishers
-    tenant: ml
-    roles: [publisher, inbox]
-    when: { app_roles: [Nats.Publisher] }
-  - name: ml-readers
-    tenant: ml
-    roles: [reader, inbox]
-    when: { app_roles: [Nats.Reader] }
-"#;
 
 /// Issuer, nats-server and the service's configuration file.
 struct Stack {
@@ -65,7 +39,11 @@ impl Stack {
         std::fs::write(dir.join("issuer.nk"), account.seed().unwrap()).unwrap();
         std::fs::write(dir.join("xkey.nk"), curve.seed().unwrap()).unwrap();
         std::fs::write(dir.join("nats-password"), "pwd").unwrap();
-        std::fs::write(dir.join("policies.yaml"), POLICY.replace("TENANT", TENANT)).unwrap();
+        std::fs::write(
+            dir.join("policies.yaml"),
+            policies::ml(&[policies::ML_PUBLISHERS, policies::ML_READERS]),
+        )
+        .unwrap();
         let xkey_line = if xkey {
             "  xkey_seed_file: xkey.nk\n"
         } else {

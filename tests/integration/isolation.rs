@@ -9,34 +9,10 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::support::binary;
 use crate::support::issuer::{AUDIENCE, OTHER_TENANT, TENANT, TestIssuer};
 use crate::support::nats::{NatsServer, config_mode};
 use crate::support::service::Replica;
-
-/// Two tenants in one account, isolated by prefix alone; one has two projects.
-const POLICY: &str = r#"
-version: 1
-tenants:
-  - name: contoso
-    entra_tenants: [CONTOSO_TID]
-    account: APP
-    projects: [{ name: alpha }, { name: beta }]
-  - name: fabrikam
-    entra_tenants: [FABRIKAM_TID]
-    account: APP
-    projects: [{ name: alpha }]
-roles:
-  - name: member
-    publish: { allow: [">"] }
-    subscribe: { allow: [">"] }
-  - name: mailbox
-    publish: { allow: ["mail.{oid}"] }
-bindings:
-  - { name: contoso-alpha, tenant: contoso, project: alpha, roles: [member], when: { app_roles: [Alpha] } }
-  - { name: contoso-beta, tenant: contoso, project: beta, roles: [member], when: { app_roles: [Beta] } }
-  - { name: fabrikam-alpha, tenant: fabrikam, project: alpha, roles: [member], when: { app_roles: [Alpha] } }
-  - { name: contoso-mail, tenant: contoso, roles: [mailbox], when: { app_roles: [Mail] } }
-"#;
 
 struct Stack {
     contoso: TestIssuer,
@@ -54,10 +30,7 @@ impl Stack {
         let dir = server.dir().to_path_buf();
         std::fs::write(dir.join("issuer.nk"), account.seed().unwrap()).unwrap();
         std::fs::write(dir.join("nats-password"), "pwd").unwrap();
-        let policy = POLICY
-            .replace("CONTOSO_TID", TENANT)
-            .replace("FABRIKAM_TID", OTHER_TENANT);
-        std::fs::write(dir.join("policies.yaml"), policy).unwrap();
+        std::fs::write(dir.join("policies.yaml"), binary::policy()).unwrap();
         let config = format!(
             "nats:\n  url: {url}\n  user: auth\n  password_file: nats-password\n\
              callout:\n  issuer_seed_file: issuer.nk\n  drain_timeout: 5s\n\
@@ -256,13 +229,10 @@ async fn decisions_are_cached_until_the_policies_change() {
     );
 
     // New policies without the binding: the cached admission must not outlive them.
-    let text = POLICY
-        .replace("CONTOSO_TID", TENANT)
-        .replace("FABRIKAM_TID", OTHER_TENANT)
-        .replace(
-            "app_roles: [Alpha] } }\n  - { name: contoso-beta",
-            "app_roles: [Gone] } }\n  - { name: contoso-beta",
-        );
+    let text = binary::policy().replace(
+        "app_roles: [Alpha] } }\n  - { name: contoso-beta",
+        "app_roles: [Gone] } }\n  - { name: contoso-beta",
+    );
     assert!(text.contains("[Gone]"));
     let opts = entra_callout::policy::CompileOptions {
         forbidden_accounts: vec!["SYS".into(), "AUTH".into()],

@@ -4,9 +4,8 @@
 //! HTTP checks go through the real admin listener. Waits are bounded polls on observable state
 //! (readiness, metric values, server logs), never fixed sleeps.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::ConnectErrorKind;
@@ -21,41 +20,10 @@ use entra_callout::config::{Config, ProcessEnv};
 use entra_callout::oidc::Verifier;
 use entra_callout::service::{self, LoopSettings, Ops};
 
+use crate::support::binary::Binary;
 use crate::support::issuer::{AUDIENCE, TENANT, TestIssuer};
 use crate::support::nats::{NatsCluster, NatsServer, config_mode, free_port};
-
-/// Tenants and roles shared by every policy file the tests write; bindings are added per test.
-const BASE: &str = r#"version: 1
-tenants:
-  - name: ml
-    entra_tenants: [TENANT]
-    account: APP
-    prefix: ml.TENANT
-roles:
-  - name: publisher
-    publish: { allow: [">"] }
-    subscribe: { allow: [">"] }
-  - name: reader
-    subscribe: { allow: [">"] }
-  - name: inbox
-    absolute: true
-    subscribe: { allow: ["_INBOX.>"] }
-bindings:
-"#;
-
-const READERS: &str = r#"
-  - name: ml-readers
-    tenant: ml
-    roles: [reader, inbox]
-    when: { app_roles: [Nats.Reader] }
-"#;
-
-const PUBLISHERS: &str = r#"
-  - name: ml-publishers
-    tenant: ml
-    roles: [publisher, inbox]
-    when: { app_roles: [Nats.Publisher] }
-"#;
+use crate::support::policies;
 
 /// The service's files: keys, policies and configuration, in a directory of their own.
 struct ServiceFiles {
@@ -70,12 +38,6 @@ struct Replica {
     admin: AdminServer,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
-}
-
-/// The binary, with its stderr collected as it is written.
-struct Binary {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
 }
 
 impl ServiceFiles {
@@ -97,7 +59,7 @@ impl ServiceFiles {
     }
 
     fn write_policies(&self, bindings: &[&str]) {
-        let text = format!("{BASE}{}", bindings.concat()).replace("TENANT", TENANT);
+        let text = policies::ml(bindings);
         std::fs::write(self.policies(), text).unwrap();
     }
 
@@ -107,7 +69,7 @@ impl ServiceFiles {
         let dir = self.dir.path();
         std::fs::write(dir.join("issuer.nk"), self.account.seed().unwrap()).unwrap();
         std::fs::write(dir.join("nats-password"), "pwd").unwrap();
-        self.write_policies(&[PUBLISHERS, READERS]);
+        self.write_policies(&[policies::ML_PUBLISHERS, policies::ML_READERS]);
         let config = format!(
             "nats:\n  url: {url}\n  user: auth\n  password_file: nats-password\n\
              callout:\n  issuer_seed_file: issuer.nk\n  max_ttl: 15m\n  drain_timeout: 5s\n\
@@ -191,69 +153,6 @@ impl Replica {
             .expect("replica stops within 15 s")
             .expect("replica task");
         self.admin.stop();
-    }
-}
-
-impl Binary {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_entra-callout"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = Arc::clone(&stderr);
-        // Read continuously so a full pipe never blocks the service.
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = std::io::Read::read(&mut pipe, &mut buf) {
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Self { child, stderr }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Sends SIGTERM and waits (bounded) for the exit status.
-    async fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        self.signal("TERM");
-        for _ in 0..150 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader thread take the last lines.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                return (status, self.stderr());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let _ = self.child.kill();
-        panic!(
-            "entra-callout did not exit within 15 s of SIGTERM:\n{}",
-            self.stderr()
-        );
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -439,7 +338,7 @@ async fn the_binary_serves_health_and_metrics_publishes_audit_events_and_reloads
         serde_json::from_slice(&message.payload).unwrap()
     };
 
-    let binary = Binary::start(&files.config);
+    let binary = Binary::start(&files.config, &admin);
     let base = format!("http://{admin}");
     let get = async |path: &str| http_get(&format!("{base}{path}")).await;
     eventually("the binary is ready", async || {
@@ -473,7 +372,7 @@ async fn the_binary_serves_health_and_metrics_publishes_audit_events_and_reloads
     );
 
     // Dropping the readers' rule from the file takes effect without a restart.
-    files.write_policies(&[PUBLISHERS]);
+    files.write_policies(&[policies::ML_PUBLISHERS]);
     eventually("a successful reload", async || {
         metric(
             &get("/metrics").await.1,

@@ -292,13 +292,18 @@ impl Binary {
         self.child.wait().unwrap();
     }
 
-    /// Sends SIGTERM and waits (bounded) for the exit status and the complete stderr.
-    pub async fn terminate(mut self) -> (ExitStatus, String) {
+    /// Sends `signal` (`TERM`, `HUP`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status and the complete stderr.
+    pub async fn terminate(mut self) -> (ExitStatus, String) {
+        self.signal("TERM");
         for _ in 0..150 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 // Let the reader thread take the last lines.

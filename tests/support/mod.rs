@@ -7,5 +7,6 @@ pub mod graph;
 pub mod issuer;
 pub mod nats;
 pub mod operator;
+pub mod policies;
 pub mod proxy;
 pub mod service;
