@@ -8,9 +8,9 @@
 //!   and `entra-callout serve` as a child process with the example policies;
 //!
 //! and measures new-connection latency (p50, p90, p99) and connections per second at each
-//! concurrency for (a), (b) the callout with every token new (a decision-cache miss: token
-//! verified, policies evaluated) and (c) the callout with the same tokens again (a cached
-//! decision). A connection is one raw TCP client speaking the NATS protocol — TCP connect, read
+//! concurrency for (a), (b) the callout with every token new (a verified-token cache miss: key
+//! lookup and RS256 signature check) and (c) the callout with the same tokens again (a cache
+//! hit: the claims are checked and the policies evaluated, the signature is not). A connection is one raw TCP client speaking the NATS protocol — TCP connect, read
 //! INFO, send CONNECT with the token and PING, read PONG — then closed; no client library is
 //! involved. It then prints the ratios (b)/(a) and (c)/(a), the CPU each process spent per
 //! connection, the service's peak RSS, and the service's RSS after `--identities` distinct

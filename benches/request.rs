@@ -332,14 +332,17 @@ fn bench_handle(c: &mut Criterion) {
     let settings = contoso()
         .with_authority(&issuer.authority())
         .expect("authority");
-    let verifier = Arc::new(Verifier::new(vec![settings]).expect("verifier"));
-    runtime.block_on(verifier.warm()).expect("keys");
     let token = access_token(ROLE, now, 3);
     let server = Server::new();
     let service_xkey = XKey::new();
 
     let mut group = c.benchmark_group("full handle");
     for (sealed, cache) in [(false, 0), (false, 1_000), (true, 0), (true, 1_000)] {
+        let verifier = Verifier::new(vec![settings.clone()])
+            .expect("verifier")
+            .with_token_cache(cache);
+        let verifier = Arc::new(verifier);
+        runtime.block_on(verifier.warm()).expect("keys");
         let xkey = sealed.then(|| XKey::from_seed(&service_xkey.seed().expect("seed")).expect("x"));
         let authorizer = Authorizer::new(
             KeyPair::new_account(),
@@ -347,8 +350,7 @@ fn bench_handle(c: &mut Criterion) {
             Arc::clone(&verifier),
             example_policies(),
             2,
-        )
-        .with_decision_cache(cache);
+        );
         let (payload, header) = server.message(&token, sealed.then_some(&service_xkey), now);
         let handle = || runtime.block_on(authorizer.handle(&payload, header.as_deref(), now));
         // Both must admit, and the cached variant must really answer from the cache.

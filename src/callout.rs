@@ -10,17 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::accounts::{Signers, UserIssuer};
 use crate::config::CalloutSettings;
-use crate::decision::{DEFAULT_DECISION_CACHE_SIZE, Decision, DecisionCache, token_key};
 use crate::deny::DenyReason;
 use crate::identity::Identity;
-use crate::metrics;
 use crate::nats_jwt::{self, Claims, JwtError, Permission, Request, ResponsePermission, User};
-use crate::oidc::Verifier;
+use crate::oidc::{TokenDigest, Verification, Verifier, token_digest};
 use crate::policy::{Grant, PolicySet};
 
 /// The longest user name we put into a minted JWT; longer display names are cut.
@@ -31,17 +28,10 @@ pub struct Authorizer {
     signers: Signers,
     xkey: Option<nkeys::XKey>,
     verifier: Arc<Verifier>,
-    generation: ArcSwap<Generation>,
-    decision_cache_size: u64,
+    /// Swapped as a whole on reload; every request evaluates the set current when it started.
+    policies: ArcSwap<PolicySet>,
     request_leeway_secs: u64,
     counts: Counts,
-}
-
-/// One policy set and the decisions made with it. Swapped as a whole, so a decision made with
-/// old policies can never land in the cache of new ones.
-struct Generation {
-    policies: Arc<PolicySet>,
-    decisions: DecisionCache,
 }
 
 /// How many requests this authorizer answered, by outcome.
@@ -62,7 +52,7 @@ pub struct Stats {
     pub denied: u64,
     /// Requests not answered because the request itself was unacceptable.
     pub dropped: u64,
-    /// Admissions answered from the decision cache.
+    /// Tokens whose signature check was answered from the verified-token cache.
     pub cache_hits: u64,
 }
 
@@ -153,7 +143,7 @@ pub struct AuditEvent {
     /// When the minted credentials expire (unix seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
-    /// Whether the decision was answered from the decision cache.
+    /// Whether the token's signature check was answered from the verified-token cache.
     #[serde(skip_serializing_if = "is_false")]
     pub cached: bool,
 }
@@ -176,17 +166,14 @@ impl Authorizer {
             signers: Signers::config(issuer),
             xkey,
             verifier,
-            generation: ArcSwap::from_pointee(Generation {
-                policies: Arc::new(policies),
-                decisions: DecisionCache::new(DEFAULT_DECISION_CACHE_SIZE),
-            }),
-            decision_cache_size: DEFAULT_DECISION_CACHE_SIZE,
+            policies: ArcSwap::from_pointee(policies),
             request_leeway_secs,
             counts: Counts::default(),
         }
     }
 
-    /// Builds the authorizer a configuration describes.
+    /// Builds the authorizer a configuration describes. The verifier's token cache is the
+    /// caller's: see [`Verifier::with_token_cache`].
     pub fn from_config(
         callout: &CalloutSettings,
         policies: PolicySet,
@@ -199,7 +186,6 @@ impl Authorizer {
             policies,
             callout.request_leeway.as_secs(),
         )
-        .with_decision_cache(callout.decision_cache_size)
         .with_signers(callout.signers.clone())
     }
 
@@ -208,25 +194,6 @@ impl Authorizer {
     pub fn with_signers(mut self, signers: Signers) -> Self {
         self.signers = signers;
         self
-    }
-
-    /// Sets the decision cache's capacity (0 disables it), emptying it.
-    #[must_use]
-    pub fn with_decision_cache(mut self, capacity: u64) -> Self {
-        let policies = Arc::clone(&self.generation.load().policies);
-        self.decision_cache_size = capacity;
-        self.generation.store(Arc::new(Generation {
-            policies,
-            decisions: DecisionCache::new(capacity),
-        }));
-        self
-    }
-
-    /// Number of cached decisions.
-    pub async fn cached_decisions(&self) -> u64 {
-        let generation = self.generation.load_full();
-        generation.decisions.sync().await;
-        generation.decisions.entry_count()
     }
 
     /// Counters since start.
@@ -244,13 +211,10 @@ impl Authorizer {
         &self.verifier
     }
 
-    /// Replaces the policies and starts an empty decision cache; requests already being
-    /// evaluated finish with the old set (and cache into the old, discarded cache).
+    /// Replaces the policies; requests already being evaluated finish with the old set. Nothing
+    /// else needs resetting: only token verifications are cached, never what policies granted.
     pub fn replace_policies(&self, policies: PolicySet) {
-        self.generation.store(Arc::new(Generation {
-            policies: Arc::new(policies),
-            decisions: DecisionCache::new(self.decision_cache_size),
-        }));
+        self.policies.store(Arc::new(policies));
     }
 
     /// Handles one request message. `xkey_header` is the `Nats-Server-Xkey` header, if any.
@@ -345,85 +309,75 @@ impl Authorizer {
             .into_iter()
             .find(|t| !t.is_empty())
             .ok_or_else(|| Denial::new(DenyReason::TokenMissing, "no auth_token or password"))?;
-        let key = token_key(token);
-        let token_hash = short_hash(&key);
-        let generation = self.generation.load_full();
-
-        let cached = generation.decisions.get(&key, now).await;
-        metrics::record_cache_lookup(cached.is_some());
-        let (decision, cached) = match cached {
-            Some(decision) => {
-                self.counts.cache_hits.fetch_add(1, Ordering::Relaxed);
-                (decision, true)
-            }
-            None => {
-                let identity = self
-                    .verifier
-                    .verify(token, now)
-                    .await
-                    .map_err(|err| Denial {
-                        reason: err.reason(),
-                        detail: err.to_string(),
-                        token_hash: Some(token_hash.clone()),
-                        identity: None,
-                    })?;
-                let grant = match generation.policies.evaluate(&identity, now) {
-                    Ok(grant) => grant,
-                    Err(err) => {
-                        return Err(Denial {
-                            reason: err.reason(),
-                            detail: err.detail().to_owned(),
-                            token_hash: Some(token_hash),
-                            identity: Some(identity),
-                        });
-                    }
-                };
-                let decision = Arc::new(Decision::new(identity, grant));
-                generation
-                    .decisions
-                    .insert(key, Arc::clone(&decision), now)
-                    .await;
-                (decision, false)
+        let digest = token_digest(token);
+        let token_hash = short_hash(&digest);
+        let Verification { identity, cached } = self
+            .verifier
+            .verify_digested(token, &digest, now)
+            .await
+            .map_err(|err| Denial {
+                reason: err.reason(),
+                detail: err.to_string(),
+                token_hash: Some(token_hash.clone()),
+                identity: None,
+            })?;
+        if cached {
+            self.counts.cache_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        let grant = match self.policies.load().evaluate(&identity, now) {
+            Ok(grant) => grant,
+            Err(err) => {
+                return Err(Denial {
+                    reason: err.reason(),
+                    detail: err.detail().to_owned(),
+                    token_hash: Some(token_hash),
+                    identity: Some(identity),
+                });
             }
         };
         // Config validation makes sure every policy account has a key; a miss here means a
         // policy changed under us, and refusing is the only safe answer.
-        let issuer = self
-            .signers
-            .user_issuer(&decision.grant.account)
-            .map_err(|err| Denial {
-                reason: DenyReason::Internal,
-                detail: err.to_string(),
-                token_hash: Some(token_hash.clone()),
-                identity: Some(decision.identity.clone()),
-            })?;
-        let jwt = mint_user(
+        let issuer = match self.signers.user_issuer(&grant.account) {
+            Ok(issuer) => issuer,
+            Err(err) => {
+                return Err(Denial {
+                    reason: DenyReason::Internal,
+                    detail: err.to_string(),
+                    token_hash: Some(token_hash),
+                    identity: Some(identity),
+                });
+            }
+        };
+        match mint_user(
             &issuer,
             &request.claims.nats.user_nkey,
-            &decision.identity,
-            &decision.grant,
+            &identity,
+            &grant,
             now,
-        )
-        .map_err(|err| Denial {
-            reason: DenyReason::Internal,
-            detail: format!("could not mint the user JWT: {err}"),
-            token_hash: Some(token_hash.clone()),
-            identity: Some(decision.identity.clone()),
-        })?;
-        Ok(Minted {
-            jwt,
-            decision,
-            cached,
-            token_hash,
-        })
+        ) {
+            Ok(jwt) => Ok(Minted {
+                jwt,
+                identity,
+                grant,
+                cached,
+                token_hash,
+            }),
+            Err(err) => Err(Denial {
+                reason: DenyReason::Internal,
+                detail: format!("could not mint the user JWT: {err}"),
+                token_hash: Some(token_hash),
+                identity: Some(identity),
+            }),
+        }
     }
 }
 
 /// An admitted client.
 struct Minted {
     jwt: String,
-    decision: Arc<Decision>,
-    /// Whether the decision came from the cache.
+    identity: Identity,
+    grant: Grant,
+    /// Whether the token's signature check came from the verified-token cache.
     cached: bool,
     token_hash: String,
 }
@@ -514,13 +468,12 @@ fn user_name(identity: &Identity) -> String {
 
 /// A short, non-reversible fingerprint of a token for correlating log lines.
 pub fn token_hash(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    data_encoding::HEXLOWER.encode(digest.get(..8).unwrap_or_default())
+    short_hash(&token_digest(token))
 }
 
-/// [`token_hash`] from an already computed [`token_key`].
-fn short_hash(key: &[u8; 32]) -> String {
-    data_encoding::HEXLOWER.encode(key.get(..8).unwrap_or_default())
+/// [`token_hash`] from an already computed [`token_digest`].
+fn short_hash(digest: &TokenDigest) -> String {
+    data_encoding::HEXLOWER.encode(digest.get(..8).unwrap_or_default())
 }
 
 /// Builds the decision's audit event and logs it on target `audit`.
@@ -528,7 +481,7 @@ fn audit(request: &Request, decision: &Result<Minted, Denial>, now: u64) -> Audi
     let server = &request.claims.nats.server_id;
     let client = &request.claims.nats.client_info;
     let identity = match decision {
-        Ok(m) => Some(&m.decision.identity),
+        Ok(m) => Some(&m.identity),
         Err(d) => d.identity.as_ref(),
     };
     let mut event = AuditEvent {
@@ -560,7 +513,7 @@ fn audit(request: &Request, decision: &Result<Minted, Denial>, now: u64) -> Audi
     };
     match decision {
         Ok(m) => {
-            let grant = &m.decision.grant;
+            let grant = &m.grant;
             event.cached = m.cached;
             event.token = Some(m.token_hash.clone());
             event.rules = grant.matched.iter().map(|r| r.to_string()).collect();

@@ -168,8 +168,8 @@ pub struct CalloutSettings {
     pub request_leeway: Duration,
     /// How long SIGTERM waits for in-flight requests.
     pub drain_timeout: Duration,
-    /// How many admission decisions are cached (0 disables the cache).
-    pub decision_cache_size: u64,
+    /// How many verified tokens are remembered by SHA-256 (0 disables the cache).
+    pub token_cache_size: u64,
 }
 
 impl fmt::Debug for CalloutSettings {
@@ -184,7 +184,7 @@ impl fmt::Debug for CalloutSettings {
             .field("queue_timeout", &self.queue_timeout)
             .field("request_leeway", &self.request_leeway)
             .field("drain_timeout", &self.drain_timeout)
-            .field("decision_cache_size", &self.decision_cache_size)
+            .field("token_cache_size", &self.token_cache_size)
             .finish()
     }
 }
@@ -334,8 +334,8 @@ pub struct RawCallout {
     pub request_leeway: Option<Spanned<String>>,
     /// Grace period for in-flight requests on shutdown, e.g. `10s`.
     pub drain_timeout: Option<Spanned<String>>,
-    /// Cached admission decisions; 0 disables the cache.
-    pub decision_cache_size: Option<Spanned<u64>>,
+    /// Verified tokens remembered by SHA-256; 0 disables the cache.
+    pub token_cache_size: Option<Spanned<u64>>,
 }
 
 /// One entry of `providers:` as written.
@@ -746,11 +746,11 @@ impl Validator<'_> {
             }
             Some(n) => usize::try_from(n.value).unwrap_or(256),
         };
-        let decision_cache_size = match &raw.decision_cache_size {
-            None => crate::decision::DEFAULT_DECISION_CACHE_SIZE,
+        let token_cache_size = match &raw.token_cache_size {
+            None => crate::oidc::DEFAULT_TOKEN_CACHE_SIZE,
             Some(n) if n.value > 10_000_000 => {
-                self.problem(n, "decision_cache_size must be at most 10000000");
-                crate::decision::DEFAULT_DECISION_CACHE_SIZE
+                self.problem(n, "token_cache_size must be at most 10000000");
+                crate::oidc::DEFAULT_TOKEN_CACHE_SIZE
             }
             Some(n) => n.value,
         };
@@ -777,7 +777,7 @@ impl Validator<'_> {
             queue_timeout,
             request_leeway,
             drain_timeout,
-            decision_cache_size,
+            token_cache_size,
         })
     }
 
@@ -1512,7 +1512,7 @@ mod tests {
         let config = load(dir.path(), &GOOD.replace("TENANT", TENANT)).unwrap();
         assert_eq!(config.callout.max_ttl, Duration::from_secs(1800));
         assert_eq!(config.callout.max_concurrency, 256);
-        assert_eq!(config.callout.decision_cache_size, 100_000);
+        assert_eq!(config.callout.token_cache_size, 100_000);
         assert_eq!(config.nats.queue_group, DEFAULT_QUEUE_GROUP);
         assert_eq!(config.providers.len(), 1);
         assert_eq!(

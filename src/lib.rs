@@ -5,11 +5,10 @@
 //! * `nats_jwt`: the callout wire format — authorization request/response and user claims,
 //!   ed25519-nkey JWT encode/decode, xkey sealing. Pure.
 //! * `oidc`: access-token verification. `verify_with_keys` is pure; `Verifier` adds discovery,
-//!   JWKS fetching and caching.
+//!   JWKS fetching and caching, and the cache of verified tokens (by SHA-256).
 //! * `identity`: what a verified token says about its holder.
 //! * `policy`: YAML policies (tenants, projects, roles, bindings), model → compile → pure
 //!   evaluation into a `Grant`.
-//! * `decision`: the per-token decision cache in front of verification and evaluation.
 //! * `tools`: the offline `explain` and `test` commands over policies.
 //! * `accounts`: config vs operator mode, and which key signs users into which account.
 //! * `callout`: one request in, one signed answer out (`Authorizer::handle`).
@@ -37,7 +36,6 @@ pub mod admin;
 pub mod callout;
 pub mod cli;
 pub mod config;
-pub mod decision;
 pub mod deny;
 pub mod dev;
 pub mod diagnostic;

@@ -7,7 +7,7 @@
 //!
 //! A [`Metrics`] owns its recorder, so tests can run several side by side. The service also
 //! installs it as the process-wide `metrics` recorder ([`Metrics::install_global`]), which lets
-//! code without a [`Metrics`] at hand (key refreshes, the decision cache) record through
+//! code without a [`Metrics`] at hand (key refreshes, the verified-token cache) record through
 //! [`record_key_refresh`] and [`record_cache_lookup`].
 //!
 //! | metric | type | labels |
@@ -40,7 +40,7 @@ pub const DECISION_DURATION: &str = "entra_callout_decision_duration_seconds";
 pub const IN_FLIGHT: &str = "entra_callout_in_flight_requests";
 /// Requests admitted but waiting for a free slot.
 pub const QUEUED: &str = "entra_callout_queued_requests";
-/// Decision-cache lookups, by result.
+/// Verified-token cache lookups, by result.
 pub const CACHE_LOOKUPS: &str = "entra_callout_cache_lookups_total";
 /// Signing-key fetches, by provider and result.
 pub const KEY_REFRESHES: &str = "entra_callout_key_refreshes_total";
@@ -269,7 +269,7 @@ pub fn record_key_refresh(provider: &str, ok: bool) {
         .increment(1);
 }
 
-/// Records one decision-cache lookup in the process-wide recorder.
+/// Records one verified-token cache lookup in the process-wide recorder.
 pub fn record_cache_lookup(hit: bool) {
     if hit {
         metrics::counter!(CACHE_LOOKUPS, "result" => "hit").increment(1);
@@ -299,7 +299,7 @@ fn describe(r: &dyn Recorder) {
             REQUESTS,
             "Authorization requests answered, by outcome and deny reason.",
         ),
-        (CACHE_LOOKUPS, "Decision cache lookups, by result."),
+        (CACHE_LOOKUPS, "Verified-token cache lookups, by result."),
         (
             KEY_REFRESHES,
             "Signing-key fetches from identity providers, by provider and result.",

@@ -9,6 +9,7 @@
 //! * `graph`: group-overage resolution through Microsoft Graph.
 //! * `verifier`: [`Verifier`], which routes a token to its provider and key source by `iss`
 //!   (never by trial), caches keys per source and refreshes them.
+//! * `verified`: the cache of tokens whose signatures were verified, by SHA-256.
 //!
 //! No error or log line produced here contains the token.
 //!
@@ -19,6 +20,7 @@ mod keys;
 #[cfg(test)]
 mod proptests;
 mod settings;
+mod verified;
 mod verifier;
 mod verify;
 
@@ -35,7 +37,8 @@ pub use settings::{
     GroupsOverage, OidcSettings, PrincipalRule, ProviderKind, ProviderSettings, SecretString,
     SettingsError, Tenants, TokenVersion, Versions,
 };
-pub use verifier::{Verifier, VerifierError};
+pub use verified::{DEFAULT_TOKEN_CACHE_SIZE, TokenDigest, token_digest};
+pub use verifier::{Verification, Verifier, VerifierError};
 pub use verify::verify_with_keys;
 
 /// Maps token claims to an [`Identity`] with every check the verifier makes except the

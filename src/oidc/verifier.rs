@@ -15,6 +15,9 @@
 //! one fetch. The last good key set is kept for when a fetch fails, and an unknown `kid` triggers
 //! at most one refetch per source per `unknown_kid_refetch_interval`, so random kids cannot make
 //! us hammer the identity provider.
+//!
+//! Tokens that passed are remembered by SHA-256 in the verified-token cache (`verified`), so
+//! a token seen again skips the signature check, and nothing else.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,8 +33,12 @@ use super::TokenError;
 use super::graph::{GraphClient, GraphError};
 use super::keys::{FetchTarget, Fetcher, KeySet, KeysError};
 use super::settings::{GroupsOverage, ProviderKind, ProviderSettings, Tenants, TokenVersion};
-use super::verify::{ParsedToken, Verified, check_algorithm, check_entra_tenant, verify_parsed};
+use super::verified::{DEFAULT_TOKEN_CACHE_SIZE, TokenDigest, VerifiedTokens, token_digest};
+use super::verify::{
+    ParsedToken, Signature, Verified, check_algorithm, check_entra_tenant, verify_parsed,
+};
 use crate::identity::Identity;
+use crate::metrics;
 
 /// After a failed fetch the last good keys are served for this long before the next attempt.
 const FAILED_FETCH_RETRY: Duration = Duration::from_secs(30);
@@ -52,6 +59,18 @@ pub struct Verifier {
     fetcher: Fetcher,
     /// Current key set per source index.
     keys: Cache<usize, CachedKeys>,
+    /// Tokens whose signatures were verified, by SHA-256.
+    verified: VerifiedTokens,
+}
+
+/// A verified token's identity, and whether its signature check was answered from the
+/// verified-token cache.
+#[derive(Debug)]
+pub struct Verification {
+    /// Who the token's holder is.
+    pub identity: Identity,
+    /// True when the token's signature had been verified before (a cache hit).
+    pub cached: bool,
 }
 
 /// Why a [`Verifier`] could not be built.
@@ -254,22 +273,60 @@ impl Verifier {
             max_token_bytes,
             fetcher: Fetcher::new()?,
             keys,
+            verified: VerifiedTokens::new(DEFAULT_TOKEN_CACHE_SIZE),
         })
+    }
+
+    /// Keeps at most `capacity` verified tokens (0 turns the cache off), starting empty.
+    #[must_use]
+    pub fn with_token_cache(mut self, capacity: u64) -> Self {
+        self.verified = VerifiedTokens::new(capacity);
+        self
+    }
+
+    /// Number of tokens in the verified-token cache.
+    pub async fn cached_tokens(&self) -> u64 {
+        self.verified.len().await
     }
 
     /// Verifies `token` at time `now` (unix seconds).
     pub async fn verify(&self, token: &str, now: u64) -> Result<Identity, TokenError> {
+        self.verify_digested(token, &token_digest(token), now)
+            .await
+            .map(|verification| verification.identity)
+    }
+
+    /// Verifies `token`, whose SHA-256 the caller has already computed as `digest`, at time
+    /// `now` (unix seconds).
+    pub async fn verify_digested(
+        &self,
+        token: &str,
+        digest: &TokenDigest,
+        now: u64,
+    ) -> Result<Verification, TokenError> {
         let parsed = ParsedToken::parse(token, self.max_token_bytes)?;
         // Routing reads unverified claims; everything it selects is re-checked after the
         // signature. Unknown issuers and refused tenants stop here, before any network traffic.
         let route = self.route(&parsed)?;
         let provider = self.provider(route.provider)?;
-        check_algorithm(parsed.alg(), &provider.settings)?;
+        let settings = &provider.settings;
+        check_algorithm(parsed.alg(), settings)?;
+        // Keys are looked up on a hit too: a token stays valid only while its source still
+        // serves its `kid`, so a withdrawn key ends its cached tokens with it.
         let keys = self.keys_for_kid(route.source, parsed.kid(), now).await?;
+        let cached = self.verified.contains(digest, route.source, now).await;
+        if self.verified.enabled() {
+            metrics::record_cache_lookup(cached);
+        }
+        let signature = if cached {
+            Signature::Verified
+        } else {
+            Signature::Check
+        };
         let Verified {
             mut identity,
             groups_overage,
-        } = verify_parsed(parsed, token, &provider.settings, &keys, now)?;
+        } = verify_parsed(parsed, token, settings, &keys, signature, now)?;
         if groups_overage {
             let Some(graph) = &provider.graph else {
                 return Err(TokenError::GroupsOverage);
@@ -296,7 +353,14 @@ impl Verifier {
                 })?;
             identity.groups = groups.to_vec();
         }
-        Ok(identity)
+        // Remembered only once accepted, so no refusal ever lands in the cache.
+        if !cached {
+            let until = identity.expires_at.saturating_add(settings.leeway_secs());
+            self.verified
+                .insert(*digest, route.source, until, now)
+                .await;
+        }
+        Ok(Verification { identity, cached })
     }
 
     /// Loads every key source; the service calls this at start. Tries all sources and returns

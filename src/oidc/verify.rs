@@ -63,19 +63,38 @@ pub fn verify_with_keys(
     now: u64,
 ) -> Result<Identity, TokenError> {
     let parsed = ParsedToken::parse(token, settings.max_token_bytes())?;
-    let verified = verify_parsed(parsed, token, settings, keys, now)?;
-    if verified.groups_overage {
-        return Err(TokenError::GroupsOverage);
-    }
-    Ok(verified.identity)
+    verify_parsed(parsed, token, settings, keys, Signature::Check, now)?.without_overage()
 }
 
-/// The checks after parsing: algorithm, key, signature, then claims.
+impl Verified {
+    /// The identity, unless its groups are unknown: without the network an overage can only be
+    /// refused.
+    pub(crate) fn without_overage(self) -> Result<Identity, TokenError> {
+        if self.groups_overage {
+            return Err(TokenError::GroupsOverage);
+        }
+        Ok(self.identity)
+    }
+}
+
+/// Whether [`verify_parsed`] checks the signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Signature {
+    /// Check it.
+    Check,
+    /// These exact bytes passed every check before (the verified-token cache holds their
+    /// SHA-256), and the key set still has their `kid`.
+    Verified,
+}
+
+/// The checks after parsing: algorithm, key, signature (unless `signature` says it was
+/// verified before), then claims.
 pub(crate) fn verify_parsed(
     parsed: ParsedToken,
     token: &str,
     settings: &ProviderSettings,
     keys: &KeySet,
+    signature: Signature,
     now: u64,
 ) -> Result<Verified, TokenError> {
     let provider = settings.name();
@@ -92,25 +111,16 @@ pub(crate) fn verify_parsed(
             provider: provider.clone(),
             kid: quote_header_value(&parsed.kid),
         })?;
-    check_signature(token, key, parsed.alg, settings)?;
-
-    let claims = parsed.claims;
-    // Owned, so the claims can move into the identity; the identity keeps it anyway.
-    let issuer = required_str(&claims, "iss")?.to_owned();
-    match settings.kind() {
-        ProviderKind::Entra(entra) => entra_claims(
-            claims,
-            issuer,
-            settings,
-            entra,
-            keys.metadata_issuer(),
-            key.issuer(),
-            now,
-        ),
-        ProviderKind::Oidc(oidc) => {
-            oidc_claims(claims, issuer, settings, oidc, keys.metadata_issuer(), now)
-        }
+    if signature == Signature::Check {
+        check_signature(token, key, parsed.alg, settings)?;
     }
+    check_claims(
+        parsed.claims,
+        settings,
+        keys.metadata_issuer(),
+        key.issuer(),
+        now,
+    )
 }
 
 /// Every check after the signature, for claims whose signature was never checked: the offline
@@ -121,17 +131,33 @@ pub(crate) fn identity_from_claims(
     settings: &ProviderSettings,
     now: u64,
 ) -> Result<Identity, TokenError> {
+    check_claims(claims, settings, None, None, now)?.without_overage()
+}
+
+/// The claim checks of the provider's kind; the issuers are compared when given.
+fn check_claims(
+    claims: Map<String, Value>,
+    settings: &ProviderSettings,
+    metadata_issuer: Option<&str>,
+    key_issuer: Option<&str>,
+    now: u64,
+) -> Result<Verified, TokenError> {
+    // Owned, so the claims can move into the identity; the identity keeps it anyway.
     let issuer = required_str(&claims, "iss")?.to_owned();
-    let verified = match settings.kind() {
-        ProviderKind::Entra(entra) => {
-            entra_claims(claims, issuer, settings, entra, None, None, now)?
+    match settings.kind() {
+        ProviderKind::Entra(entra) => entra_claims(
+            claims,
+            issuer,
+            settings,
+            entra,
+            metadata_issuer,
+            key_issuer,
+            now,
+        ),
+        ProviderKind::Oidc(oidc) => {
+            oidc_claims(claims, issuer, settings, oidc, metadata_issuer, now)
         }
-        ProviderKind::Oidc(oidc) => oidc_claims(claims, issuer, settings, oidc, None, now)?,
-    };
-    if verified.groups_overage {
-        return Err(TokenError::GroupsOverage);
     }
-    Ok(verified.identity)
 }
 
 /// Refuses an `alg` the provider does not allow, before any key is looked at.

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use entra_callout::deny::DenyReason;
 use entra_callout::identity::PrincipalKind;
 use entra_callout::oidc::{
-    GraphCredential, GraphSettings, GroupsOverage, ProviderSettings, SecretString, Tenants,
-    Verifier, Versions,
+    DEFAULT_LEEWAY_SECS, GraphCredential, GraphSettings, GroupsOverage, ProviderSettings,
+    SecretString, Tenants, Verifier, Versions, token_digest,
 };
 
 use crate::support::graph::{GRAPH_CLIENT_ID, GRAPH_CLIENT_SECRET, TestGraph};
@@ -255,6 +255,61 @@ async fn every_bad_token_class_is_refused_with_its_own_reason() {
     // No refusal ever caused a fetch for a tenant that is not configured.
     assert_eq!(issuer.discovery_hits_for(THIRD_TENANT, "v2"), 0);
     assert_eq!(issuer.discovery_hits_for("{tenantid}", "v2"), 0);
+    // Nor was any of them remembered as verified, even those with a good signature.
+    assert_eq!(verifier.cached_tokens().await, 0);
+}
+
+#[tokio::test]
+async fn a_cached_token_skips_only_the_signature_check() {
+    let (issuer, verifier) = catalogue_setup().await;
+    let now = now();
+    let token = issuer.token(json!({ "exp": now + 120 }));
+    let digest = token_digest(&token);
+    let first = verifier
+        .verify_digested(&token, &digest, now)
+        .await
+        .unwrap();
+    let again = verifier
+        .verify_digested(&token, &digest, now)
+        .await
+        .unwrap();
+    assert!(!first.cached && again.cached);
+    assert_eq!(verifier.cached_tokens().await, 1);
+    assert_eq!(
+        (&again.identity.object_id, &again.identity.groups),
+        (&first.identity.object_id, &first.identity.groups),
+        "a hit maps the claims as a miss does"
+    );
+
+    // Time-dependent checks run again: past exp and the leeway, the cached token is refused.
+    let later = now + 120 + DEFAULT_LEEWAY_SECS;
+    let error = verifier
+        .verify_digested(&token, &digest, later)
+        .await
+        .unwrap_err();
+    assert_eq!(error.reason(), DenyReason::TokenExpired);
+
+    // Any other bytes are another token: a changed signature is checked, and refused.
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let flipped = if signature.starts_with('A') { "B" } else { "A" };
+    let forged = format!("{signed}.{flipped}{}", &signature[1..]);
+    assert_eq!(
+        reason(&verifier, &forged).await,
+        DenyReason::SignatureInvalid
+    );
+    assert_eq!(verifier.cached_tokens().await, 1);
+
+    // Turned off, nothing is remembered.
+    let (issuer, verifier) = catalogue_setup().await;
+    let verifier = verifier.with_token_cache(0);
+    let token = issuer.token(json!({}));
+    for _ in 0..2 {
+        let verification = verifier
+            .verify_digested(&token, &token_digest(&token), now)
+            .await
+            .unwrap();
+        assert!(!verification.cached);
+    }
 }
 
 #[tokio::test]

@@ -91,7 +91,7 @@ async fn an_unreachable_identity_provider_keeps_known_keys_working_and_recovers(
 
     proxy.cut();
     contoso.publish(KID_3);
-    // Fresh tokens (no decision cache) signed with a key fetched before the outage still
+    // Fresh tokens (not in the verified-token cache) signed with a key fetched before the outage still
     // verify: the last good key set stays in use.
     for _ in 0..5 {
         let case = alpha(&contoso, KID_1);

@@ -213,7 +213,7 @@ async fn claims_that_would_widen_a_subject_are_refused() {
 }
 
 #[tokio::test]
-async fn decisions_are_cached_until_the_policies_change() {
+async fn verified_tokens_are_cached_and_policies_apply_at_every_connect() {
     let stack = Stack::start().await;
     let url = stack.server.url();
     let token = stack.contoso.app_token(json!({ "roles": ["Alpha"] }));
@@ -222,13 +222,11 @@ async fn decisions_are_cached_until_the_policies_change() {
     }
     let stats = stack.replica.authorizer.stats();
     assert_eq!((stats.allowed, stats.cache_hits), (3, 2));
-    assert_eq!(
-        stack.replica.authorizer.cached_decisions().await,
-        1,
-        "one token, one decision"
-    );
+    let verifier = stack.replica.authorizer.verifier();
+    assert_eq!(verifier.cached_tokens().await, 1, "one token, one entry");
 
-    // New policies without the binding: the cached admission must not outlive them.
+    // New policies without the binding: the next connect with the same (cached) token must be
+    // judged by them. The cache holds only the verification, so it is kept, not flushed.
     let text = binary::policy().replace(
         "app_roles: [Alpha] } }\n  - { name: contoso-beta",
         "app_roles: [Gone] } }\n  - { name: contoso-beta",
@@ -249,7 +247,6 @@ async fn decisions_are_cached_until_the_policies_change() {
     )
     .unwrap();
     stack.replica.authorizer.replace_policies(policies);
-    assert_eq!(stack.replica.authorizer.cached_decisions().await, 0);
     let err = connect(&url, &token)
         .await
         .err()
@@ -261,5 +258,12 @@ async fn decisions_are_cached_until_the_policies_change() {
             .wait_for_log("Auth callout service returned an error: no_matching_policy")
             .await
     );
+    let stats = stack.replica.authorizer.stats();
+    assert_eq!(
+        (stats.allowed, stats.denied, stats.cache_hits),
+        (3, 1, 3),
+        "the refusal came from a cached verification and the new policies"
+    );
+    assert_eq!(verifier.cached_tokens().await, 1);
     stack.stop().await;
 }

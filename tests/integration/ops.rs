@@ -96,7 +96,11 @@ impl ServiceFiles {
             metrics: Arc::clone(&ops.metrics),
         };
         let admin = admin::spawn("127.0.0.1:0".parse().unwrap(), admin_state).unwrap();
-        let verifier = Arc::new(Verifier::new(config.providers.clone()).unwrap());
+        let verifier = Arc::new(
+            Verifier::new(config.providers.clone())
+                .unwrap()
+                .with_token_cache(config.callout.token_cache_size),
+        );
         if warm {
             verifier.warm().await.expect("test issuer keys load");
             ops.readiness.set_keys_loaded();

@@ -34,7 +34,7 @@ fn size() -> (usize, usize) {
 }
 
 /// Identities for one round: 16 sets of the storm cases with fresh tokens, so the small
-/// decision cache keeps evicting and most connects verify a token from scratch. One set in
+/// verified-token cache keeps evicting and most connects verify a token from scratch. One set in
 /// four expires in 2 minutes, well inside `max_ttl`, so credentials must be cut to the token.
 fn round_cases(contoso: &TestIssuer, fabrikam: &TestIssuer) -> Vec<Case> {
     let mut cases = Vec::new();
@@ -68,7 +68,7 @@ async fn connect_storms_through_the_tenant_matrix_give_no_wrong_answer_and_no_gr
     let (config, admin) = service.write_config(&Settings {
         nats: &url,
         providers: providers(&contoso, &fabrikam),
-        callout: "  decision_cache_size: 64\n",
+        callout: "  token_cache_size: 64\n",
         log_format: "json",
         log_level: "debug",
     });

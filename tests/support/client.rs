@@ -40,7 +40,7 @@ pub enum Outcome {
 
 /// A storm's identities: three tenant/project members (two of them sent as passwords) and
 /// refusals — a tenant without a binding, an injected subject, an expired token, a token for
-/// another audience. `fresh` adds a unique `uti`, so each token misses the decision cache.
+/// another audience. `fresh` adds a unique `uti`, so each token misses the verified-token cache.
 pub fn cases(contoso: &TestIssuer, fabrikam: &TestIssuer, fresh: bool) -> Vec<Case> {
     let uti = || {
         if fresh {

@@ -29,7 +29,11 @@ impl Replica {
 
     /// Starts a replica from an already loaded configuration.
     pub async fn from_config(config: Config) -> Self {
-        let verifier = Arc::new(Verifier::new(config.providers.clone()).unwrap());
+        let verifier = Arc::new(
+            Verifier::new(config.providers.clone())
+                .unwrap()
+                .with_token_cache(config.callout.token_cache_size),
+        );
         verifier.warm().await.expect("test issuer keys load");
         let settings = LoopSettings::from_config(&config);
         let authorizer = Arc::new(Authorizer::from_config(
