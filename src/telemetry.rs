@@ -1,5 +1,6 @@
 //! Logging setup, and the one place the service reads the wall clock.
 
+use std::io::IsTerminal;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing_subscriber::EnvFilter;
@@ -24,8 +25,14 @@ pub fn init(settings: &LogSettings) {
                     .with_writer(std::io::stderr),
             )
             .try_init(),
+        // Colours only for a person at a terminal: in files, pipes and `kubectl logs` the escape
+        // codes are noise, and formatting them is work on every audit line.
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
 }
