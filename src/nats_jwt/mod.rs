@@ -10,8 +10,9 @@ mod account;
 mod boxes;
 mod claims;
 mod codec;
+mod signer;
 
-use nkeys::{KeyPair, KeyPairType, XKey};
+use nkeys::{KeyPairType, XKey};
 use thiserror::Error;
 
 pub use account::{
@@ -25,6 +26,7 @@ pub use claims::{
     USER_TYPE, User,
 };
 pub use codec::{HEADER_JSON, MAX_TOKEN_SIZE, decode, encode, hash_id};
+pub use signer::{SIGNATURE_LEN, Signer};
 
 /// The subject nats-server publishes authorization requests on.
 pub const AUTH_REQUEST_SUBJECT: &str = "$SYS.REQ.USER.AUTH";
@@ -85,9 +87,15 @@ pub enum JwtError {
     /// The signing key is of the wrong kind for this claim.
     #[error("signing key is not an {expected} key with a seed")]
     SignerKind { expected: &'static str },
-    /// The signing key could not sign (public-only key).
+    /// The signing key is public only: it has no seed to sign with.
     #[error("signing key has no seed")]
     Sign,
+    /// The signing key is not a valid nkey seed, or its seed and public key disagree.
+    #[error("signing key is not a valid nkey seed")]
+    InvalidSeed,
+    /// The ed25519 backend failed to sign.
+    #[error("ed25519 signing failed")]
+    SignFailed,
     /// The claims could not be serialized.
     #[error("claims could not be serialized to json")]
     Serialize,
@@ -254,7 +262,7 @@ pub fn open_request(
 pub fn encode_response(
     req: &Request,
     outcome: Result<&str, &str>,
-    signer: &KeyPair,
+    signer: &Signer,
     service_xkey: Option<&XKey>,
     now: u64,
 ) -> Result<Vec<u8>, JwtError> {
@@ -266,7 +274,7 @@ pub fn encode_response(
 pub fn encode_response_as(
     req: &Request,
     outcome: Result<&str, &str>,
-    signer: &KeyPair,
+    signer: &Signer,
     issuer_account: Option<&str>,
     service_xkey: Option<&XKey>,
     now: u64,
