@@ -12,6 +12,8 @@ mod claims;
 mod codec;
 mod signer;
 
+use std::borrow::Cow;
+
 use nkeys::{KeyPairType, XKey};
 use thiserror::Error;
 
@@ -185,9 +187,10 @@ pub fn open_request(
     }
     // Go's callout library uses the same test: every plaintext request starts with the header.
     let plaintext = payload.starts_with(b"eyJ");
-    let (token_bytes, server_xkey) = match (service_xkey, xkey_header) {
+    // A plaintext request is decoded where it lies; only an opened one needs its own buffer.
+    let (token_bytes, server_xkey): (Cow<'_, [u8]>, _) = match (service_xkey, xkey_header) {
         (None, Some(_)) => return Err(JwtError::SealedButNoServiceXkey),
-        (None, None) => (payload.to_vec(), None),
+        (None, None) => (Cow::Borrowed(payload), None),
         (Some(_), _) if plaintext => return Err(JwtError::PlaintextButServiceXkey),
         (Some(_), None) => return Err(JwtError::MissingXkeyHeader),
         (Some(service), Some(header)) => {
@@ -200,7 +203,7 @@ pub fn open_request(
             }
             XKey::from_public_key(header).map_err(|_| invalid())?;
             let opened = boxes::open(service, payload, header).ok_or(JwtError::Open)?;
-            (opened, Some(header.to_owned()))
+            (Cow::Owned(opened), Some(header.to_owned()))
         }
     };
     let token = std::str::from_utf8(&token_bytes).map_err(|_| JwtError::NotUtf8)?;
