@@ -25,7 +25,7 @@ use entra_callout::dev::token::{self, API_CLIENT_ID, CONTOSO, Randomness, TokenR
 use entra_callout::identity::Identity;
 use entra_callout::nats_jwt::{
     self, AuthorizationRequest, Claims, ClientInformation, ConnectOptions, REQUEST_AUDIENCE,
-    ServerId,
+    ServerId, Signer,
 };
 use entra_callout::oidc::{KeySet, ProviderSettings, Verifier, verify_with_keys};
 use entra_callout::policy::{CompileOptions, PolicySet, PolicySource, compile};
@@ -55,14 +55,14 @@ fn access_token(role: &str, now: u64, seed: u8) -> String {
 
 /// One server's keys and a way to build its authorization requests.
 struct Server {
-    key: KeyPair,
+    key: Signer,
     xkey: XKey,
 }
 
 impl Server {
     fn new() -> Self {
         Self {
-            key: KeyPair::new_server(),
+            key: Signer::new(KeyPair::new_server()).expect("server key"),
             xkey: XKey::new(),
         }
     }
@@ -77,7 +77,7 @@ impl Server {
                 server_id: ServerId {
                     name: "bench".into(),
                     host: "127.0.0.1".into(),
-                    id: self.key.public_key(),
+                    id: self.key.public_key().to_owned(),
                     version: "2.15.1".into(),
                     xkey: if sealed {
                         self.xkey.public_key()
@@ -275,7 +275,7 @@ fn bench_mint(c: &mut Criterion) {
     let mut app = app;
     app.roles = vec![ROLE.to_owned()];
     let grant = set.evaluate(&app, now).expect("grant");
-    let key = KeyPair::new_account();
+    let key = Signer::new(KeyPair::new_account()).expect("issuer key");
     let issuer = UserIssuer {
         key: &key,
         audience: "APP",
@@ -293,6 +293,7 @@ fn bench_mint(c: &mut Criterion) {
 fn bench_primitives(c: &mut Criterion) {
     let message = vec![b'x'; 1500];
     let key = KeyPair::new_server();
+    let signer = Signer::new(key.clone()).expect("signer");
     let signature = key.sign(&message).expect("sign");
     let public = KeyPair::from_public_key(&key.public_key()).expect("public");
     let (ours, theirs) = (XKey::new(), XKey::new());
@@ -301,6 +302,9 @@ fn bench_primitives(c: &mut Criterion) {
     let sealed = theirs.seal(&message, &ours_public).expect("seal");
     let mut group = c.benchmark_group("primitives, 1.5 KB");
     group.bench_function("ed25519 sign", |b| b.iter(|| key.sign(black_box(&message))));
+    group.bench_function("ed25519 sign, aws-lc-rs (Signer)", |b| {
+        b.iter(|| signer.sign(black_box(&message)))
+    });
     group.bench_function("ed25519 verify", |b| {
         b.iter(|| {
             public
@@ -345,7 +349,7 @@ fn bench_handle(c: &mut Criterion) {
         runtime.block_on(verifier.warm()).expect("keys");
         let xkey = sealed.then(|| XKey::from_seed(&service_xkey.seed().expect("seed")).expect("x"));
         let authorizer = Authorizer::new(
-            KeyPair::new_account(),
+            Signer::new(KeyPair::new_account()).expect("issuer key"),
             xkey,
             Arc::clone(&verifier),
             example_policies(),

@@ -12,6 +12,8 @@ use std::fmt;
 
 use nkeys::{KeyPair, KeyPairType};
 
+use crate::nats_jwt::Signer;
+
 /// How nats-server is configured for the callout.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
@@ -31,7 +33,7 @@ pub enum AccountsError {
         /// The offending value (public by nature).
         key: String,
     },
-    /// The signing key is not an account key with a seed.
+    /// The signing key is not an account key.
     #[error("the signing key for account {account} is not an account seed (SA...)")]
     NotAnAccountSeed {
         /// The account's public key.
@@ -50,7 +52,7 @@ pub enum AccountsError {
 #[derive(Clone)]
 pub struct AccountKey {
     account: String,
-    key: KeyPair,
+    key: Signer,
 }
 
 /// Everything the callout signs with.
@@ -66,7 +68,7 @@ pub struct Signers {
 #[derive(Clone, Copy, Debug)]
 pub struct UserIssuer<'a> {
     /// Signs the user JWT.
-    pub key: &'a KeyPair,
+    pub key: &'a Signer,
     /// The user JWT's `aud`: the account name in config mode, its public key in operator mode
     /// (where the server ignores it).
     pub audience: &'a str,
@@ -75,9 +77,9 @@ pub struct UserIssuer<'a> {
 }
 
 impl AccountKey {
-    /// `key` signs for `account` (a public account key). `key` must be an account seed: the
+    /// `key` signs for `account` (a public account key). `key` must be an account key: the
     /// account's own, or one of its plain signing keys.
-    pub fn new(account: &str, key: KeyPair) -> Result<Self, AccountsError> {
+    pub fn new(account: &str, key: Signer) -> Result<Self, AccountsError> {
         let is_account = KeyPair::from_public_key(account)
             .is_ok_and(|kp| kp.key_pair_type() == KeyPairType::Account);
         if !is_account {
@@ -85,7 +87,7 @@ impl AccountKey {
                 key: account.chars().take(64).collect(),
             });
         }
-        if key.key_pair_type() != KeyPairType::Account || key.seed().is_err() {
+        if key.kind() != KeyPairType::Account {
             return Err(AccountsError::NotAnAccountSeed {
                 account: account.to_owned(),
             });
@@ -97,8 +99,8 @@ impl AccountKey {
     }
 
     /// The account's own seed: it signs for itself.
-    pub fn own(key: KeyPair) -> Result<Self, AccountsError> {
-        let account = key.public_key();
+    pub fn own(key: Signer) -> Result<Self, AccountsError> {
+        let account = key.public_key().to_owned();
         Self::new(&account, key)
     }
 
@@ -108,7 +110,7 @@ impl AccountKey {
     }
 
     /// The key that signs.
-    pub fn key(&self) -> &KeyPair {
+    pub fn key(&self) -> &Signer {
         &self.key
     }
 
@@ -130,11 +132,11 @@ impl fmt::Debug for AccountKey {
 impl Signers {
     /// Config mode: `issuer` signs responses and users, into any account named by policy.
     /// The key's kind is checked where it is loaded; a wrong one fails at signing time.
-    pub fn config(issuer: KeyPair) -> Self {
+    pub fn config(issuer: Signer) -> Self {
         Self {
             mode: Mode::Config,
             response: AccountKey {
-                account: issuer.public_key(),
+                account: issuer.public_key().to_owned(),
                 key: issuer,
             },
             targets: BTreeMap::new(),
@@ -198,11 +200,15 @@ impl Signers {
 mod tests {
     use super::*;
 
+    fn signer(key: &KeyPair) -> Signer {
+        Signer::new(key.clone()).unwrap()
+    }
+
     #[test]
     fn config_mode_signs_everything_with_the_issuer_and_names_the_account() {
         let issuer = KeyPair::new_account();
         let public = issuer.public_key();
-        let signers = Signers::config(issuer);
+        let signers = Signers::config(signer(&issuer));
         assert_eq!(signers.mode(), Mode::Config);
         assert_eq!(signers.response().issuer_account(), None);
         let user = signers.user_issuer("APP").unwrap();
@@ -218,15 +224,15 @@ mod tests {
         let other = KeyPair::new_account();
         let callout = KeyPair::new_account();
         let signers = Signers::operator(
-            AccountKey::own(callout).unwrap(),
+            AccountKey::own(signer(&callout)).unwrap(),
             [
                 (
                     "APP".to_owned(),
-                    AccountKey::new(&app.public_key(), app_signing.clone()).unwrap(),
+                    AccountKey::new(&app.public_key(), signer(&app_signing)).unwrap(),
                 ),
                 (
                     "OTHER".to_owned(),
-                    AccountKey::own(KeyPair::from_seed(&other.seed().unwrap()).unwrap()).unwrap(),
+                    AccountKey::own(Signer::from_seed(&other.seed().unwrap()).unwrap()).unwrap(),
                 ),
             ],
         );
@@ -249,22 +255,20 @@ mod tests {
     fn keys_of_the_wrong_kind_are_refused_and_debug_shows_no_seed() {
         let user = KeyPair::new_user();
         assert!(matches!(
-            AccountKey::new(&user.public_key(), KeyPair::new_account()),
+            AccountKey::new(&user.public_key(), signer(&KeyPair::new_account())),
             Err(AccountsError::NotAnAccount { .. })
         ));
         let account = KeyPair::new_account().public_key();
         assert!(matches!(
-            AccountKey::new(&account, KeyPair::new_user()),
+            AccountKey::new(&account, signer(&KeyPair::new_user())),
             Err(AccountsError::NotAnAccountSeed { .. })
         ));
+        // A public-only key never becomes a signer, so it never reaches an AccountKey.
         let public_only = KeyPair::from_public_key(&account).unwrap();
-        assert!(matches!(
-            AccountKey::new(&account, public_only),
-            Err(AccountsError::NotAnAccountSeed { .. })
-        ));
+        assert!(Signer::new(public_only).is_err());
         let key = KeyPair::new_account();
         let seed = key.seed().unwrap();
-        let debug = format!("{:?}", AccountKey::own(key).unwrap());
+        let debug = format!("{:?}", AccountKey::own(signer(&key)).unwrap());
         assert!(!debug.contains(&seed), "{debug}");
     }
 }

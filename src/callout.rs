@@ -156,7 +156,7 @@ impl Authorizer {
     /// Builds a config-mode authorizer. `issuer` signs user JWTs and responses; `xkey` opens
     /// sealed requests. [`Authorizer::with_signers`] switches to other keys (operator mode).
     pub fn new(
-        issuer: nkeys::KeyPair,
+        issuer: nats_jwt::Signer,
         xkey: Option<nkeys::XKey>,
         verifier: Arc<Verifier>,
         policies: PolicySet,
@@ -634,7 +634,7 @@ mod tests {
         .unwrap()
     }
 
-    fn config_issuer(key: &nkeys::KeyPair) -> UserIssuer<'_> {
+    fn config_issuer(key: &nats_jwt::Signer) -> UserIssuer<'_> {
         UserIssuer {
             key,
             audience: "APP",
@@ -644,7 +644,7 @@ mod tests {
 
     #[test]
     fn a_direction_without_allows_is_denied_explicitly() {
-        let issuer = nkeys::KeyPair::new_account();
+        let issuer = nats_jwt::Signer::new(nkeys::KeyPair::new_account()).unwrap();
         let user = nkeys::KeyPair::new_user().public_key();
         let jwt = mint_user(
             &config_issuer(&issuer),
@@ -657,7 +657,7 @@ mod tests {
         let claims = payload(&jwt);
         assert_eq!(claims["sub"], user.as_str());
         assert_eq!(claims["aud"], "APP");
-        assert_eq!(claims["iss"], issuer.public_key().as_str());
+        assert_eq!(claims["iss"], issuer.public_key());
         assert_eq!(claims["exp"], 1_500);
         assert_eq!(
             claims["name"], "alexw@contoso.com",
@@ -678,7 +678,7 @@ mod tests {
 
     #[test]
     fn a_grant_without_any_allow_is_never_minted() {
-        let issuer = nkeys::KeyPair::new_account();
+        let issuer = nats_jwt::Signer::new(nkeys::KeyPair::new_account()).unwrap();
         let user = nkeys::KeyPair::new_user().public_key();
         let err = mint_user(
             &config_issuer(&issuer),
@@ -697,11 +697,12 @@ mod tests {
 
         let app = nkeys::KeyPair::new_account();
         let signing = nkeys::KeyPair::new_account();
+        let signer = |key: &nkeys::KeyPair| nats_jwt::Signer::new(key.clone()).unwrap();
         let signers = Signers::operator(
-            AccountKey::own(nkeys::KeyPair::new_account()).unwrap(),
+            AccountKey::own(signer(&nkeys::KeyPair::new_account())).unwrap(),
             [(
                 "APP".to_owned(),
-                AccountKey::new(&app.public_key(), signing.clone()).unwrap(),
+                AccountKey::new(&app.public_key(), signer(&signing)).unwrap(),
             )],
         );
         let user = nkeys::KeyPair::new_user().public_key();

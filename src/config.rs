@@ -151,7 +151,7 @@ impl fmt::Debug for Secret {
 /// Keys and limits of the callout.
 pub struct CalloutSettings {
     /// The issuer account key pair (`SA...`): signs responses, and in config mode user JWTs.
-    pub issuer: nkeys::KeyPair,
+    pub issuer: crate::nats_jwt::Signer,
     /// The mode and every signing key, for `Authorizer::with_signers`.
     pub signers: Signers,
     /// The service's curve key (`SX...`), when the server encrypts requests.
@@ -712,7 +712,7 @@ impl Validator<'_> {
                 self.problem(&raw_at, "callout needs issuer_seed_file or issuer_seed_env");
                 None
             }
-            Some((seed, at)) => match nkeys::KeyPair::from_seed(seed.expose()) {
+            Some((seed, at)) => match crate::nats_jwt::Signer::from_seed(seed.expose()) {
                 Ok(kp) if seed.expose().starts_with("SA") => Some(kp),
                 Ok(_) => {
                     self.problem_at(at, "callout issuer seed must be an account seed (SA...)");
@@ -1339,7 +1339,7 @@ impl Validator<'_> {
                 );
                 continue;
             }
-            let Ok(key) = nkeys::KeyPair::from_seed(seed.expose()) else {
+            let Ok(key) = crate::nats_jwt::Signer::from_seed(seed.expose()) else {
                 self.problem_at(seed_at, format!("account `{name}`: not a valid nkey seed"));
                 continue;
             };

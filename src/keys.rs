@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use nkeys::{KeyPair, KeyPairType};
 
-use crate::nats_jwt::{self, Claims, Permission, User, format_credentials};
+use crate::nats_jwt::{self, Claims, Permission, Signer, User, format_credentials};
 
 /// File names inside the key directory.
 pub const ISSUER_SEED: &str = "issuer.nk";
@@ -202,11 +202,11 @@ pub fn init_operator(dir: &Path, accounts: &[String], now: u64) -> Result<Operat
     // publishing to $SYS.REQ.USER.AUTH.
     let mut service_claims = Claims::<User>::with_subject(service.public_key(), User::new());
     service_claims.base.name = "entra-callout".to_owned();
-    let service_jwt = nats_jwt::encode(&mut service_claims, &callout, now)?;
+    let service_jwt = nats_jwt::encode(&mut service_claims, &Signer::new(callout.clone())?, now)?;
     let sentinel_jwt = sentinel_jwt(&callout, &sentinel.public_key(), now)?;
     let mut system_claims = Claims::<User>::with_subject(system_user.public_key(), User::new());
     system_claims.base.name = "sys".to_owned();
-    let system_jwt = nats_jwt::encode(&mut system_claims, &system, now)?;
+    let system_jwt = nats_jwt::encode(&mut system_claims, &Signer::new(system.clone())?, now)?;
 
     write_private(&dir.join(OPERATOR_SEED), &seed_of(&operator)?)?;
     write_private(&dir.join(SYSTEM_SEED), &seed_of(&system)?)?;
@@ -317,7 +317,11 @@ pub fn sentinel_jwt(callout: &KeyPair, user: &str, now: u64) -> Result<String, K
     claims.nats.publish = deny_all.clone();
     claims.nats.subscribe = deny_all;
     claims.nats.bearer_token = true;
-    Ok(nats_jwt::encode(&mut claims, callout, now)?)
+    Ok(nats_jwt::encode(
+        &mut claims,
+        &Signer::new(callout.clone())?,
+        now,
+    )?)
 }
 
 /// Account names double as file names: keep them to letters, digits, `-` and `_`.

@@ -10,7 +10,7 @@
 use std::fmt::Write;
 
 use crate::keys::OperatorKeys;
-use crate::nats_jwt::{self, Account, Claims, JwtError, Operator};
+use crate::nats_jwt::{self, Account, Claims, JwtError, Operator, Signer};
 
 /// `max_control_line` for both modes: a CONNECT with an Entra token carrying group claims
 /// easily exceeds the 4 KiB default.
@@ -104,10 +104,11 @@ pub fn config_mode(c: &ConfigMode<'_>) -> String {
 /// The operator JWT and every account JWT (system, callout, targets), signed with the
 /// operator key at `now`.
 pub fn operator_jwts(keys: &OperatorKeys, now: u64) -> Result<(String, Vec<AccountJwt>), JwtError> {
+    let signer = Signer::new(keys.operator.clone())?;
     let mut operator = Claims::with_subject(keys.operator.public_key(), Operator::new());
     operator.base.name = "entra-callout".to_owned();
     operator.nats.system_account = keys.system.public_key();
-    let operator_jwt = nats_jwt::encode(&mut operator, &keys.operator, now)?;
+    let operator_jwt = nats_jwt::encode(&mut operator, &signer, now)?;
 
     let mut accounts = vec![
         ("SYS".to_owned(), system_claims(keys)),
@@ -120,7 +121,7 @@ pub fn operator_jwts(keys: &OperatorKeys, now: u64) -> Result<(String, Vec<Accou
     }
     let mut jwts = Vec::with_capacity(accounts.len());
     for (name, mut claims) in accounts {
-        let jwt = nats_jwt::encode(&mut claims, &keys.operator, now)?;
+        let jwt = nats_jwt::encode(&mut claims, &signer, now)?;
         jwts.push(AccountJwt {
             name,
             public_key: claims.base.sub,

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha512_256};
 
 use super::JwtError;
 use super::claims::{CLAIM_VERSION, Claims, ClaimsData, IssuerKind, NatsClaim};
+use super::signer::Signer;
 
 /// The header every NATS v2 JWT carries, byte for byte.
 pub const HEADER_JSON: &str = r#"{"typ":"JWT","alg":"ed25519-nkey"}"#;
@@ -36,16 +37,15 @@ struct Header {
 /// issue this claim (an account key for users and responses).
 pub fn encode<T: NatsClaim + Serialize>(
     claims: &mut Claims<T>,
-    signer: &KeyPair,
+    signer: &Signer,
     now: u64,
 ) -> Result<String, JwtError> {
-    let kind = signer.key_pair_type();
-    if !kind_matches(T::ISSUER, &kind) {
+    if !kind_matches(T::ISSUER, &signer.kind()) {
         return Err(JwtError::SignerKind {
             expected: kind_name(T::ISSUER),
         });
     }
-    claims.base.iss = signer.public_key();
+    signer.public_key().clone_into(&mut claims.base.iss);
     claims.base.iat = now;
     claims.base.jti = String::new();
     claims.base.jti = hash_id(&claims.base)?;
@@ -55,7 +55,7 @@ pub fn encode<T: NatsClaim + Serialize>(
     let mut token = BASE64URL_NOPAD.encode(HEADER_JSON.as_bytes());
     token.push('.');
     token.push_str(&BASE64URL_NOPAD.encode(&payload));
-    let signature = signer.sign(token.as_bytes()).map_err(|_| JwtError::Sign)?;
+    let signature = signer.sign(token.as_bytes())?;
     token.push('.');
     token.push_str(&BASE64URL_NOPAD.encode(&signature));
     Ok(token)

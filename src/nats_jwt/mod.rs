@@ -10,8 +10,11 @@ mod account;
 mod boxes;
 mod claims;
 mod codec;
+mod signer;
 
-use nkeys::{KeyPair, KeyPairType, XKey};
+use std::borrow::Cow;
+
+use nkeys::{KeyPairType, XKey};
 use thiserror::Error;
 
 pub use account::{
@@ -25,6 +28,7 @@ pub use claims::{
     USER_TYPE, User,
 };
 pub use codec::{HEADER_JSON, MAX_TOKEN_SIZE, decode, encode, hash_id};
+pub use signer::{SIGNATURE_LEN, Signer};
 
 /// The subject nats-server publishes authorization requests on.
 pub const AUTH_REQUEST_SUBJECT: &str = "$SYS.REQ.USER.AUTH";
@@ -85,9 +89,15 @@ pub enum JwtError {
     /// The signing key is of the wrong kind for this claim.
     #[error("signing key is not an {expected} key with a seed")]
     SignerKind { expected: &'static str },
-    /// The signing key could not sign (public-only key).
+    /// The signing key is public only: it has no seed to sign with.
     #[error("signing key has no seed")]
     Sign,
+    /// The signing key is not a valid nkey seed, or its seed and public key disagree.
+    #[error("signing key is not a valid nkey seed")]
+    InvalidSeed,
+    /// The ed25519 backend failed to sign.
+    #[error("ed25519 signing failed")]
+    SignFailed,
     /// The claims could not be serialized.
     #[error("claims could not be serialized to json")]
     Serialize,
@@ -177,9 +187,10 @@ pub fn open_request(
     }
     // Go's callout library uses the same test: every plaintext request starts with the header.
     let plaintext = payload.starts_with(b"eyJ");
-    let (token_bytes, server_xkey) = match (service_xkey, xkey_header) {
+    // A plaintext request is decoded where it lies; only an opened one needs its own buffer.
+    let (token_bytes, server_xkey): (Cow<'_, [u8]>, _) = match (service_xkey, xkey_header) {
         (None, Some(_)) => return Err(JwtError::SealedButNoServiceXkey),
-        (None, None) => (payload.to_vec(), None),
+        (None, None) => (Cow::Borrowed(payload), None),
         (Some(_), _) if plaintext => return Err(JwtError::PlaintextButServiceXkey),
         (Some(_), None) => return Err(JwtError::MissingXkeyHeader),
         (Some(service), Some(header)) => {
@@ -192,7 +203,7 @@ pub fn open_request(
             }
             XKey::from_public_key(header).map_err(|_| invalid())?;
             let opened = boxes::open(service, payload, header).ok_or(JwtError::Open)?;
-            (opened, Some(header.to_owned()))
+            (Cow::Owned(opened), Some(header.to_owned()))
         }
     };
     let token = std::str::from_utf8(&token_bytes).map_err(|_| JwtError::NotUtf8)?;
@@ -254,7 +265,7 @@ pub fn open_request(
 pub fn encode_response(
     req: &Request,
     outcome: Result<&str, &str>,
-    signer: &KeyPair,
+    signer: &Signer,
     service_xkey: Option<&XKey>,
     now: u64,
 ) -> Result<Vec<u8>, JwtError> {
@@ -266,7 +277,7 @@ pub fn encode_response(
 pub fn encode_response_as(
     req: &Request,
     outcome: Result<&str, &str>,
-    signer: &KeyPair,
+    signer: &Signer,
     issuer_account: Option<&str>,
     service_xkey: Option<&XKey>,
     now: u64,

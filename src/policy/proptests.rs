@@ -220,7 +220,7 @@ proptest! {
         id.expires_at = now + token_lifetime;
         let set = policies();
         let Ok(grant) = set.evaluate(&id, now) else { return Ok(()) };
-        let key = nkeys::KeyPair::new_account();
+        let key = crate::nats_jwt::Signer::new(nkeys::KeyPair::new_account()).unwrap();
         let issuer = crate::accounts::UserIssuer { key: &key, audience: "APP", issuer_account: None };
         let user = nkeys::KeyPair::new_user().public_key();
         let jwt = crate::callout::mint_user(&issuer, &user, &id, &grant, now)

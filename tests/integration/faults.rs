@@ -391,7 +391,8 @@ async fn hostile_requests_cannot_be_injected_and_are_never_answered_with_a_grant
         let mut claims = Claims::with_subject(service.account.public_key(), nats);
         claims.base.aud = nats_jwt::REQUEST_AUDIENCE.into();
         claims.base.exp = exp;
-        nats_jwt::encode(&mut claims, signer, now).unwrap()
+        let signer = nats_jwt::Signer::new(signer.clone()).unwrap();
+        nats_jwt::encode(&mut claims, &signer, now).unwrap()
     };
     static SENDER: std::sync::LazyLock<nkeys::XKey> = std::sync::LazyLock::new(nkeys::XKey::new);
     let service_public = nkeys::XKey::from_public_key(&service.xkey.public_key()).unwrap();

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use entra_callout::keys::{self, OperatorKeys};
 use entra_callout::nats_config::{self, Resolver};
-use entra_callout::nats_jwt::{self, Account, Claims};
+use entra_callout::nats_jwt::{self, Account, Claims, Signer};
 
 /// Writes operator-mode keys with target `accounts` into `dir`.
 pub fn init(dir: &Path, accounts: &[&str]) -> OperatorKeys {
@@ -30,7 +30,7 @@ pub fn server_config(
     let original = jwts.iter().find(|a| a.name == "AUTH").unwrap();
     let mut claims = nats_config::callout_claims(keys);
     edit(&mut claims);
-    let replaced = nats_jwt::encode(&mut claims, &keys.operator, now).unwrap();
+    let replaced = nats_jwt::encode(&mut claims, &operator(keys), now).unwrap();
     assert!(text.contains(&original.jwt));
     text.replace(&original.jwt, &replaced)
 }
@@ -43,7 +43,7 @@ pub fn revoking(keys: &OperatorKeys, name: &str, revocations: &[(&str, u64)]) ->
         .iter()
         .map(|(key, at)| ((*key).to_owned(), *at))
         .collect::<BTreeMap<_, _>>();
-    nats_jwt::encode(&mut claims, &keys.operator, now()).unwrap()
+    nats_jwt::encode(&mut claims, &operator(keys), now()).unwrap()
 }
 
 /// The entra-callout configuration for `keys` in `dir`'s `keys/` subdirectory.
@@ -76,4 +76,8 @@ pub fn key_file(dir: &Path, name: &str) -> PathBuf {
 
 fn now() -> u64 {
     entra_callout::telemetry::unix_now()
+}
+
+fn operator(keys: &OperatorKeys) -> Signer {
+    Signer::new(keys.operator.clone()).unwrap()
 }
