@@ -9,9 +9,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha512_256};
 
-use super::JwtError;
 use super::claims::{CLAIM_VERSION, Claims, ClaimsData, IssuerKind, NatsClaim};
 use super::signer::Signer;
+use super::{JwtError, issuers};
 
 /// The header every NATS v2 JWT carries, byte for byte.
 pub const HEADER_JSON: &str = r#"{"typ":"JWT","alg":"ed25519-nkey"}"#;
@@ -117,9 +117,8 @@ pub fn decode<T: NatsClaim + DeserializeOwned>(token: &str) -> Result<Claims<T>,
         });
     }
 
-    let issuer = KeyPair::from_public_key(&claims.base.iss)
-        .ok()
-        .filter(|kp| kind_matches(T::ISSUER, &kp.key_pair_type()))
+    let (issuer, known) = issuers::lookup(&claims.base.iss)
+        .filter(|(kp, _)| kind_matches(T::ISSUER, &kp.key_pair_type()))
         .ok_or_else(|| JwtError::IssuerKind {
             expected: kind_name(T::ISSUER),
             iss: echo(&claims.base.iss),
@@ -130,6 +129,9 @@ pub fn decode<T: NatsClaim + DeserializeOwned>(token: &str) -> Result<Claims<T>,
     issuer
         .verify(signed.as_bytes(), &signature)
         .map_err(|_| JwtError::Signature)?;
+    if !known {
+        issuers::remember(&claims.base.iss, &issuer);
+    }
     Ok(claims)
 }
 

@@ -10,6 +10,7 @@ mod account;
 mod boxes;
 mod claims;
 mod codec;
+mod issuers;
 mod signer;
 
 use std::borrow::Cow;

@@ -23,7 +23,7 @@ pub const SIGNATURE_LEN: usize = 64;
 /// per token. `Debug` shows the public key only; there is no way to read the seed back.
 #[derive(Clone)]
 pub struct Signer {
-    key: KeyPair,
+    kind: KeyPairType,
     public_key: String,
     ed25519: Ed25519KeyPair,
 }
@@ -44,8 +44,10 @@ impl Signer {
         );
         let ed25519 = Ed25519KeyPair::from_seed_and_public_key(raw.as_slice(), &public_raw)
             .map_err(|_| JwtError::InvalidSeed)?;
+        // `key` (and the seed copy nkeys keeps in it) is dropped here: aws-lc-rs's is the only
+        // copy of the secret a signer holds.
         Ok(Self {
-            key,
+            kind: key.key_pair_type(),
             public_key,
             ed25519,
         })
@@ -63,12 +65,7 @@ impl Signer {
 
     /// The kind of key: account, operator, server, ...
     pub fn kind(&self) -> KeyPairType {
-        self.key.key_pair_type()
-    }
-
-    /// The nkeys key pair this signer was built from.
-    pub fn key_pair(&self) -> &KeyPair {
-        &self.key
+        self.kind.clone()
     }
 
     /// The ed25519 signature of `message`, identical to what `KeyPair::sign` returns.
@@ -134,7 +131,6 @@ mod tests {
         let signer = Signer::from_seed(&key.seed().unwrap()).unwrap();
         assert_eq!(signer.public_key(), key.public_key());
         assert_eq!(signer.kind(), KeyPairType::Operator);
-        assert_eq!(signer.key_pair().public_key(), key.public_key());
     }
 
     #[test]

@@ -1,0 +1,84 @@
+//! Issuer public keys decoded once: the nkey of every nats-server that sends us requests.
+//!
+//! Checking a JWT's signature needs its `iss` as a curve point, and decoding one (base32, CRC,
+//! then the point's decompression, a field square root) costs about 4 µs. A nats-server signs
+//! every request with the same server key for its whole life, so the point is decoded on its
+//! first request and reused; reads are lock-free. Only a key that verified a real signature is
+//! kept, so garbage cannot fill the table, and the table starts afresh beyond [`MAX_KEYS`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use nkeys::KeyPair;
+
+/// More distinct issuers than this (server restarts over a long life) start the table afresh.
+const MAX_KEYS: usize = 1024;
+
+static KEYS: OnceLock<ArcSwap<HashMap<String, Arc<KeyPair>>>> = OnceLock::new();
+
+/// The public key `iss`, decoded, and whether it came from the table. `None` when `iss` is not
+/// an encoded public key.
+pub(super) fn lookup(iss: &str) -> Option<(Arc<KeyPair>, bool)> {
+    let table = KEYS.get_or_init(ArcSwap::default);
+    if let Some(found) = table.load().get(iss) {
+        return Some((Arc::clone(found), true));
+    }
+    let decoded = KeyPair::from_public_key(iss).ok()?;
+    Some((Arc::new(decoded), false))
+}
+
+/// Keeps `key` for `iss`; call only after it verified a signature.
+pub(super) fn remember(iss: &str, key: &Arc<KeyPair>) {
+    let table = KEYS.get_or_init(ArcSwap::default);
+    table.rcu(|current| {
+        let mut next = if current.len() >= MAX_KEYS {
+            HashMap::new()
+        } else {
+            (**current).clone()
+        };
+        next.insert(iss.to_owned(), Arc::clone(key));
+        next
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_decoded_once_and_only_kept_when_asked() {
+        let server = KeyPair::new_server();
+        let iss = server.public_key();
+        let (key, cached) = lookup(&iss).unwrap();
+        assert!(!cached);
+        assert_eq!(key.public_key(), iss);
+        assert!(
+            !lookup(&iss).unwrap().1,
+            "not kept before a verified signature"
+        );
+        remember(&iss, &key);
+        let (again, cached) = lookup(&iss).unwrap();
+        assert!(cached && Arc::ptr_eq(&key, &again));
+    }
+
+    #[test]
+    fn garbage_is_not_a_key() {
+        assert!(lookup("").is_none());
+        assert!(lookup("NOT-A-KEY").is_none());
+        let mut iss = KeyPair::new_server().public_key();
+        iss.replace_range(10..11, if &iss[10..11] == "A" { "B" } else { "A" });
+        assert!(lookup(&iss).is_none(), "a changed character breaks the CRC");
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        for _ in 0..MAX_KEYS + 10 {
+            let iss = KeyPair::new_server().public_key();
+            let (key, _) = lookup(&iss).unwrap();
+            remember(&iss, &key);
+        }
+        let len = KEYS.get_or_init(ArcSwap::default).load().len();
+        assert!(len <= MAX_KEYS, "{len}");
+    }
+}
