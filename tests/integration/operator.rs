@@ -350,10 +350,11 @@ async fn revoking_a_minted_user_disconnects_only_that_client() {
     };
 
     let token = stack.contoso_token();
-    let (tx, mut revoked) = tokio::sync::mpsc::unbounded_channel();
     let mut doomed = None;
     for _ in 0..50 {
-        let tx = tx.clone();
+        // A channel per attempt: attempts refused while the binary starts report their own
+        // authorization errors, which must not pass for the revocation below.
+        let (tx, errors) = tokio::sync::mpsc::unbounded_channel();
         let attempt = async_nats::ConnectOptions::with_token(token.clone())
             .event_callback(move |event| {
                 let tx = tx.clone();
@@ -366,12 +367,12 @@ async fn revoking_a_minted_user_disconnects_only_that_client() {
             .connect(stack.server.url())
             .await;
         if let Ok(client) = attempt {
-            doomed = Some(client);
+            doomed = Some((client, errors));
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let doomed = doomed.expect("the service binary admits a client");
+    let (doomed, mut revoked) = doomed.expect("the service binary admits a client");
     let survivor = stack.connect(&token).await.expect("second client admitted");
     let mut keys = Vec::new();
     for _ in 0..50 {
