@@ -366,9 +366,9 @@ fn bench_handle(c: &mut Criterion) {
         assert_eq!(audit.cached, cache > 0);
         let name = match (sealed, cache > 0) {
             (false, false) => "plain, uncached",
-            (false, true) => "plain, cached decision",
+            (false, true) => "plain, cached token",
             (true, false) => "xkey, uncached",
-            (true, true) => "xkey, cached decision",
+            (true, true) => "xkey, cached token",
         };
         group.bench_function(name, |b| b.iter(|| black_box(handle())));
     }
