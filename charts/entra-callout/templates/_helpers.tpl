@@ -72,6 +72,7 @@ callout:
   max_concurrency: {{ .Values.callout.maxConcurrency }}
   request_leeway: {{ .Values.callout.requestLeeway | quote }}
   drain_timeout: {{ .Values.callout.drainTimeout | quote }}
+  token_cache_size: {{ int .Values.callout.tokenCacheSize }}
 providers:
 {{ toYaml .Values.providers | indent 2 }}
 policies: /etc/entra-callout/policies
