@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the request path, piece by piece: request decode + verify (plain and
 //! xkey-sealed), access-token verify, policy evaluation at 10, 1,000 and 10,000 bindings, user
-//! JWT mint + sign, and the full `Authorizer::handle` uncached and with a cached decision.
+//! JWT mint + sign, and the full `Authorizer::handle` uncached and with a cached token.
 //!
 //! Run with `cargo bench --bench request` (BENCHMARKS.md has the figures and what limits
 //! them). Requests are built here the way nats-server builds them: an authorization-request JWT
