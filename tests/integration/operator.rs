@@ -1,5 +1,7 @@
-//! Operator (decentralized JWT) mode against a real nats-server with a memory resolver, set up
-//! by the service's own `keys init --mode operator` and `nats-config --mode operator` code.
+//! Operator (decentralized JWT) mode against a real nats-server, set up by the service's own
+//! `keys init --mode operator` and `nats-config --mode operator` code: a memory resolver, and
+//! for revocation the NATS-based `full` resolver production uses (updates pushed by the system
+//! user persist in its directory).
 //!
 //! Mirrors the operator cases of nats-server's `auth_callout_test.go`: the callout account's
 //! JWT carries the `authorization` block (service user, allowed target accounts, xkey — so every
@@ -62,10 +64,27 @@ struct Stack {
 impl Stack {
     /// `allowed`: the callout account's `allowed_accounts` by name (default: every target).
     /// `response_signing_key`: the service signs responses with a signing key of the callout
-    /// account instead of its account key, and requests are not encrypted.
+    /// account instead of its account key, and requests are not encrypted. A memory resolver.
     async fn start(allowed: Option<&[&str]>, response_signing_key: bool) -> Self {
+        Self::start_with(allowed, response_signing_key, false).await
+    }
+
+    /// As [`Stack::start`], with the `full` resolver storing account JWTs in the stack's
+    /// directory when `full_resolver`.
+    async fn start_with(
+        allowed: Option<&[&str]>,
+        response_signing_key: bool,
+        full_resolver: bool,
+    ) -> Self {
         let issuer = TestIssuer::start_for_tenants(&[TENANT, OTHER_TENANT]).await;
         let dir = tempfile::tempdir().unwrap();
+        let resolver = if full_resolver {
+            Resolver::Full {
+                dir: dir.path().join("jwt").display().to_string(),
+            }
+        } else {
+            Resolver::Memory
+        };
         let keys = operator::init(&dir.path().join("keys"), &["APP", "OTHER"]);
         let signing = nkeys::KeyPair::new_account();
         let edit = |auth: &mut Claims<Account>| {
@@ -81,7 +100,7 @@ impl Stack {
                 auth.nats.authorization.xkey = String::new();
             }
         };
-        let server = NatsServer::start(&operator::server_config(&keys, &Resolver::Memory, edit));
+        let server = NatsServer::start(&operator::server_config(&keys, &resolver, edit));
         let policy = POLICY
             .replace("CONTOSO_TID", TENANT)
             .replace("FABRIKAM_TID", OTHER_TENANT);
@@ -317,7 +336,7 @@ async fn refusals_are_error_responses_the_server_acts_on_at_once() {
 
 #[tokio::test]
 async fn revoking_a_minted_user_disconnects_only_that_client() {
-    let stack = Stack::start(None, false).await;
+    let stack = Stack::start_with(None, false, true).await;
     // The binary, so the revocation handle comes from where operators find it: the audit log.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_entra-callout"))
         .args(["serve", "--config"])
@@ -399,12 +418,17 @@ async fn revoking_a_minted_user_disconnects_only_that_client() {
     let reply = system
         .request(
             format!("$SYS.REQ.ACCOUNT.{app}.CLAIMS.UPDATE"),
-            update.into(),
+            update.clone().into(),
         )
         .await
         .expect("the resolver answers");
     let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(reply["data"]["code"], 200, "{reply}");
+    // The full resolver keeps the update: a restarted server would still refuse the user.
+    let stored = stack.dir.path().join("jwt").join(format!("{app}.jwt"));
+    let stored =
+        std::fs::read_to_string(&stored).unwrap_or_else(|e| panic!("{}: {e}", stored.display()));
+    assert_eq!(stored.trim(), update);
 
     let err = tokio::time::timeout(Duration::from_secs(5), revoked.recv())
         .await
