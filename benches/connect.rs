@@ -6,15 +6,19 @@
 //! * the callout environment of `entra-callout dev` (product code, `src/dev`): a nats-server
 //!   with `auth_callout` (xkey-sealed requests), the Entra-shaped dev issuer in this process,
 //!   and `entra-callout serve` as a child process with the example policies;
+//! * the same environment without xkey (`entra-callout dev --no-xkey`), idle while the others
+//!   are measured;
 //!
 //! and measures new-connection latency (p50, p90, p99) and connections per second at each
 //! concurrency for (a), (b) the callout with every token new (a verified-token cache miss: key
-//! lookup and RS256 signature check) and (c) the callout with the same tokens again (a cache
-//! hit: the claims are checked and the policies evaluated, the signature is not). A connection is one raw TCP client speaking the NATS protocol — TCP connect, read
-//! INFO, send CONNECT with the token and PING, read PONG — then closed; no client library is
-//! involved. It then prints the ratios (b)/(a) and (c)/(a), the CPU each process spent per
-//! connection, the service's peak RSS, and the service's RSS after `--identities` distinct
-//! identities connected (tokens minted while connecting), and checks the issue's targets.
+//! lookup and RS256 signature check), (c) the callout with the same tokens again (a cache hit:
+//! the claims are checked and the policies evaluated, the signature is not), and (d)/(e) as
+//! (b)/(c) without xkey, which shows what sealing costs (no targets apply to them). A
+//! connection is one raw TCP client speaking the NATS protocol — TCP connect, read INFO, send
+//! CONNECT with the token and PING, read PONG — then closed; no client library is involved. It
+//! then prints the ratios to (a), the CPU each process spent per connection, the service's peak
+//! RSS, and the service's RSS after `--identities` distinct identities connected (tokens minted
+//! while connecting), and checks the issue's targets.
 //!
 //! Options: `--connections N` per measurement and concurrency (default 2000), `--concurrency
 //! 1,32` (default), `--identities N` (default 100000; 0 skips that phase), `--warmup N`
@@ -139,32 +143,42 @@ fn run() -> Result<(), Error> {
     let static_token = "s".repeat(tokens.first().map_or(64, String::len));
 
     let static_server = StaticServer::start(&nats_server, &static_token)?;
-    let environment = runtime.block_on(Environment::start(&DevOptions {
+    let dev = |xkey: bool| DevOptions {
         exe: PathBuf::from(env!("CARGO_BIN_EXE_entra-callout")),
-        nats_server,
+        nats_server: nats_server.clone(),
         nats_port: 0,
         monitor_port: 0,
         issuer_port: 0,
         admin_port: 0,
         policies: None,
         quiet: true,
-    }))?;
-    let callout_addr: SocketAddr = environment
-        .nats_url()
-        .trim_start_matches("nats://")
-        .parse()?;
+        xkey,
+    };
+    let environment = runtime.block_on(Environment::start(&dev(true)))?;
+    // The same without xkey, to show what sealing costs; it idles while the others are measured.
+    let plain = runtime.block_on(Environment::start(&dev(false)))?;
+    let addr_of = |env: &Environment| -> Result<SocketAddr, Error> {
+        Ok(env.nats_url().trim_start_matches("nats://").parse()?)
+    };
+    let callout_addr = addr_of(&environment)?;
+    let plain_addr = addr_of(&plain)?;
     let pids = Pids {
         static_server: static_server.child.id(),
         callout_server: environment.nats_server_pid(),
         service: environment.service_pid(),
+        plain_server: plain.nats_server_pid(),
+        plain_service: plain.service_pid(),
     };
 
     println!(
-        "processes: static nats-server {}, callout nats-server {}, entra-callout serve {} (log: {})",
+        "processes: static nats-server {}, callout nats-server {}, entra-callout serve {} (log: {}); \
+         without xkey: nats-server {}, entra-callout serve {}",
         pids.static_server,
         pids.callout_server,
         pids.service,
-        environment.dir().join("entra-callout.log").display()
+        environment.dir().join("entra-callout.log").display(),
+        pids.plain_server,
+        pids.plain_service,
     );
 
     // Warm-up: connections, threads and code paths of both servers and the service.
@@ -176,6 +190,7 @@ fn run() -> Result<(), Error> {
         4,
     )?;
     measure(callout_addr, &warm_payloads, 4)?;
+    measure(plain_addr, &warm_payloads, 4)?;
 
     let mut results = Vec::new();
     for (i, &concurrency) in options.concurrency.iter().enumerate() {
@@ -192,7 +207,9 @@ fn run() -> Result<(), Error> {
                 repeat(&static_payload, options.connections),
             ),
             (Case::Cold, callout_addr, cold.clone()),
-            (Case::Warm, callout_addr, cold),
+            (Case::Warm, callout_addr, cold.clone()),
+            (Case::ColdPlain, plain_addr, cold.clone()),
+            (Case::WarmPlain, plain_addr, cold),
         ];
         for (case, addr, payloads) in runs {
             let before = pids.cpu()?;
@@ -227,6 +244,7 @@ fn run() -> Result<(), Error> {
     println!("{report}");
     println!("load average after: {}", load_average());
     drop(environment);
+    drop(plain);
     drop(static_server);
     Ok(())
 }
@@ -237,6 +255,10 @@ enum Case {
     Static,
     Cold,
     Warm,
+    /// (b) without xkey: not a target, shows what sealing costs.
+    ColdPlain,
+    /// (c) without xkey.
+    WarmPlain,
 }
 
 impl Case {
@@ -245,7 +267,14 @@ impl Case {
             Self::Static => "(a) static token",
             Self::Cold => "(b) callout, cold",
             Self::Warm => "(c) callout, warm",
+            Self::ColdPlain => "(d) no xkey, cold",
+            Self::WarmPlain => "(e) no xkey, warm",
         }
+    }
+
+    /// Whether the issue's targets apply: they are for the recommended, sealed set-up.
+    fn has_targets(self) -> bool {
+        matches!(self, Self::Cold | Self::Warm)
     }
 }
 
@@ -297,9 +326,13 @@ impl Row {
             m.rate(),
             per(match self.case {
                 Case::Static => self.cpu.static_server,
-                _ => self.cpu.callout_server,
+                Case::Cold | Case::Warm => self.cpu.callout_server,
+                Case::ColdPlain | Case::WarmPlain => self.cpu.plain_server,
             }),
-            per(self.cpu.service),
+            per(match self.case {
+                Case::ColdPlain | Case::WarmPlain => self.cpu.plain_service,
+                _ => self.cpu.service,
+            }),
             per(self.cpu.client),
         );
         if m.failures > 0 {
@@ -533,7 +566,7 @@ fn report(
         let Some(base) = by.get(&(Case::Static, c)) else {
             continue;
         };
-        for case in [Case::Cold, Case::Warm] {
+        for case in [Case::Cold, Case::Warm, Case::ColdPlain, Case::WarmPlain] {
             let Some(row) = by.get(&(case, c)) else {
                 continue;
             };
@@ -550,6 +583,9 @@ fn report(
                 ratio(0.99),
                 rate
             );
+            if !case.has_targets() {
+                continue;
+            }
             verdicts.push(verdict(
                 &format!(
                     "{} c={c}: connect p50 <= {TARGET_P50_RATIO}x static",
@@ -673,6 +709,8 @@ struct Pids {
     static_server: u32,
     callout_server: u32,
     service: u32,
+    plain_server: u32,
+    plain_service: u32,
 }
 
 /// CPU time (user + system, clock ticks) of each process.
@@ -680,6 +718,8 @@ struct Cpu {
     static_server: u64,
     callout_server: u64,
     service: u64,
+    plain_server: u64,
+    plain_service: u64,
     client: u64,
 }
 
@@ -689,6 +729,8 @@ impl Pids {
             static_server: cpu_ticks(&self.static_server.to_string())?,
             callout_server: cpu_ticks(&self.callout_server.to_string())?,
             service: cpu_ticks(&self.service.to_string())?,
+            plain_server: cpu_ticks(&self.plain_server.to_string())?,
+            plain_service: cpu_ticks(&self.plain_service.to_string())?,
             client: cpu_ticks("self")?,
         })
     }
@@ -700,6 +742,8 @@ impl Cpu {
             static_server: self.static_server.saturating_sub(before.static_server),
             callout_server: self.callout_server.saturating_sub(before.callout_server),
             service: self.service.saturating_sub(before.service),
+            plain_server: self.plain_server.saturating_sub(before.plain_server),
+            plain_service: self.plain_service.saturating_sub(before.plain_service),
             client: self.client.saturating_sub(before.client),
         }
     }

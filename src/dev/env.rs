@@ -54,6 +54,9 @@ pub struct DevOptions {
     pub policies: Option<PathBuf>,
     /// Send the children's output to files in the directory instead of this terminal.
     pub quiet: bool,
+    /// Seal requests and responses with xkey, as the README recommends; `false` leaves them
+    /// signed but in the clear (nats-server without `auth_callout.xkey`).
+    pub xkey: bool,
 }
 
 /// A running environment.
@@ -101,7 +104,7 @@ impl Environment {
                 options.monitor_port,
                 &password,
                 &created.issuer,
-                &created.xkey,
+                options.xkey.then_some(created.xkey.as_str()),
             ),
         )?;
         let server_log = dir.path().join("nats-server.log");
@@ -127,6 +130,7 @@ impl Environment {
                 options.admin_port,
                 &issuer.authority(),
                 &policies,
+                options.xkey,
             ),
         )?;
         // Problems in the policies are reported here, located, before anything else runs.
@@ -323,7 +327,7 @@ pub fn nats_server_config(
     monitor_port: u16,
     password: &str,
     issuer: &str,
-    xkey: &str,
+    xkey: Option<&str>,
 ) -> String {
     let render = |p: u16| {
         if p == 0 {
@@ -352,20 +356,31 @@ authorization {{
   auth_callout {{
     issuer: {issuer}
     account: AUTH
-    auth_users: [ auth ]
-    xkey: {xkey}
+    auth_users: [ auth ]{xkey}
   }}
 }}
 "#,
         client = render(port),
         monitor = render(monitor_port),
+        xkey = xkey.map(|x| format!("\n    xkey: {x}")).unwrap_or_default(),
     );
     conf
 }
 
 /// The service configuration: the example tenants, their metadata from the dev issuer.
-pub fn service_config(nats_port: u16, admin_port: u16, authority: &str, policies: &Path) -> String {
+pub fn service_config(
+    nats_port: u16,
+    admin_port: u16,
+    authority: &str,
+    policies: &Path,
+    xkey: bool,
+) -> String {
     let policies = policies.display().to_string();
+    let xkey = if xkey {
+        "\n  xkey_seed_file: keys/xkey.nk"
+    } else {
+        ""
+    };
     format!(
         r#"# Written by `entra-callout dev`; removed when it stops.
 nats:
@@ -373,8 +388,7 @@ nats:
   user: auth
   password_file: keys/nats-password
 callout:
-  issuer_seed_file: keys/issuer.nk
-  xkey_seed_file: keys/xkey.nk
+  issuer_seed_file: keys/issuer.nk{xkey}
   max_ttl: 1h
   drain_timeout: 2s
 providers:
@@ -543,23 +557,30 @@ mod tests {
             std::fs::write(policies.join(name), text).unwrap();
         }
         let path = dir.path().join("config.yaml");
-        std::fs::write(
-            &path,
-            service_config(4222, 8080, "http://127.0.0.1:8400", &policies),
-        )
-        .unwrap();
-        let config = Config::load(&path, &ProcessEnv).unwrap();
-        assert_eq!(config.providers.len(), 2);
-        assert!(config.callout.xkey.is_some());
+        for xkey in [true, false] {
+            std::fs::write(
+                &path,
+                service_config(4222, 8080, "http://127.0.0.1:8400", &policies, xkey),
+            )
+            .unwrap();
+            let config = Config::load(&path, &ProcessEnv).unwrap();
+            assert_eq!(config.providers.len(), 2);
+            assert_eq!(config.callout.xkey.is_some(), xkey);
+        }
     }
 
     #[test]
     fn random_ports_are_asked_of_nats_server_as_minus_one() {
-        let conf = nats_server_config(0, 0, "pw", "AISSUER", "XKEY");
+        let conf = nats_server_config(0, 0, "pw", "AISSUER", Some("XKEY"));
         assert!(conf.contains("listen: \"127.0.0.1:-1\""), "{conf}");
         assert!(conf.contains("http: \"127.0.0.1:-1\""), "{conf}");
-        let conf = nats_server_config(4222, 8222, "pw", "AISSUER", "XKEY");
+        let conf = nats_server_config(4222, 8222, "pw", "AISSUER", Some("XKEY"));
         assert!(conf.contains("listen: \"127.0.0.1:4222\""), "{conf}");
-        assert!(conf.contains("issuer: AISSUER") && conf.contains("xkey: XKEY"));
+        assert!(conf.contains("issuer: AISSUER") && conf.contains("\n    xkey: XKEY\n"));
+        let plain = nats_server_config(0, 0, "pw", "AISSUER", None);
+        assert!(
+            plain.contains("issuer: AISSUER") && !plain.contains("xkey"),
+            "{plain}"
+        );
     }
 }

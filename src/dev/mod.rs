@@ -117,6 +117,10 @@ pub struct DevArgs {
     /// Policy file or directory (default: the built-in copy of the example policies).
     #[arg(long)]
     pub policies: Option<PathBuf>,
+    /// Leave authorization requests and responses unencrypted: nats-server without
+    /// `auth_callout.xkey`, the service without `xkey_seed_file`. They are still signed.
+    #[arg(long)]
+    pub no_xkey: bool,
 }
 
 /// `dev` subcommands.
@@ -205,6 +209,7 @@ pub fn run(args: DevArgs) -> Result<ExitCode, DevError> {
         admin_port: args.admin_port,
         policies: args.policies,
         quiet: false,
+        xkey: !args.no_xkey,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

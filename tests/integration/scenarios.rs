@@ -35,6 +35,7 @@ async fn start() -> Environment {
         admin_port: 0,
         policies: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/policies").into()),
         quiet: true,
+        xkey: true,
     };
     Environment::start(&options)
         .await
