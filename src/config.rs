@@ -368,6 +368,9 @@ pub struct RawProvider {
     pub groups_overage: Option<Spanned<String>>,
     /// Entra: Microsoft Graph access for `groups_overage: resolve`.
     pub graph: Option<Spanned<RawGraph>>,
+    /// Entra: the API's client id, whose app-specific signing keys (`?appid=`) replace the
+    /// tenant's.
+    pub signing_keys_app_id: Option<Spanned<String>>,
     /// Generic OIDC: the exact `iss`.
     pub issuer: Option<Spanned<String>>,
     /// Generic OIDC: discovery document URL, when not `{issuer}/.well-known/openid-configuration`.
@@ -958,6 +961,12 @@ impl Validator<'_> {
             }
             settings = self.step(settings.with_versions(chosen), Loc::of(versions))?;
         }
+        if let Some(app_id) = &p.signing_keys_app_id {
+            settings = self.step(
+                settings.with_signing_keys_app_id(&app_id.value),
+                Loc::of(app_id),
+            )?;
+        }
         let overage = match p.groups_overage.as_ref().map(|o| o.value.as_str()) {
             None | Some("deny") => {
                 if let Some(graph) = &p.graph {
@@ -1046,6 +1055,15 @@ impl Validator<'_> {
                 ("graph", p.graph.as_ref().map(Loc::of)),
             ],
         );
+        // Said apart from the list above: it is the one Entra setting with a generic stand-in.
+        if let Some(app_id) = &p.signing_keys_app_id {
+            self.problem(
+                app_id,
+                "`signing_keys_app_id` does not apply to a oidc provider; \
+                 point discovery_url at the metadata that lists the signing keys instead",
+            );
+        }
+        let clean = clean && p.signing_keys_app_id.is_none();
         let Some(issuer) = &p.issuer else {
             self.problem(&p.name, "an oidc provider needs an issuer (URL)");
             return None;
@@ -1657,6 +1675,37 @@ mod tests {
             "config.yaml:21:13: `tenant` does not apply to a oidc provider",
             "config.yaml:25:13: provider `e`: issuer must be https",
             "config.yaml:29:14: provider `f`: tenant is not a GUID",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn signing_keys_app_id_is_read_and_its_problems_located() {
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path());
+        let app = "6E3F1D0C-8B5A-4C2E-9F41-2D7A9B0C5E11";
+        let text = GOOD.replace("TENANT", TENANT).replace(
+            "audiences: [api://nats]\n",
+            &format!("audiences: [api://nats]\n    signing_keys_app_id: {app}\n"),
+        );
+        let config = load(dir.path(), &text).unwrap();
+        let entra = config.providers[0].as_entra().unwrap();
+        assert_eq!(
+            entra.signing_keys_app_id(),
+            Some(app.to_ascii_lowercase().as_str())
+        );
+
+        let text = "callout:\n  issuer_seed_env: ISSUER_SEED\n\
+            providers:\n\
+            \x20 - name: a\n    kind: entra\n    tenant: 72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41\n    audiences: [x]\n    signing_keys_app_id: api://nats\n\
+            \x20 - name: b\n    kind: oidc\n    issuer: https://idp.example\n    audiences: [x]\n    signing_keys_app_id: 6e3f1d0c-8b5a-4c2e-9f41-2d7a9b0c5e11\n\
+            policies: policy.yaml\n";
+        let text = load(dir.path(), text).unwrap_err().to_string();
+        for expected in [
+            "config.yaml:8:26: provider `a`: signing keys app id is not a GUID",
+            "config.yaml:13:26: `signing_keys_app_id` does not apply to a oidc provider; point \
+             discovery_url at the metadata that lists the signing keys instead",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }

@@ -79,6 +79,8 @@ pub struct EntraSettings {
     /// `None` means "derived from `login_host`".
     authority: Option<String>,
     groups_overage: GroupsOverage,
+    /// The app whose app-specific signing keys are used instead of the tenant's (`?appid=`).
+    signing_keys_app_id: Option<String>,
 }
 
 /// Which tenants an Entra provider accepts.
@@ -213,6 +215,7 @@ impl ProviderSettings {
                 sts_host: DEFAULT_STS_HOST.to_owned(),
                 authority: None,
                 groups_overage: GroupsOverage::Deny,
+                signing_keys_app_id: None,
             }),
             audiences,
         ))
@@ -299,6 +302,20 @@ impl ProviderSettings {
             checked_url(&self.name, &graph.graph_url, UrlRole::Graph)?;
         }
         self.entra_mut("groups_overage")?.groups_overage = overage;
+        Ok(self)
+    }
+
+    /// Entra: read keys from the app-specific metadata of `app_id` (the API's client id, a GUID
+    /// in any case) instead of the tenant's. Apps with a claims-mapping policy or a custom signing
+    /// key get tokens signed with keys that only `...openid-configuration?appid={app_id}` lists.
+    pub fn with_signing_keys_app_id(mut self, app_id: &str) -> Result<Self, SettingsError> {
+        let provider = self.name.clone();
+        let entra = self.entra_mut("signing_keys_app_id")?;
+        let app_id = app_id.to_ascii_lowercase();
+        if !is_lowercase_guid(&app_id) {
+            return Err(SettingsError::AppIdNotGuid { provider });
+        }
+        entra.signing_keys_app_id = Some(app_id);
         Ok(self)
     }
 
@@ -568,6 +585,11 @@ impl EntraSettings {
         &self.groups_overage
     }
 
+    /// The app whose app-specific signing keys replace the tenant's, if any (a lowercase GUID).
+    pub fn signing_keys_app_id(&self) -> Option<&str> {
+        self.signing_keys_app_id.as_deref()
+    }
+
     /// The issuer of `version` tokens for `tenant` (or `{tenantid}`).
     pub fn issuer(&self, version: TokenVersion, tenant: &str) -> String {
         match version {
@@ -749,6 +771,12 @@ pub enum SettingsError {
     /// A tenant is not a GUID.
     #[error("provider `{provider}`: tenant is not a GUID")]
     TenantNotGuid {
+        /// The provider at fault.
+        provider: Arc<str>,
+    },
+    /// The app id for app-specific signing keys is not a GUID.
+    #[error("provider `{provider}`: signing keys app id is not a GUID")]
+    AppIdNotGuid {
         /// The provider at fault.
         provider: Arc<str>,
     },
@@ -1241,6 +1269,38 @@ mod tests {
             Some(&serde_json::json!(1))
         );
         assert_eq!(ClaimPath::new("realm_access.x").lookup(claims), None);
+    }
+
+    #[test]
+    fn signing_keys_app_id_is_an_entra_guid() {
+        assert_eq!(entra(&settings()).signing_keys_app_id(), None);
+        let upper = settings()
+            .with_signing_keys_app_id(&CLIENT.to_uppercase())
+            .unwrap();
+        assert_eq!(entra(&upper).signing_keys_app_id(), Some(CLIENT));
+        for bad in [
+            "",
+            "api://nats-auth",
+            "6e3f1d0c-8b5a-4c2e-9f41-2d7a9b0c5e1",
+            "6e3f1d0c8b5a4c2e9f412d7a9b0c5e11",
+            "{6e3f1d0c-8b5a-4c2e-9f41-2d7a9b0c5e11}",
+            "6e3f1d0c-8b5a-4c2e-9f41-2d7a9b0c5e11&x=1",
+        ] {
+            assert!(
+                matches!(
+                    settings().with_signing_keys_app_id(bad),
+                    Err(SettingsError::AppIdNotGuid { .. })
+                ),
+                "{bad}"
+            );
+        }
+        let oidc = ProviderSettings::oidc("k", "https://idp.example", vec!["a".into()]).unwrap();
+        let err = oidc.with_signing_keys_app_id(CLIENT).unwrap_err();
+        assert!(matches!(err, SettingsError::NotForKind { .. }));
+        assert_eq!(
+            err.to_string(),
+            "provider `k`: `signing_keys_app_id` does not apply to a oidc provider"
+        );
     }
 
     #[test]

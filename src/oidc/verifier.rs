@@ -11,7 +11,9 @@
 //! Microsoft recommends (per-tenant discovery), one per version of an `any` provider (the
 //! tenant-independent `common` metadata whose issuer is the `{tenantid}` template; per-tenant
 //! discovery there would let anyone trigger fetches with made-up tenants), and one per generic
-//! issuer. Keys are cached per source in moka, so concurrent lookups on a cold cache coalesce into
+//! issuer. An Entra provider with `signing_keys_app_id` reads every one of its sources from the
+//! app-specific metadata (`?appid=`) instead, since such an app's tokens are signed with keys the
+//! tenant's set does not list. Keys are cached per source in moka, so concurrent lookups on a cold cache coalesce into
 //! one fetch. The last good key set is kept for when a fetch fails, and an unknown `kid` triggers
 //! at most one refetch per source per `unknown_kid_refetch_interval`, so random kids cannot make
 //! us hammer the identity provider.
@@ -189,6 +191,9 @@ impl Verifier {
                 }
                 ProviderKind::Entra(entra) => {
                     let authority = entra.authority();
+                    let app_id = entra.signing_keys_app_id();
+                    // Sources of an app's own keys say so, to tell them from the tenant's.
+                    let app_label = app_id.map(|id| format!("?appid={id}")).unwrap_or_default();
                     let tenants: &[String] = match entra.tenants() {
                         Tenants::One(tenant) => std::slice::from_ref(tenant),
                         Tenants::List(list) => list,
@@ -199,8 +204,12 @@ impl Verifier {
                             let issuer = entra.issuer(version, tenant);
                             let source = Source::new(
                                 index,
-                                format!("{}/{tenant}/{}", settings.name(), version.as_str()),
-                                discovery_url(&authority, tenant, version),
+                                format!(
+                                    "{}/{tenant}/{}{app_label}",
+                                    settings.name(),
+                                    version.as_str()
+                                ),
+                                discovery_url(&authority, tenant, version, app_id),
                                 issuer.clone(),
                                 Some(tenant.clone()),
                             );
@@ -214,8 +223,12 @@ impl Verifier {
                         let source = any.then(|| {
                             sources.push(Source::new(
                                 index,
-                                format!("{}/common/{}", settings.name(), version.as_str()),
-                                discovery_url(&authority, "common", version),
+                                format!(
+                                    "{}/common/{}{app_label}",
+                                    settings.name(),
+                                    version.as_str()
+                                ),
+                                discovery_url(&authority, "common", version, app_id),
                                 entra.issuer(version, super::keys::TENANT_PLACEHOLDER),
                                 None,
                             ));
@@ -655,11 +668,22 @@ impl Source {
     }
 }
 
-/// Where an Entra tenant's (or `common`'s) metadata lives.
-fn discovery_url(authority: &str, tenant: &str, version: TokenVersion) -> String {
-    match version {
+/// Where an Entra tenant's (or `common`'s) metadata lives; with `app_id`, the metadata of that
+/// app's own signing keys, whose `jwks_uri` Entra gives the same `?appid=` query.
+fn discovery_url(
+    authority: &str,
+    tenant: &str,
+    version: TokenVersion,
+    app_id: Option<&str>,
+) -> String {
+    let path = match version {
         TokenVersion::V1 => format!("{authority}/{tenant}/.well-known/openid-configuration"),
         TokenVersion::V2 => format!("{authority}/{tenant}/v2.0/.well-known/openid-configuration"),
+    };
+    match app_id {
+        // A lowercase GUID (checked in settings), so it needs no percent-encoding.
+        Some(app_id) => format!("{path}?appid={app_id}"),
+        None => path,
     }
 }
 
@@ -694,4 +718,28 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_urls_carry_the_app_id_only_when_set() {
+        let app = Some("6e3f1d0c-8b5a-4c2e-9f41-2d7a9b0c5e11");
+        assert_eq!(
+            discovery_url("https://login.example", "common", TokenVersion::V2, None),
+            "https://login.example/common/v2.0/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            discovery_url("https://login.example", "t", TokenVersion::V1, app),
+            "https://login.example/t/.well-known/openid-configuration\
+             ?appid=6e3f1d0c-8b5a-4c2e-9f41-2d7a9b0c5e11"
+        );
+        assert_eq!(
+            discovery_url("https://login.example", "t", TokenVersion::V2, app),
+            "https://login.example/t/v2.0/.well-known/openid-configuration\
+             ?appid=6e3f1d0c-8b5a-4c2e-9f41-2d7a9b0c5e11"
+        );
+    }
 }

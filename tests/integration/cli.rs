@@ -85,6 +85,39 @@ fn check_reports_every_policy_problem_with_line_and_column() {
 }
 
 #[test]
+fn check_locates_signing_keys_app_id_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "version: 1\n");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("    audiences: [\"{AUDIENCE}\"]\n"),
+        &format!(
+            "    audiences: [\"{AUDIENCE}\"]\n    signing_keys_app_id: api://nats-auth\n\
+             \x20 - name: keycloak\n    kind: oidc\n    issuer: https://idp.example\n\
+             \x20   audiences: [nats]\n    signing_keys_app_id: {AUDIENCE}\n"
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = bin()
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = config.display().to_string();
+    for expected in [
+        ":12:26: provider `contoso`: signing keys app id is not a GUID",
+        ":17:26: `signing_keys_app_id` does not apply to a oidc provider",
+    ] {
+        assert!(
+            stderr.contains(&format!("{file}{expected}")),
+            "missing {expected} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
 fn keys_init_never_prints_seeds() {
     let dir = tempfile::tempdir().unwrap();
     let out = bin()

@@ -18,8 +18,9 @@ use entra_callout::oidc::{
 
 use crate::support::graph::{GRAPH_CLIENT_ID, GRAPH_CLIENT_SECRET, TestGraph};
 use crate::support::issuer::{
-    APP_ID_URI, APP_OID, AUDIENCE, DAEMON_CLIENT, GROUP, KID_1, KID_2, KID_3, OTHER_TENANT,
-    SPA_CLIENT, TENANT, THIRD_TENANT, TestIssuer, USER_OID, merge, now, unsigned_token,
+    APP_ID_URI, APP_KID, APP_OID, AUDIENCE, DAEMON_CLIENT, GROUP, KID_1, KID_2, KID_3,
+    OTHER_TENANT, SPA_CLIENT, TENANT, THIRD_TENANT, TestIssuer, USER_OID, merge, now,
+    unsigned_token,
 };
 use crate::support::nats::{NatsServer, config_mode};
 use crate::support::service::Replica;
@@ -498,6 +499,109 @@ async fn a_generic_oidc_issuer_is_routed_by_its_exact_iss() {
     assert_eq!(id.roles, ["Nats.Publisher", "Nats.Subscriber"]);
     let expired = issuer.token(json!({"exp": now() - 600}));
     assert_eq!(reason(&verifier, &expired).await, DenyReason::TokenExpired);
+}
+
+/// `provider` reading the app-specific keys of `app_id`.
+fn with_app_keys(provider: ProviderSettings, app_id: &str) -> ProviderSettings {
+    provider.with_signing_keys_app_id(app_id).unwrap()
+}
+
+#[tokio::test]
+async fn app_specific_keys_are_read_only_with_the_app_id() {
+    let issuer = TestIssuer::start().await;
+    let app_signed = issuer.sign(APP_KID, &issuer.user_claims());
+    let v1_app_signed = issuer.sign_with(
+        APP_KID,
+        json!({"x5t": APP_KID}),
+        &issuer.v1_user_claims_for(TENANT),
+    );
+
+    let tenant_keys = Verifier::new(vec![entra(
+        &issuer,
+        "plain",
+        Tenants::One(TENANT.into()),
+        V2,
+    )])
+    .unwrap();
+    assert_eq!(
+        reason(&tenant_keys, &app_signed).await,
+        DenyReason::KeyUnknown
+    );
+    // The tenant's keys, refetched once for the unknown kid; never the app's.
+    let tenant_hits = issuer.discovery_hits_for(TENANT, "v2");
+    assert!(tenant_hits >= 1);
+    assert_eq!(issuer.app_discovery_hits_for(TENANT, "v2", AUDIENCE), 0);
+
+    let provider = entra(&issuer, "custom", Tenants::One(TENANT.into()), BOTH);
+    let app_keys = Verifier::new(vec![with_app_keys(provider, AUDIENCE)]).unwrap();
+    app_keys.warm().await.unwrap();
+    // Both versions' sources read the app's metadata, and only it.
+    assert_eq!(issuer.app_discovery_hits_for(TENANT, "v1", AUDIENCE), 1);
+    assert_eq!(issuer.app_discovery_hits_for(TENANT, "v2", AUDIENCE), 1);
+    assert_eq!(issuer.app_jwks_hits(AUDIENCE), 2);
+    assert_eq!(issuer.discovery_hits_for(TENANT, "v1"), 0);
+    assert_eq!(issuer.discovery_hits_for(TENANT, "v2"), tenant_hits);
+    let id = app_keys.verify(&app_signed, now()).await.unwrap();
+    assert_eq!(&*id.provider, "custom");
+    assert_eq!(id.object_id.as_deref(), Some(USER_OID));
+    app_keys.verify(&v1_app_signed, now()).await.unwrap();
+    // The app's set replaces the tenant's: a tenant-key token is not this app's.
+    assert_eq!(
+        reason(&app_keys, &issuer.token(json!({}))).await,
+        DenyReason::KeyUnknown
+    );
+    // Everything else still applies to app-key tokens.
+    let foreign = issuer.sign(
+        APP_KID,
+        &merge(issuer.user_claims(), json!({"aud": DAEMON_CLIENT})),
+    );
+    assert_eq!(
+        reason(&app_keys, &foreign).await,
+        DenyReason::AudienceMismatch
+    );
+}
+
+#[tokio::test]
+async fn any_tenant_reads_the_app_specific_common_metadata() {
+    let issuer = TestIssuer::start().await;
+    let provider = entra(&issuer, "anyone", Tenants::Any, V2);
+    let verifier = Verifier::new(vec![with_app_keys(provider, AUDIENCE)]).unwrap();
+    let claims = merge(
+        issuer.user_claims(),
+        json!({"iss": TestIssuer::v2_issuer_for(THIRD_TENANT), "tid": THIRD_TENANT}),
+    );
+    let id = verifier
+        .verify(&issuer.sign(APP_KID, &claims), now())
+        .await
+        .unwrap();
+    assert_eq!(id.tenant.as_deref(), Some(THIRD_TENANT));
+    assert_eq!(issuer.app_discovery_hits_for("common", "v2", AUDIENCE), 1);
+    assert_eq!(issuer.discovery_hits_for("common", "v2"), 0);
+    assert_eq!(issuer.discovery_hits_for(THIRD_TENANT, "v2"), 0);
+}
+
+#[tokio::test]
+async fn an_app_id_without_keys_leaves_its_tokens_without_keys() {
+    // The stand-in answers an unknown app's metadata with an empty key set.
+    let issuer = TestIssuer::start().await;
+    let provider = entra(&issuer, "typo", Tenants::One(TENANT.into()), V2);
+    let verifier = Verifier::new(vec![with_app_keys(provider, DAEMON_CLIENT)]).unwrap();
+    let error = verifier.warm().await.unwrap_err();
+    assert_eq!(error.reason(), DenyReason::KeysUnavailable);
+    let source = std::error::Error::source(&error).unwrap().to_string();
+    assert!(
+        source.contains(&format!("/discovery/v2.0/keys?appid={DAEMON_CLIENT}")),
+        "{source}"
+    );
+    assert!(!verifier.keys_loaded());
+    for token in [
+        issuer.sign(APP_KID, &issuer.user_claims()),
+        issuer.token(json!({})),
+    ] {
+        assert_eq!(reason(&verifier, &token).await, DenyReason::KeysUnavailable);
+    }
+    assert!(issuer.app_jwks_hits(DAEMON_CLIENT) >= 1);
+    assert_eq!(issuer.discovery_hits_for(TENANT, "v2"), 0);
 }
 
 fn resolving(issuer: &TestIssuer, graph: &TestGraph, credential: GraphCredential) -> Verifier {

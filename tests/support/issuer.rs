@@ -10,6 +10,10 @@
 //! v1 and v2 access tokens with committed test keys (`tests/data/keys/`), and lets tests rotate
 //! keys, count fetches and inject failures.
 //!
+//! Entra's app-specific metadata is served too: discovery with `?appid={id}` answers a `jwks_uri`
+//! with the same query. For [`AUDIENCE`] (the API's client id) that key set is [`APP_KID`] alone,
+//! a key the tenant's set does not list; for any other app id it is empty.
+//!
 //! ```ignore
 //! let issuer = TestIssuer::start().await;
 //! let verifier = Verifier::new(vec![issuer.settings()])?;
@@ -25,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
@@ -68,6 +72,10 @@ pub const KID_2: &str = "PoVKeirIOvmTyLQ9G9BenBwos7k";
 /// See [`KID_1`].
 pub const KID_3: &str = "3PaK4EfyBNQu3CtjYsa3YmhQ5E0";
 
+/// The key of [`AUDIENCE`]'s app-specific key set (a custom signing key): [`KID_3`], which the
+/// tenant's standard set does not list unless a test publishes it.
+pub const APP_KID: &str = KID_3;
+
 const PEMS: [(&str, &str); 3] = [
     (KID_1, include_str!("../data/keys/test-key-1.pem")),
     (KID_2, include_str!("../data/keys/test-key-2.pem")),
@@ -85,8 +93,11 @@ struct IssuerState {
     tenant: String,
     /// Tenants served besides `tenant`.
     others: Vec<String>,
-    /// Discovery requests per path segment (`{tid}/v2`, `common/v1`, ...).
+    /// Discovery requests per path segment (`{tid}/v2`, `common/v1`, ...), with `?appid={id}`
+    /// appended for app-specific metadata.
     hits_by_path: Mutex<HashMap<String, usize>>,
+    /// JWKS requests with `?appid=`, per app id.
+    app_jwks_hits: Mutex<HashMap<String, usize>>,
     base: String,
     keys: Vec<TestKey>,
     published: Mutex<Vec<&'static str>>,
@@ -143,6 +154,7 @@ impl TestIssuer {
             tenant: tenant.to_owned(),
             others: tenants[1..].iter().map(|t| (*t).to_owned()).collect(),
             hits_by_path: Mutex::new(HashMap::new()),
+            app_jwks_hits: Mutex::new(HashMap::new()),
             base: format!("http://{addr}"),
             keys,
             published: Mutex::new(vec![KID_1, KID_2]),
@@ -208,6 +220,18 @@ impl TestIssuer {
         hits.get(&format!("{segment}/{version}"))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// How many times the app-specific discovery of `app_id` was requested for `segment` and
+    /// `version` (not counted in [`Self::discovery_hits_for`]).
+    pub fn app_discovery_hits_for(&self, segment: &str, version: &str, app_id: &str) -> usize {
+        self.discovery_hits_for(segment, &format!("{version}?appid={app_id}"))
+    }
+
+    /// How many times the JWKS was requested with `?appid={app_id}`.
+    pub fn app_jwks_hits(&self, app_id: &str) -> usize {
+        let hits = self.state.app_jwks_hits.lock().unwrap();
+        hits.get(app_id).copied().unwrap_or(0)
     }
 
     /// Claims of a v1 user token (entra-id.md §1.3 c) for `tid`, valid from now for an hour.
@@ -475,12 +499,27 @@ fn encode_part(value: &Value) -> String {
     BASE64URL_NOPAD.encode(value.to_string().as_bytes())
 }
 
-async fn discovery(State(state): State<Arc<IssuerState>>, Path(tid): Path<String>) -> Response {
-    discovery_document(&state, &tid, "v2")
+async fn discovery(
+    State(state): State<Arc<IssuerState>>,
+    Path(tid): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    discovery_document(&state, &tid, "v2", app_id(query.as_deref()))
 }
 
-async fn discovery_v1(State(state): State<Arc<IssuerState>>, Path(tid): Path<String>) -> Response {
-    discovery_document(&state, &tid, "v1")
+async fn discovery_v1(
+    State(state): State<Arc<IssuerState>>,
+    Path(tid): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    discovery_document(&state, &tid, "v1", app_id(query.as_deref()))
+}
+
+/// The `appid` of a query such as `appid=6e3f...`; other parameters are ignored, as Entra does.
+fn app_id(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("appid="))
 }
 
 impl IssuerState {
@@ -493,13 +532,19 @@ impl IssuerState {
     }
 }
 
-fn discovery_document(state: &IssuerState, tid: &str, version: &str) -> Response {
+fn discovery_document(
+    state: &IssuerState,
+    tid: &str,
+    version: &str,
+    app_id: Option<&str>,
+) -> Response {
     state.discovery_hits.fetch_add(1, Ordering::SeqCst);
+    let query = app_id.map(|id| format!("?appid={id}")).unwrap_or_default();
     *state
         .hits_by_path
         .lock()
         .unwrap()
-        .entry(format!("{tid}/{version}"))
+        .entry(format!("{tid}/{version}{query}"))
         .or_default() += 1;
     let independent = IssuerState::tenant_independent(tid);
     if !state.serves(tid) && !independent {
@@ -512,12 +557,12 @@ fn discovery_document(state: &IssuerState, tid: &str, version: &str) -> Response
     let (default_issuer, jwks_uri) = if version == "v2" {
         (
             TestIssuer::v2_issuer_for(segment),
-            format!("{base}/{tid}/discovery/v2.0/keys"),
+            format!("{base}/{tid}/discovery/v2.0/keys{query}"),
         )
     } else {
         (
             TestIssuer::v1_issuer_for(segment),
-            format!("{base}/{tid}/discovery/keys"),
+            format!("{base}/{tid}/discovery/keys{query}"),
         )
     };
     let issuer = state
@@ -549,17 +594,34 @@ fn discovery_document(state: &IssuerState, tid: &str, version: &str) -> Response
     }))
 }
 
-async fn jwks(State(state): State<Arc<IssuerState>>, Path(tid): Path<String>) -> Response {
-    key_set(&state, &tid, true).await
+async fn jwks(
+    State(state): State<Arc<IssuerState>>,
+    Path(tid): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    key_set(&state, &tid, true, app_id(query.as_deref())).await
 }
 
-async fn jwks_v1(State(state): State<Arc<IssuerState>>, Path(tid): Path<String>) -> Response {
-    key_set(&state, &tid, false).await
+async fn jwks_v1(
+    State(state): State<Arc<IssuerState>>,
+    Path(tid): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    key_set(&state, &tid, false, app_id(query.as_deref())).await
 }
 
-/// v2 keys carry Entra's `issuer` template; v1 keys carry none.
-async fn key_set(state: &IssuerState, tid: &str, v2: bool) -> Response {
+/// v2 keys carry Entra's `issuer` template; v1 keys carry none. With `app_id`, the app-specific
+/// set: [`APP_KID`] for [`AUDIENCE`], nothing for any other app.
+async fn key_set(state: &IssuerState, tid: &str, v2: bool, app_id: Option<&str>) -> Response {
     state.jwks_hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(app_id) = app_id {
+        *state
+            .app_jwks_hits
+            .lock()
+            .unwrap()
+            .entry(app_id.to_owned())
+            .or_default() += 1;
+    }
     let _ = state
         .jwks_paused
         .subscribe()
@@ -571,7 +633,11 @@ async fn key_set(state: &IssuerState, tid: &str, v2: bool) -> Response {
     if !state.serves(tid) && !IssuerState::tenant_independent(tid) {
         return StatusCode::BAD_REQUEST.into_response();
     }
-    let published = state.published.lock().unwrap().clone();
+    let published = match app_id {
+        None => state.published.lock().unwrap().clone(),
+        Some(AUDIENCE) => vec![APP_KID],
+        Some(_) => Vec::new(),
+    };
     let keys: Vec<Value> = state
         .keys
         .iter()
