@@ -844,7 +844,10 @@ impl Validator<'_> {
         let mut clean = true;
         for (name, at) in settings {
             if let Some(at) = at {
-                self.problem_at(*at, format!("`{name}` does not apply to a {kind} provider"));
+                self.problem_at(
+                    *at,
+                    format!("`{name}` does not apply to `kind: {kind}` providers"),
+                );
                 clean = false;
             }
         }
@@ -1059,7 +1062,7 @@ impl Validator<'_> {
         if let Some(app_id) = &p.signing_keys_app_id {
             self.problem(
                 app_id,
-                "`signing_keys_app_id` does not apply to a oidc provider; \
+                "`signing_keys_app_id` does not apply to `kind: oidc` providers; \
                  point discovery_url at the metadata that lists the signing keys instead",
             );
         }
@@ -1672,7 +1675,7 @@ mod tests {
             "config.yaml:6:14: tenants must be a list of tenant ids or the word any, not \"all\"",
             "config.yaml:12:17: provider `b`: algorithm `HS256` is not allowed",
             "config.yaml:17:21: groups_overage: resolve needs a graph section",
-            "config.yaml:21:13: `tenant` does not apply to a oidc provider",
+            "config.yaml:21:13: `tenant` does not apply to `kind: oidc` providers",
             "config.yaml:25:13: provider `e`: issuer must be https",
             "config.yaml:29:14: provider `f`: tenant is not a GUID",
         ] {
@@ -1704,7 +1707,7 @@ mod tests {
         let text = load(dir.path(), text).unwrap_err().to_string();
         for expected in [
             "config.yaml:8:26: provider `a`: signing keys app id is not a GUID",
-            "config.yaml:13:26: `signing_keys_app_id` does not apply to a oidc provider; point \
+            "config.yaml:13:26: `signing_keys_app_id` does not apply to `kind: oidc` providers; point \
              discovery_url at the metadata that lists the signing keys instead",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");

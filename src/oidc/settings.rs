@@ -858,7 +858,7 @@ pub enum SettingsError {
         provider: Arc<str>,
     },
     /// A setting does not apply to this provider kind.
-    #[error("provider `{provider}`: `{setting}` does not apply to a {kind} provider")]
+    #[error("provider `{provider}`: `{setting}` does not apply to `kind: {kind}` providers")]
     NotForKind {
         /// The provider at fault.
         provider: Arc<str>,
@@ -1299,7 +1299,7 @@ mod tests {
         assert!(matches!(err, SettingsError::NotForKind { .. }));
         assert_eq!(
             err.to_string(),
-            "provider `k`: `signing_keys_app_id` does not apply to a oidc provider"
+            "provider `k`: `signing_keys_app_id` does not apply to `kind: oidc` providers"
         );
     }
 

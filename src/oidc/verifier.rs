@@ -13,10 +13,10 @@
 //! discovery there would let anyone trigger fetches with made-up tenants), and one per generic
 //! issuer. An Entra provider with `signing_keys_app_id` reads every one of its sources from the
 //! app-specific metadata (`?appid=`) instead, since such an app's tokens are signed with keys the
-//! tenant's set does not list. Keys are cached per source in moka, so concurrent lookups on a cold cache coalesce into
-//! one fetch. The last good key set is kept for when a fetch fails, and an unknown `kid` triggers
-//! at most one refetch per source per `unknown_kid_refetch_interval`, so random kids cannot make
-//! us hammer the identity provider.
+//! tenant's set does not list. Keys are cached per source in moka, so concurrent lookups on a
+//! cold cache coalesce into one fetch. The last good key set is kept for when a fetch fails, and
+//! an unknown `kid` triggers at most one refetch per source per `unknown_kid_refetch_interval`,
+//! so random kids cannot make us hammer the identity provider.
 //!
 //! Tokens that passed are remembered by SHA-256 in the verified-token cache (`verified`), so
 //! a token seen again skips the signature check, and nothing else.

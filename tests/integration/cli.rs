@@ -108,7 +108,7 @@ fn check_locates_signing_keys_app_id_problems() {
     let file = config.display().to_string();
     for expected in [
         ":12:26: provider `contoso`: signing keys app id is not a GUID",
-        ":17:26: `signing_keys_app_id` does not apply to a oidc provider",
+        ":17:26: `signing_keys_app_id` does not apply to `kind: oidc` providers",
     ] {
         assert!(
             stderr.contains(&format!("{file}{expected}")),
