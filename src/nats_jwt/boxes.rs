@@ -3,26 +3,25 @@
 //! Opening a request and sealing its response each need the X25519 shared key of the service's
 //! curve key and the server's — the most expensive step of an encrypted callout (tens of µs).
 //! A nats-server keeps one curve key for its whole life, so the box for a server is derived on
-//! its first request and reused; reads are lock-free. The byte layout is nkeys' (`xkv1` ‖
-//! 24-byte nonce ‖ NaCl box), which the fixtures captured from nats-server pin.
+//! its first request and reused ([`Memo`]: lock-free reads, bounded). The byte layout is nkeys'
+//! (`xkv1` ‖ 24-byte nonce ‖ NaCl box), which the fixtures captured from nats-server pin.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use crypto_box::aead::Aead;
 use crypto_box::{Nonce, PublicKey, SalsaBox, SecretKey};
 use nkeys::XKey;
 
+use super::memo::Memo;
+
 const VERSION: &[u8] = b"xkv1";
 const NONCE_LEN: usize = 24;
-/// More distinct pairs than this (server restarts over a long life) start the table afresh.
+/// More distinct peers than this (server restarts over a long life) start the table afresh.
 const MAX_BOXES: usize = 1024;
 
-/// Boxes by service public key, then by server public key.
-type Boxes = HashMap<String, HashMap<String, Arc<SalsaBox>>>;
-
-static BOXES: OnceLock<ArcSwap<Boxes>> = OnceLock::new();
+/// By server public key: the service public key the box was derived with, and the box. A
+/// service has one curve key for its life; a box for another one is a miss, then replaced.
+static BOXES: Memo<(String, SalsaBox)> = Memo::new(MAX_BOXES);
 
 /// Opens `payload` sealed by `sender` (a public curve key) to `service`.
 pub(super) fn open(service: &XKey, payload: &[u8], sender: &str) -> Option<Vec<u8>> {
@@ -32,10 +31,10 @@ pub(super) fn open(service: &XKey, payload: &[u8], sender: &str) -> Option<Vec<u
     }
     let (nonce, sealed) = rest.split_at(NONCE_LEN);
     let (salsa, cached) = salsa_box(service, sender)?;
-    let opened = salsa.decrypt(Nonce::from_slice(nonce), sealed).ok()?;
+    let opened = salsa.1.decrypt(Nonce::from_slice(nonce), sealed).ok()?;
     // Only a key that opened a real box is kept, so garbage can't fill the table.
     if !cached {
-        remember(service, sender, salsa);
+        BOXES.remember(sender, &salsa);
     }
     Some(opened)
 }
@@ -45,7 +44,7 @@ pub(super) fn seal(service: &XKey, plain: &[u8], recipient: &str) -> Option<Vec<
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::getrandom(&mut nonce).ok()?;
     let (salsa, _) = salsa_box(service, recipient)?;
-    let sealed = salsa.encrypt(Nonce::from_slice(&nonce), plain).ok()?;
+    let sealed = salsa.1.encrypt(Nonce::from_slice(&nonce), plain).ok()?;
     let mut out = Vec::with_capacity(VERSION.len() + NONCE_LEN + sealed.len());
     out.extend_from_slice(VERSION);
     out.extend_from_slice(&nonce);
@@ -54,37 +53,15 @@ pub(super) fn seal(service: &XKey, plain: &[u8], recipient: &str) -> Option<Vec<
 }
 
 /// The box for `peer`, and whether it came from the table.
-fn salsa_box(service: &XKey, peer: &str) -> Option<(Arc<SalsaBox>, bool)> {
-    let table = BOXES.get_or_init(ArcSwap::default);
-    let found = table
-        .load()
-        .get(&service.public_key())
-        .and_then(|by_peer| by_peer.get(peer))
-        .map(Arc::clone);
-    if let Some(found) = found {
+fn salsa_box(service: &XKey, peer: &str) -> Option<(Arc<(String, SalsaBox)>, bool)> {
+    let service_public = service.public_key();
+    if let Some(found) = BOXES.get(peer).filter(|found| found.0 == service_public) {
         return Some((found, true));
     }
     let (_, secret) = nkeys::decode_seed(&service.seed().ok()?).ok()?;
     let (_, public) = nkeys::from_public_key(peer).ok()?;
     let derived = SalsaBox::new(&PublicKey::from(public), &SecretKey::from(secret));
-    Some((Arc::new(derived), false))
-}
-
-fn remember(service: &XKey, peer: &str, salsa: Arc<SalsaBox>) {
-    let table = BOXES.get_or_init(ArcSwap::default);
-    let service_public = service.public_key();
-    table.rcu(|current| {
-        let total: usize = current.values().map(HashMap::len).sum();
-        let mut next = if total >= MAX_BOXES {
-            Boxes::new()
-        } else {
-            (**current).clone()
-        };
-        next.entry(service_public.clone())
-            .or_default()
-            .insert(peer.to_owned(), Arc::clone(&salsa));
-        next
-    });
+    Some((Arc::new((service_public, derived)), false))
 }
 
 #[cfg(test)]

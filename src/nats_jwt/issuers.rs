@@ -3,26 +3,25 @@
 //! Checking a JWT's signature needs its `iss` as a curve point, and decoding one (base32, CRC,
 //! then the point's decompression, a field square root) costs about 4 µs. A nats-server signs
 //! every request with the same server key for its whole life, so the point is decoded on its
-//! first request and reused; reads are lock-free. Only a key that verified a real signature is
-//! kept, so garbage cannot fill the table, and the table starts afresh beyond [`MAX_KEYS`].
+//! first request and reused ([`Memo`]: lock-free reads, bounded). Only a key that verified a
+//! real signature is kept, so garbage cannot fill the table.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use nkeys::KeyPair;
+
+use super::memo::Memo;
 
 /// More distinct issuers than this (server restarts over a long life) start the table afresh.
 const MAX_KEYS: usize = 1024;
 
-static KEYS: OnceLock<ArcSwap<HashMap<String, Arc<KeyPair>>>> = OnceLock::new();
+static KEYS: Memo<KeyPair> = Memo::new(MAX_KEYS);
 
 /// The public key `iss`, decoded, and whether it came from the table. `None` when `iss` is not
 /// an encoded public key.
 pub(super) fn lookup(iss: &str) -> Option<(Arc<KeyPair>, bool)> {
-    let table = KEYS.get_or_init(ArcSwap::default);
-    if let Some(found) = table.load().get(iss) {
-        return Some((Arc::clone(found), true));
+    if let Some(found) = KEYS.get(iss) {
+        return Some((found, true));
     }
     let decoded = KeyPair::from_public_key(iss).ok()?;
     Some((Arc::new(decoded), false))
@@ -30,16 +29,7 @@ pub(super) fn lookup(iss: &str) -> Option<(Arc<KeyPair>, bool)> {
 
 /// Keeps `key` for `iss`; call only after it verified a signature.
 pub(super) fn remember(iss: &str, key: &Arc<KeyPair>) {
-    let table = KEYS.get_or_init(ArcSwap::default);
-    table.rcu(|current| {
-        let mut next = if current.len() >= MAX_KEYS {
-            HashMap::new()
-        } else {
-            (**current).clone()
-        };
-        next.insert(iss.to_owned(), Arc::clone(key));
-        next
-    });
+    KEYS.remember(iss, key);
 }
 
 #[cfg(test)]
@@ -78,7 +68,7 @@ mod tests {
             let (key, _) = lookup(&iss).unwrap();
             remember(&iss, &key);
         }
-        let len = KEYS.get_or_init(ArcSwap::default).load().len();
+        let len = KEYS.len();
         assert!(len <= MAX_KEYS, "{len}");
     }
 }

@@ -11,6 +11,7 @@ mod boxes;
 mod claims;
 mod codec;
 mod issuers;
+mod memo;
 mod signer;
 
 use std::borrow::Cow;
