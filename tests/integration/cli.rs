@@ -8,6 +8,16 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_entra-callout"))
 }
 
+/// Runs `entra-callout check --config config`.
+fn check(config: &std::path::Path) -> std::process::Output {
+    bin()
+        .arg("check")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 /// Writes keys and a configuration into `dir`, returning the configuration's path.
 fn write_config(dir: &std::path::Path, policy: &str) -> std::path::PathBuf {
     let status = bin()
@@ -41,12 +51,7 @@ fn check_accepts_a_good_configuration() {
          bindings:\n  - name: readers\n    tenant: ml\n    roles: [reader]\n    when: {{ app_roles: [Nats.Reader] }}\n"
     );
     let config = write_config(dir.path(), &policy);
-    let out = bin()
-        .arg("check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(&config);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -67,12 +72,7 @@ fn check_reports_every_policy_problem_with_line_and_column() {
                   \x20 - name: b\n    subscribe: { allow: [\"x.{nope}\"] }\n\
                   bindings:\n  - name: c\n    tenant: t\n    roles: [a, ghost]\n    when: { everyone: true }\n";
     let config = write_config(dir.path(), policy);
-    let out = bin()
-        .arg("check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(&config);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = dir.path().join("policy.yaml").display().to_string();
@@ -97,12 +97,7 @@ fn check_locates_signing_keys_app_id_problems() {
         ),
     );
     std::fs::write(&config, text).unwrap();
-    let out = bin()
-        .arg("check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(&config);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = config.display().to_string();
