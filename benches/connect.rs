@@ -246,6 +246,16 @@ fn run() -> Result<(), Error> {
     drop(environment);
     drop(plain);
     drop(static_server);
+    // Figures over failed connections measure a broken set-up, not the callout: say so loudly
+    // (CI's smoke run relies on it).
+    let failed: usize = results
+        .iter()
+        .map(|row| row.measured.failures)
+        .sum::<usize>()
+        + identities.as_ref().map_or(0, |ids| ids.failures);
+    if failed > 0 {
+        return Err(format!("{failed} connections failed (see FAILED above)").into());
+    }
     Ok(())
 }
 
