@@ -500,9 +500,9 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
     let admin = admin::spawn(config.admin.listen, admin_state)?;
 
     let verifier = Arc::new(
-        Verifier::new(config.providers.clone())
-            .context("cannot set up the identity providers")?
-            .with_token_cache(config.callout.token_cache_size),
+        config
+            .verifier()
+            .context("cannot set up the identity providers")?,
     );
     metrics.register_providers(verifier.provider_names().map(|name| &**name));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -21,7 +21,7 @@ use crate::diagnostic::Diagnostic;
 use crate::duration::parse_duration;
 use crate::oidc::{
     GraphCredential, GraphSettings, GroupsOverage, PrincipalRule, ProviderSettings, SecretString,
-    SettingsError, Tenants, Versions,
+    SettingsError, Tenants, Verifier, VerifierError, Versions,
 };
 use crate::policy::{CompileOptions, PolicyErrors, PolicySet};
 use crate::reload::ReloadSettings;
@@ -472,6 +472,12 @@ impl Env for ProcessEnv {
 }
 
 impl Config {
+    /// The token verifier this configuration describes: its providers and the size of the
+    /// verified-token cache. No network is touched until the verifier is warmed or used.
+    pub fn verifier(&self) -> Result<Verifier, VerifierError> {
+        Ok(Verifier::new(self.providers.clone())?.with_token_cache(self.callout.token_cache_size))
+    }
+
     /// Reads, parses and validates the configuration at `path`, then loads its policies.
     pub fn load(path: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

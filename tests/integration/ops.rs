@@ -17,7 +17,6 @@ use tokio::task::JoinHandle;
 use entra_callout::admin::{self, AdminServer, AdminState};
 use entra_callout::callout::Authorizer;
 use entra_callout::config::{Config, ProcessEnv};
-use entra_callout::oidc::Verifier;
 use entra_callout::service::{self, LoopSettings, Ops};
 
 use crate::support::binary::Binary;
@@ -96,22 +95,16 @@ impl ServiceFiles {
             metrics: Arc::clone(&ops.metrics),
         };
         let admin = admin::spawn("127.0.0.1:0".parse().unwrap(), admin_state).unwrap();
-        let verifier = Arc::new(
-            Verifier::new(config.providers.clone())
-                .unwrap()
-                .with_token_cache(config.callout.token_cache_size),
-        );
+        let verifier = Arc::new(config.verifier().unwrap());
         if warm {
             verifier.warm().await.expect("test issuer keys load");
             ops.readiness.set_keys_loaded();
         }
         let settings = LoopSettings::from_config(&config);
-        let authorizer = Arc::new(Authorizer::new(
-            config.callout.issuer.clone(),
-            config.callout.xkey.clone(),
-            verifier,
+        let authorizer = Arc::new(Authorizer::from_config(
+            &config.callout,
             config.policies,
-            config.callout.request_leeway.as_secs(),
+            verifier,
         ));
         ops.readiness.set_policies_loaded();
         let client = service::connect(&config.nats)

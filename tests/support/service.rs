@@ -9,7 +9,6 @@ use tokio::task::JoinHandle;
 
 use entra_callout::callout::Authorizer;
 use entra_callout::config::{Config, ProcessEnv};
-use entra_callout::oidc::Verifier;
 use entra_callout::service::{self, LoopSettings, Ops};
 
 /// One replica of the service: keys loaded, subscribed, answering until stopped.
@@ -29,11 +28,7 @@ impl Replica {
 
     /// Starts a replica from an already loaded configuration.
     pub async fn from_config(config: Config) -> Self {
-        let verifier = Arc::new(
-            Verifier::new(config.providers.clone())
-                .unwrap()
-                .with_token_cache(config.callout.token_cache_size),
-        );
+        let verifier = Arc::new(config.verifier().unwrap());
         verifier.warm().await.expect("test issuer keys load");
         let settings = LoopSettings::from_config(&config);
         let authorizer = Arc::new(Authorizer::from_config(
