@@ -670,19 +670,7 @@ fn mapped_array(
     path: &ClaimPath,
     label: &'static str,
 ) -> Result<Vec<String>, TokenError> {
-    let invalid = TokenError::InvalidClaim {
-        claim: label,
-        expected: "an array of strings",
-    };
-    match path.lookup(claims) {
-        None => Ok(Vec::new()),
-        Some(Value::Array(values)) => values
-            .iter()
-            .map(|value| value.as_str().map(str::to_owned))
-            .collect::<Option<Vec<_>>>()
-            .ok_or(invalid),
-        Some(_) => Err(invalid),
-    }
+    strings(path.lookup(claims), label)
 }
 
 fn required_str<'a>(
@@ -723,11 +711,16 @@ fn string_array(
     claims: &Map<String, Value>,
     claim: &'static str,
 ) -> Result<Vec<String>, TokenError> {
+    strings(claims.get(claim), claim)
+}
+
+/// `value` as an array of strings; absent means empty.
+fn strings(value: Option<&Value>, claim: &'static str) -> Result<Vec<String>, TokenError> {
     let invalid = TokenError::InvalidClaim {
         claim,
         expected: "an array of strings",
     };
-    match claims.get(claim) {
+    match value {
         None => Ok(Vec::new()),
         Some(Value::Array(values)) => values
             .iter()
