@@ -11,18 +11,17 @@ use std::time::Duration;
 use async_nats::ConnectErrorKind;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use entra_callout::admin::{self, AdminServer, AdminState};
-use entra_callout::callout::Authorizer;
 use entra_callout::config::{Config, ProcessEnv};
-use entra_callout::service::{self, LoopSettings, Ops};
+use entra_callout::service::Ops;
 
 use crate::support::binary::Binary;
 use crate::support::issuer::{AUDIENCE, TENANT, TestIssuer};
 use crate::support::nats::{NatsCluster, NatsServer, config_mode, free_port};
 use crate::support::policies;
+use crate::support::service::Replica as InProcess;
 
 /// The service's files: keys, policies and configuration, in a directory of their own.
 struct ServiceFiles {
@@ -33,10 +32,16 @@ struct ServiceFiles {
 
 /// One in-process replica with its own admin listener.
 struct Replica {
-    authorizer: Arc<Authorizer>,
+    replica: InProcess,
     admin: AdminServer,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+}
+
+impl std::ops::Deref for Replica {
+    type Target = InProcess;
+
+    fn deref(&self) -> &InProcess {
+        &self.replica
+    }
 }
 
 impl ServiceFiles {
@@ -95,40 +100,8 @@ impl ServiceFiles {
             metrics: Arc::clone(&ops.metrics),
         };
         let admin = admin::spawn("127.0.0.1:0".parse().unwrap(), admin_state).unwrap();
-        let verifier = Arc::new(config.verifier().unwrap());
-        if warm {
-            verifier.warm().await.expect("test issuer keys load");
-            ops.readiness.set_keys_loaded();
-        }
-        let settings = LoopSettings::from_config(&config);
-        let authorizer = Arc::new(Authorizer::from_config(
-            &config.callout,
-            config.policies,
-            verifier,
-        ));
-        ops.readiness.set_policies_loaded();
-        let client = service::connect(&config.nats)
-            .await
-            .expect("service connects");
-        let requests = service::subscribe(&client, &settings.queue_group)
-            .await
-            .expect("subscribe");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn({
-            let authorizer = Arc::clone(&authorizer);
-            async move {
-                service::run(client, requests, authorizer, settings, ops, async {
-                    let _ = stopped.await;
-                })
-                .await;
-            }
-        });
-        Replica {
-            authorizer,
-            admin,
-            stop: Some(stop),
-            task,
-        }
+        let replica = InProcess::with_ops(config, ops, warm).await;
+        Replica { replica, admin }
     }
 }
 
@@ -141,14 +114,8 @@ impl Replica {
         self.get("/metrics").await.1
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("replica stops within 15 s")
-            .expect("replica task");
+    async fn stop(self) {
+        self.replica.stop().await;
         self.admin.stop();
     }
 }

@@ -28,14 +28,25 @@ impl Replica {
 
     /// Starts a replica from an already loaded configuration.
     pub async fn from_config(config: Config) -> Self {
+        Self::with_ops(config, Ops::new().unwrap(), true).await
+    }
+
+    /// Starts a replica that reports to `ops` (readiness, metrics) as `serve` does. With
+    /// `warm`, keys are loaded (and reported) before it subscribes; without, the first token
+    /// fetches them.
+    pub async fn with_ops(config: Config, ops: Ops, warm: bool) -> Self {
         let verifier = Arc::new(config.verifier().unwrap());
-        verifier.warm().await.expect("test issuer keys load");
+        if warm {
+            verifier.warm().await.expect("test issuer keys load");
+            ops.readiness.set_keys_loaded();
+        }
         let settings = LoopSettings::from_config(&config);
         let authorizer = Arc::new(Authorizer::from_config(
             &config.callout,
             config.policies,
             verifier,
         ));
+        ops.readiness.set_policies_loaded();
         let client = service::connect(&config.nats)
             .await
             .expect("service connects");
@@ -46,7 +57,6 @@ impl Replica {
         let task = tokio::spawn({
             let authorizer = Arc::clone(&authorizer);
             async move {
-                let ops = Ops::new().unwrap();
                 service::run(client, requests, authorizer, settings, ops, async {
                     let _ = stopped.await;
                 })
