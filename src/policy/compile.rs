@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_saphyr::{DefaultMessageFormatter, Location, MessageFormatter, Spanned};
 
 use super::eval::Responses;
+use super::ident::{Field, canonical, is_guid};
 use super::model::{
     Document, Outline, RawBinding, RawKind, RawPermissions, RawResponses, RawRole, RawTenant,
     RawWhen, SpannedList,
@@ -471,7 +472,7 @@ impl<'a> Compiler<'a> {
             );
         }
         let tids = self.values(si, "entra_tenants", raw.entra_tenants.as_ref(), |v| {
-            is_guid(v).then(|| v.to_ascii_lowercase())
+            is_guid(v).then(|| canonical(Field::TenantId, v).into_owned())
         });
         let providers = self.values(si, "providers", raw.providers.as_ref(), |v| {
             (!v.is_empty() && !v.chars().any(char::is_control)).then(|| v.to_owned())
@@ -1062,25 +1063,25 @@ impl<'a> Compiler<'a> {
             RawKind::User => PrincipalKind::User,
             RawKind::Application => PrincipalKind::Application,
         });
-        let plain =
-            |v: &str| (!v.is_empty() && !v.chars().any(char::is_control)).then(|| v.to_owned());
-        // Entra writes object ids in lowercase; accept what operators paste from the portal.
-        let guid = |v: &str| is_guid(v).then(|| v.to_ascii_lowercase());
-        let id = |v: &str| {
-            if is_guid(v) {
-                Some(v.to_ascii_lowercase())
-            } else {
-                plain(v)
+        // Every identifier is stored in the one canonical form that evaluation compares with
+        // (`ident`), so a condition can only match or not match, never match in one path only.
+        let plain = |field: Field| {
+            move |v: &str| {
+                (!v.is_empty() && !v.chars().any(char::is_control))
+                    .then(|| canonical(field, v).into_owned())
             }
         };
-        out.app_roles = self.values(si, "app_roles", w.app_roles.as_ref(), plain);
-        out.groups = self.values(si, "groups", w.groups.as_ref(), id);
+        let guid = |field: Field| {
+            move |v: &str| is_guid(v).then(|| canonical(field, v).into_owned())
+        };
+        out.app_roles = self.values(si, "app_roles", w.app_roles.as_ref(), plain(Field::AppRole));
+        out.groups = self.values(si, "groups", w.groups.as_ref(), plain(Field::Group));
         out.scopes = self.values(si, "scopes", w.scopes.as_ref(), |v| {
             (!v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c.is_control()))
-                .then(|| v.to_owned())
+                .then(|| canonical(Field::Scope, v).into_owned())
         });
-        out.app_ids = self.values(si, "app_ids", w.app_ids.as_ref(), guid);
-        out.object_ids = self.values(si, "object_ids", w.object_ids.as_ref(), guid);
+        out.app_ids = self.values(si, "app_ids", w.app_ids.as_ref(), guid(Field::AppId));
+        out.object_ids = self.values(si, "object_ids", w.object_ids.as_ref(), guid(Field::ObjectId));
         if let (Some(k), Some(s)) = (&out.kind, &w.scopes)
             && *k == PrincipalKind::Application
         {
@@ -1282,15 +1283,6 @@ fn prefixes_overlap(a: &str, b: &str) -> bool {
     long == short || long.strip_prefix(short).is_some_and(|r| r.starts_with('.'))
 }
 
-/// `8-4-4-4-12` hexadecimal digits.
-fn is_guid(s: &str) -> bool {
-    let groups: Vec<&str> = s.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
-}
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::compile::{Binding, ClaimMatch, Conditions, PolicySet, Templates, Tenant};
+use super::ident::{Field, canonical, matches};
 use super::subject::{UnsafeClaim, covers, overlaps};
 use crate::deny::DenyReason;
 use crate::identity::{Identity, PrincipalKind};
@@ -162,18 +163,12 @@ impl PolicySet {
         for t in self.tenants_of(id) {
             if let Some(bucket) = self.index.buckets.get(t) {
                 for role in &id.roles {
-                    if let Some(b) = bucket.by_role.get(role) {
+                    if let Some(b) = bucket.by_role.get(&*canonical(Field::AppRole, role)) {
                         candidates.extend_from_slice(b);
                     }
                 }
                 for group in &id.groups {
-                    // Group GUIDs are indexed in lowercase, as Entra writes them.
-                    let found = if group.bytes().any(|b| b.is_ascii_uppercase()) {
-                        bucket.by_group.get(&group.to_ascii_lowercase())
-                    } else {
-                        bucket.by_group.get(group)
-                    };
-                    if let Some(b) = found {
+                    if let Some(b) = bucket.by_group.get(&*canonical(Field::Group, group)) {
                         candidates.extend_from_slice(b);
                     }
                 }
@@ -190,15 +185,22 @@ impl PolicySet {
         self.grant(&matched, id, now)
     }
 
-    /// Evaluate `id` and say, for every binding, why it did or did not match.
+    /// Evaluate `id` and say, for every binding, why it did or did not match. The decision is
+    /// made from exactly the bindings reported as matching, by the code [`Self::evaluate`] ends
+    /// in, so the two cannot disagree; [`Self::evaluate`] only narrows the candidates first
+    /// through the index (a property test holds the two equal).
     pub fn explain(&self, id: &Identity, now: u64) -> Explanation {
         let mut bindings = Vec::with_capacity(self.bindings.len());
+        let mut matched = Vec::new();
         for b in &self.bindings {
             let tenant = self.tenants.get(b.tenant);
             let mismatch = match tenant {
                 Some(t) if t.matches(id) => b.when.mismatch(id),
                 _ => Some(Mismatch::Tenant),
             };
+            if mismatch.is_none() {
+                matched.push(b);
+            }
             bindings.push(BindingCheck {
                 name: Arc::clone(&b.name),
                 description: b.description.clone(),
@@ -214,10 +216,8 @@ impl PolicySet {
                 },
             });
         }
-        Explanation {
-            bindings,
-            decision: self.evaluate(id, now),
-        }
+        let decision = self.grant(&matched, id, now);
+        Explanation { bindings, decision }
     }
 
     /// Indices of the tenants `id` belongs to.
@@ -225,7 +225,7 @@ impl PolicySet {
         let by_tid = id
             .tenant
             .as_ref()
-            .and_then(|t| self.index.by_tid.get(t))
+            .and_then(|t| self.index.by_tid.get(&*canonical(Field::TenantId, t)))
             .map_or(&[][..], Vec::as_slice);
         let by_provider = self
             .index
@@ -330,7 +330,7 @@ impl Tenant {
             || id
                 .tenant
                 .as_ref()
-                .is_some_and(|t| self.tids.iter().any(|x| x.eq_ignore_ascii_case(t)));
+                .is_some_and(|t| self.tids.iter().any(|x| matches(Field::TenantId, x, t)));
         let provider_ok =
             self.providers.is_empty() || self.providers.iter().any(|p| **p == *id.provider);
         tid_ok && provider_ok
@@ -343,33 +343,29 @@ impl Conditions {
         if self.everyone {
             return None;
         }
-        let any = |want: &[String], have: &[String]| {
-            want.is_empty() || want.iter().any(|w| have.contains(w))
+        // Policy values are canonical (compiled through `ident`); token values become so here.
+        let any = |field: Field, want: &[String], have: &[String]| {
+            want.is_empty() || want.iter().any(|w| have.iter().any(|h| matches(field, w, h)))
         };
-        let one = |want: &[String], have: Option<&String>| {
-            want.is_empty() || have.is_some_and(|h| want.iter().any(|w| w.eq_ignore_ascii_case(h)))
+        let one = |field: Field, want: &[String], have: Option<&String>| {
+            want.is_empty() || have.is_some_and(|h| want.iter().any(|w| matches(field, w, h)))
         };
         if self.kind.is_some_and(|k| k != id.kind) {
             return Some(Mismatch::Kind);
         }
-        if !any(&self.app_roles, &id.roles) {
+        if !any(Field::AppRole, &self.app_roles, &id.roles) {
             return Some(Mismatch::AppRoles);
         }
-        if !(self.groups.is_empty()
-            || self
-                .groups
-                .iter()
-                .any(|g| id.groups.iter().any(|h| h.eq_ignore_ascii_case(g))))
-        {
+        if !any(Field::Group, &self.groups, &id.groups) {
             return Some(Mismatch::Groups);
         }
-        if !any(&self.scopes, &id.scopes) {
+        if !any(Field::Scope, &self.scopes, &id.scopes) {
             return Some(Mismatch::Scopes);
         }
-        if !one(&self.app_ids, id.app_id.as_ref()) {
+        if !one(Field::AppId, &self.app_ids, id.app_id.as_ref()) {
             return Some(Mismatch::AppIds);
         }
-        if !one(&self.object_ids, id.object_id.as_ref()) {
+        if !one(Field::ObjectId, &self.object_ids, id.object_id.as_ref()) {
             return Some(Mismatch::ObjectIds);
         }
         if self.guest.is_some_and(|g| g != id.guest) {

@@ -18,6 +18,7 @@
 
 mod compile;
 mod eval;
+mod ident;
 mod model;
 #[cfg(test)]
 mod proptests;

@@ -23,6 +23,10 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Self {
+        Self::start_with(&binary::policy()).await
+    }
+
+    async fn start_with(policy: &str) -> Self {
         let contoso = TestIssuer::start_for(TENANT).await;
         let fabrikam = TestIssuer::start_for(OTHER_TENANT).await;
         let account = nkeys::KeyPair::new_account();
@@ -30,7 +34,7 @@ impl Stack {
         let dir = server.dir().to_path_buf();
         std::fs::write(dir.join("issuer.nk"), account.seed().unwrap()).unwrap();
         std::fs::write(dir.join("nats-password"), "pwd").unwrap();
-        std::fs::write(dir.join("policies.yaml"), binary::policy()).unwrap();
+        std::fs::write(dir.join("policies.yaml"), policy).unwrap();
         let config = format!(
             "nats:\n  url: {url}\n  user: auth\n  password_file: nats-password\n\
              callout:\n  issuer_seed_file: issuer.nk\n  drain_timeout: 5s\n\
@@ -265,5 +269,60 @@ async fn verified_tokens_are_cached_and_policies_apply_at_every_connect() {
         "the refusal came from a cached verification and the new policies"
     );
     assert_eq!(verifier.cached_tokens().await, 1);
+    stack.stop().await;
+}
+
+/// The reproduction of an independent attack: a binding that denies `secret.>` to the group
+/// `Contractors` must apply to a token whose group is written `Contractors` (or any other case),
+/// as Entra's on-premises group names are case-insensitive. It once never matched, so its deny
+/// was silently dropped while `everyone` granted `kc.>`.
+#[tokio::test]
+async fn a_deny_bound_to_a_mixed_case_group_name_is_enforced() {
+    let policy = format!(
+        r#"version: 1
+tenants:
+  - {{ name: kc, entra_tenants: ["{tid}"], account: APP }}
+roles:
+  - {{ name: reader, subscribe: {{ allow: [">"] }}, publish: {{ allow: [">"] }} }}
+  - {{ name: no-secrets, subscribe: {{ allow: ["contractors.>"], deny: ["secret.>"] }} }}
+bindings:
+  - {{ name: everyone, tenant: kc, roles: [reader], when: {{ everyone: true }} }}
+  - {{ name: contractors, tenant: kc, roles: [no-secrets], when: {{ groups: [Contractors] }} }}
+"#,
+        tid = TENANT.to_uppercase()
+    );
+    let stack = Stack::start_with(&policy).await;
+    let url = stack.server.url();
+    for written in ["Contractors", "CONTRACTORS", "contractors"] {
+        let token = stack.contoso.token(json!({ "groups": [written] }));
+        let mut client = connect(&url, &token)
+            .await
+            .unwrap_or_else(|e| panic!("{written}: {e}"));
+        let _subscription = client.nats.subscribe("kc.secret.>").await.unwrap();
+        client.nats.flush().await.unwrap();
+        let error = next_error(&mut client).await;
+        assert!(
+            error.contains("permissions violation for subscription to \"kc.secret.>\""),
+            "{written}: {error}"
+        );
+        // The rest of `everyone`'s grant still holds.
+        let mut public = client.nats.subscribe("kc.public").await.unwrap();
+        client.nats.publish("kc.public", "ok".into()).await.unwrap();
+        let message = tokio::time::timeout(Duration::from_secs(5), public.next())
+            .await
+            .expect("kc.public delivered within 5 s")
+            .expect("subscription open");
+        assert_eq!(&message.payload[..], b"ok", "{written}");
+    }
+    // Without the group, the deny does not apply.
+    let outsider = stack.contoso.token(json!({ "groups": ["Employees"] }));
+    let client = connect(&url, &outsider).await.unwrap();
+    let mut secret = client.nats.subscribe("kc.secret.>").await.unwrap();
+    client.nats.publish("kc.secret.payroll", "p".into()).await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(5), secret.next())
+        .await
+        .expect("kc.secret.payroll delivered within 5 s")
+        .expect("subscription open");
+    assert_eq!(message.subject.as_str(), "kc.secret.payroll");
     stack.stop().await;
 }
