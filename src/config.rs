@@ -381,6 +381,8 @@ pub struct RawProvider {
     pub groups_claim: Option<Spanned<String>>,
     /// Generic OIDC: `auto` (default), `user` or `application`.
     pub principal: Option<Spanned<String>>,
+    /// Generic OIDC: accept only tokens whose header says `typ: at+jwt` (RFC 9068).
+    pub require_access_token_type: Option<Spanned<bool>>,
     /// Clock skew tolerated on `exp`/`nbf`, e.g. `60s`.
     pub leeway: Option<Spanned<String>>,
     /// How often keys are refreshed in the background, e.g. `1h`.
@@ -869,6 +871,10 @@ impl Validator<'_> {
                 ("roles_claim", p.roles_claim.as_ref().map(Loc::of)),
                 ("groups_claim", p.groups_claim.as_ref().map(Loc::of)),
                 ("principal", p.principal.as_ref().map(Loc::of)),
+                (
+                    "require_access_token_type",
+                    p.require_access_token_type.as_ref().map(Loc::of),
+                ),
             ],
         );
         let (tenants, tenants_at) = match (&p.tenant, &p.tenants) {
@@ -1118,6 +1124,12 @@ impl Validator<'_> {
                 }
             };
             settings = self.step(settings.with_principal(rule), Loc::of(principal))?;
+        }
+        if let Some(required) = &p.require_access_token_type {
+            settings = self.step(
+                settings.with_required_access_token_type(required.value),
+                Loc::of(required),
+            )?;
         }
         Some(settings)
     }

@@ -28,6 +28,10 @@ a forged token is explained exactly like a real one.";
 /// How `ProviderSettings::issuers` writes the tenant of a provider that accepts any tenant.
 const TENANT_TEMPLATE: &str = "{tenantid}";
 
+/// The client application policy-test claims name when they name none (the nil GUID, which no
+/// real app registration has).
+pub const TEST_CLIENT_ID: &str = "00000000-0000-0000-0000-000000000000";
+
 /// Lifetime given to test claims without `exp`.
 const TEST_TOKEN_LIFETIME: u64 = 3600;
 
@@ -165,9 +169,16 @@ pub fn read_claims(path: &Path) -> Result<Map<String, Value>, ToolError> {
 
 /// Fills the claims a test rarely cares about from `provider`: `tid` (the provider's first
 /// tenant), `iss` (its first issuer for that tenant), `aud`, `iat`/`nbf`/`exp` (valid for an
-/// hour from `now`) and `sub` (the `oid`, as in app-only tokens). Claims already present are
-/// kept.
+/// hour from `now`), `sub` (the `oid`, as in app-only tokens) and, for Entra, the client
+/// (`azp`, or `appid` in v1 claims: every Entra access token names one) as
+/// [`TEST_CLIENT_ID`]. Claims already present are kept.
 pub fn fill_test_defaults(claims: &mut Map<String, Value>, provider: &ProviderSettings, now: u64) {
+    if provider.as_entra().is_some() && !claims.contains_key("azp") && !claims.contains_key("appid")
+    {
+        let v1 = claims.get("ver").and_then(Value::as_str) == Some("1.0");
+        let name = if v1 { "appid" } else { "azp" };
+        claims.insert(name.to_owned(), json!(TEST_CLIENT_ID));
+    }
     if let Some(entra) = provider.as_entra() {
         let first = match entra.tenants() {
             Tenants::One(t) => Some(t.as_str()),
@@ -457,8 +468,8 @@ struct TestCase {
     name: Spanned<String>,
     /// Provider to route to; else by `iss`, `tid`, or the only provider.
     provider: Option<String>,
-    /// Token claims; `iss`, `aud`, `tid`, `ver`, `iat`, `nbf`, `exp` and `sub` are filled in
-    /// when absent.
+    /// Token claims; `iss`, `aud`, `tid`, `ver`, `iat`, `nbf`, `exp`, `sub` and (Entra) `azp`
+    /// are filled in when absent.
     claims: Option<Map<String, Value>>,
     /// A file holding a JWT (relative to the test file), decoded without verification.
     token_file: Option<String>,

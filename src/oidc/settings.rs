@@ -153,6 +153,7 @@ pub struct OidcSettings {
     roles_claim: ClaimPath,
     groups_claim: ClaimPath,
     principal: PrincipalRule,
+    require_access_token_type: bool,
 }
 
 /// Where a claim lives: a top-level name, or a dotted path into nested objects
@@ -240,6 +241,7 @@ impl ProviderSettings {
                 roles_claim: ClaimPath::new("roles"),
                 groups_claim: ClaimPath::new("groups"),
                 principal: PrincipalRule::Auto,
+                require_access_token_type: false,
             }),
             audiences,
         ))
@@ -352,6 +354,18 @@ impl ProviderSettings {
     /// Generic OIDC: how users and applications are told apart.
     pub fn with_principal(mut self, rule: PrincipalRule) -> Result<Self, SettingsError> {
         self.oidc_mut("principal")?.principal = rule;
+        Ok(self)
+    }
+
+    /// Generic OIDC: whether only tokens typed `at+jwt` in their header (RFC 9068 §2.1) are
+    /// accepted. Off by default, as many providers (Keycloak, Entra) type access tokens `JWT`;
+    /// where the provider follows RFC 9068, it is the one reliable way to refuse ID tokens.
+    pub fn with_required_access_token_type(
+        mut self,
+        required: bool,
+    ) -> Result<Self, SettingsError> {
+        self.oidc_mut("require_access_token_type")?
+            .require_access_token_type = required;
         Ok(self)
     }
 
@@ -729,6 +743,11 @@ impl OidcSettings {
     /// How users and applications are told apart.
     pub fn principal(&self) -> PrincipalRule {
         self.principal
+    }
+
+    /// Whether the header must say `typ: at+jwt`.
+    pub fn requires_access_token_type(&self) -> bool {
+        self.require_access_token_type
     }
 }
 

@@ -39,6 +39,8 @@ const OIDC_ID_TOKEN_MARKERS: [&str; 2] = ["at_hash", "c_hash"];
 pub(crate) struct ParsedToken {
     alg: Algorithm,
     kid: String,
+    /// The header says `typ: at+jwt` (RFC 9068), in one of its spellings.
+    typed_access_token: bool,
     claims: Map<String, Value>,
 }
 
@@ -113,6 +115,14 @@ pub(crate) fn verify_parsed(
         })?;
     if signature == Signature::Check {
         check_signature(token, key, parsed.alg, settings)?;
+    }
+    if let ProviderKind::Oidc(oidc) = settings.kind()
+        && oidc.requires_access_token_type()
+        && !parsed.typed_access_token
+    {
+        return Err(TokenError::NotAnAccessToken(
+            "its header typ is not at+jwt, which the provider requires",
+        ));
     }
     check_claims(
         parsed.claims,
@@ -298,19 +308,15 @@ fn entra_claims(
     if kind == PrincipalKind::User && scopes.is_none() {
         return Err(TokenError::NotAnAccessToken("a user token without scp"));
     }
-    let app_id = first_str(&claims, &["azp", "appid"])?;
-    let guest = match claims.get("acct") {
-        None => false,
-        Some(acct) => match acct.as_u64() {
-            Some(value) => value == 1,
-            None => {
-                return Err(TokenError::InvalidClaim {
-                    claim: "acct",
-                    expected: "a non-negative integer",
-                });
-            }
-        },
+    // Entra access tokens always name the client they were issued to (`azp` in v2, `appid` in
+    // v1); ID tokens never do. Without this an ID token of an app that is also its own API
+    // (`aud` = its client id) with `sub == oid` would pass as an app-only token.
+    let Some(app_id) = first_str(&claims, &["azp", "appid"])? else {
+        return Err(TokenError::NotAnAccessToken(
+            "it names no client application (azp or appid)",
+        ));
     };
+    let guest = entra_guest(&claims, entra, &issuer, tenant)?;
     let display_name = first_str(
         &claims,
         &["preferred_username", "upn", "unique_name", "name"],
@@ -326,7 +332,7 @@ fn entra_claims(
             tenant: Some(tenant),
             object_id,
             subject,
-            app_id,
+            app_id: Some(app_id),
             kind,
             roles,
             groups,
@@ -339,6 +345,43 @@ fn entra_claims(
         },
         groups_overage,
     })
+}
+
+/// Whether Entra marks the holder as a guest. Three marks, none of them mandatory, so any one
+/// suffices: `acct: 1` (an optional claim the API may not have configured); `idp` naming
+/// another identity provider than the token's tenant (a guest's home tenant, `live.com`, a
+/// social or SAML provider; for members and applications `idp` is absent or the tenant's own
+/// issuer, in its v1 or v2 form); and the `#EXT#` form of a B2B guest's UPN.
+fn entra_guest(
+    claims: &Map<String, Value>,
+    entra: &EntraSettings,
+    issuer: &str,
+    tenant: &str,
+) -> Result<bool, TokenError> {
+    let by_acct = match claims.get("acct") {
+        None => false,
+        Some(acct) => match acct.as_u64() {
+            Some(value) => value == 1,
+            None => {
+                return Err(TokenError::InvalidClaim {
+                    claim: "acct",
+                    expected: "a non-negative integer",
+                });
+            }
+        },
+    };
+    let by_idp = optional_str(claims, "idp")?.is_some_and(|idp| {
+        idp != issuer && entra_issuer_shape(entra, idp).is_none_or(|(_, segment)| segment != tenant)
+    });
+    let mut by_upn = false;
+    for claim in ["upn", "unique_name"] {
+        by_upn |= optional_str(claims, claim)?.is_some_and(|upn| {
+            upn.as_bytes()
+                .windows(5)
+                .any(|w| w.eq_ignore_ascii_case(b"#EXT#"))
+        });
+    }
+    Ok(by_acct || by_idp || by_upn)
 }
 
 fn oidc_claims(
@@ -471,10 +514,23 @@ impl ParsedToken {
         if signature.is_empty() {
             return Err(TokenError::Malformed("empty signature"));
         }
+        // RFC 9068 §2.1 with RFC 7515 §4.1.9: a media type, compared without regard to case,
+        // whose `application/` prefix may be left out.
+        let typed_access_token = match header.get("typ") {
+            Some(Value::String(typ)) => {
+                typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt")
+            }
+            _ => false,
+        };
         let claims = decode_object(payload).ok_or(TokenError::Malformed(
             "payload is not base64url-encoded JSON object",
         ))?;
-        Ok(Self { alg, kid, claims })
+        Ok(Self {
+            alg,
+            kid,
+            typed_access_token,
+            claims,
+        })
     }
 
     /// The unverified `iss`, for routing only.
@@ -958,6 +1014,92 @@ mod tests {
     }
 
     #[test]
+    fn guests_are_recognised_by_any_of_entras_three_marks() {
+        let guest = |overrides: Value| {
+            verify(&sign("k1", &with(user_claims(), overrides))).map(|i| i.guest)
+        };
+        let v1_own = format!("https://sts.windows.net/{TENANT}/");
+        let v2_own = format!("https://login.microsoftonline.com/{TENANT}/v2.0");
+        // Members: no mark, `acct: 0`, or `idp` naming the token's own tenant in either form.
+        for member in [
+            json!({}),
+            json!({"acct": 0}),
+            json!({"idp": v1_own}),
+            json!({"idp": v2_own}),
+            json!({"upn": "alexw@contoso.com", "unique_name": "alexw@contoso.com"}),
+        ] {
+            assert!(!guest(member.clone()).unwrap(), "{member}");
+        }
+        // Guests: `acct: 1`, an `idp` of another tenant, a personal or social account, or the
+        // B2B `#EXT#` user principal name — each alone, with `acct` absent or even 0.
+        for mark in [
+            json!({"acct": 1}),
+            json!({"idp": format!("https://sts.windows.net/{OTHER_TENANT}/")}),
+            json!({"idp": format!("https://login.microsoftonline.com/{OTHER_TENANT}/v2.0"), "acct": 0}),
+            json!({"idp": "live.com"}),
+            json!({"idp": "https://sts.windows.net/9188040d-6c67-4c5b-b112-36a304b66dad/"}),
+            json!({"idp": "google.com"}),
+            json!({"upn": "alex_fabrikam.com#EXT#@contoso.onmicrosoft.com"}),
+            json!({"unique_name": "alex_fabrikam.com#ext#@contoso.onmicrosoft.com", "acct": 0}),
+        ] {
+            assert!(guest(mark.clone()).unwrap(), "{mark}");
+        }
+        // Application tokens carry `idp` equal to their own tenant's v1 issuer.
+        let app = with(app_claims(), json!({"idp": v1_own}));
+        assert!(!verify(&sign("k1", &app)).unwrap().guest);
+        assert!(matches!(
+            guest(json!({"idp": 7})),
+            Err(TokenError::InvalidClaim { claim: "idp", .. })
+        ));
+    }
+
+    #[test]
+    fn id_token_shapes_are_not_access_tokens_even_with_a_configured_audience() {
+        // An app that is its own API: its ID tokens have `aud` = its client id, no `nonce`
+        // (not all flows send one), no `scp`, `roles`, `idtyp`, `azp` or `appid`; `sub == oid`
+        // would once make them pass as app-only tokens.
+        let v2 = json!({
+            "aud": AUDIENCE,
+            "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"),
+            "iat": NOW - 100, "nbf": NOW - 100, "exp": NOW + 3600,
+            "name": "Alex Wilber", "oid": USER_OID, "sub": USER_OID,
+            "preferred_username": "alexw@contoso.com", "tid": TENANT, "ver": "2.0",
+        });
+        let v1 = with(
+            v2.clone(),
+            json!({"iss": format!("https://sts.windows.net/{TENANT}/"), "ver": "1.0",
+                   "upn": "alexw@contoso.com", "preferred_username": null}),
+        );
+        // v1 keys come from v1 metadata, whose keys name no issuer.
+        let v1_keys = KeySet::from_jwks(
+            json!({"keys": [jwk_without_issuer(KEY_1, "k1")]})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        for (shape, keys) in [(&v2, keys()), (&v1, v1_keys.clone())] {
+            assert!(matches!(
+                verify_with_keys(&sign("k1", shape), &settings(), &keys, NOW),
+                Err(TokenError::NotAnAccessToken(
+                    "it names no client application (azp or appid)"
+                ))
+            ));
+        }
+        // The same claims with the client named are an app-only access token (v1 `appid`).
+        let with_client = with(v1, json!({"appid": "0d4e7b2a-6c1f-4e83-9a5d-3b8c2f1e7d64"}));
+        let identity =
+            verify_with_keys(&sign("k1", &with_client), &settings(), &v1_keys, NOW).unwrap();
+        assert_eq!(identity.kind, PrincipalKind::Application);
+        // App tokens without their client are refused too.
+        assert!(matches!(
+            verify(&sign("k1", &with(app_claims(), json!({"azp": null})))),
+            Err(TokenError::NotAnAccessToken(
+                "it names no client application (azp or appid)"
+            ))
+        ));
+    }
+
+    #[test]
     fn refuses_id_token_markers() {
         for marker in ["nonce", "at_hash", "c_hash"] {
             assert_eq!(user(json!({ marker: "x" })), DenyReason::NotAnAccessToken);
@@ -1214,6 +1356,54 @@ mod tests {
                 .reason()
         };
         assert_eq!(refuse(json!({"typ": "ID"})), DenyReason::NotAnAccessToken);
+
+        // RFC 9068's `typ: at+jwt`, when the provider is configured to require it.
+        let typed = settings
+            .clone()
+            .with_required_access_token_type(true)
+            .unwrap();
+        let signed_as = |typ: Value| {
+            let header = json!({"typ": typ, "alg": "RS256", "kid": "k1"});
+            sign_raw(KEY_1, &header.to_string(), &claims.to_string())
+        };
+        for typ in [
+            json!("at+jwt"),
+            json!("AT+JWT"),
+            json!("application/at+jwt"),
+        ] {
+            let token = signed_as(typ.clone());
+            assert!(
+                verify_with_keys(&token, &typed, &keys, NOW).is_ok(),
+                "{typ}"
+            );
+        }
+        for typ in [json!("JWT"), json!("at+jwt+x"), Value::Null] {
+            let token = signed_as(typ.clone());
+            assert!(
+                matches!(
+                    verify_with_keys(&token, &typed, &keys, NOW),
+                    Err(TokenError::NotAnAccessToken(
+                        "its header typ is not at+jwt, which the provider requires"
+                    ))
+                ),
+                "{typ}"
+            );
+            // Off by default.
+            assert!(
+                verify_with_keys(&token, &settings, &keys, NOW).is_ok(),
+                "{typ}"
+            );
+        }
+        assert!(matches!(
+            ProviderSettings::new("entra", TENANT, vec![AUDIENCE.into()])
+                .unwrap()
+                .with_required_access_token_type(true),
+            Err(crate::oidc::SettingsError::NotForKind {
+                setting: "require_access_token_type",
+                kind: "entra",
+                ..
+            })
+        ));
         assert_eq!(
             refuse(json!({"at_hash": "x"})),
             DenyReason::NotAnAccessToken

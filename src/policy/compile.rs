@@ -1071,9 +1071,8 @@ impl<'a> Compiler<'a> {
                     .then(|| canonical(field, v).into_owned())
             }
         };
-        let guid = |field: Field| {
-            move |v: &str| is_guid(v).then(|| canonical(field, v).into_owned())
-        };
+        let guid =
+            |field: Field| move |v: &str| is_guid(v).then(|| canonical(field, v).into_owned());
         out.app_roles = self.values(si, "app_roles", w.app_roles.as_ref(), plain(Field::AppRole));
         out.groups = self.values(si, "groups", w.groups.as_ref(), plain(Field::Group));
         out.scopes = self.values(si, "scopes", w.scopes.as_ref(), |v| {
@@ -1081,7 +1080,12 @@ impl<'a> Compiler<'a> {
                 .then(|| canonical(Field::Scope, v).into_owned())
         });
         out.app_ids = self.values(si, "app_ids", w.app_ids.as_ref(), guid(Field::AppId));
-        out.object_ids = self.values(si, "object_ids", w.object_ids.as_ref(), guid(Field::ObjectId));
+        out.object_ids = self.values(
+            si,
+            "object_ids",
+            w.object_ids.as_ref(),
+            guid(Field::ObjectId),
+        );
         if let (Some(k), Some(s)) = (&out.kind, &w.scopes)
             && *k == PrincipalKind::Application
         {
@@ -1282,7 +1286,6 @@ fn prefixes_overlap(a: &str, b: &str) -> bool {
     let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
     long == short || long.strip_prefix(short).is_some_and(|r| r.starts_with('.'))
 }
-
 
 #[cfg(test)]
 mod tests {

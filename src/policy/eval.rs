@@ -345,7 +345,10 @@ impl Conditions {
         }
         // Policy values are canonical (compiled through `ident`); token values become so here.
         let any = |field: Field, want: &[String], have: &[String]| {
-            want.is_empty() || want.iter().any(|w| have.iter().any(|h| matches(field, w, h)))
+            want.is_empty()
+                || want
+                    .iter()
+                    .any(|w| have.iter().any(|h| matches(field, w, h)))
         };
         let one = |field: Field, want: &[String], have: Option<&String>| {
             want.is_empty() || have.is_some_and(|h| want.iter().any(|w| matches(field, w, h)))

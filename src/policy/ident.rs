@@ -100,16 +100,25 @@ mod tests {
     fn guids_compare_in_any_case_in_every_guid_field() {
         for field in [Field::TenantId, Field::ObjectId, Field::AppId, Field::Group] {
             assert_eq!(canonical(field, &GUID.to_uppercase()), GUID, "{field:?}");
-            assert!(matches!(canonical(field, GUID), Cow::Borrowed(_)), "{field:?}");
+            assert!(
+                matches!(canonical(field, GUID), Cow::Borrowed(_)),
+                "{field:?}"
+            );
         }
     }
 
     #[test]
     fn group_names_compare_case_insensitively_and_other_names_exactly() {
         assert_eq!(canonical(Field::Group, "Contractors"), "contractors");
-        assert_eq!(canonical(Field::Group, "CONTOSO\\Contractors"), "contoso\\contractors");
+        assert_eq!(
+            canonical(Field::Group, "CONTOSO\\Contractors"),
+            "contoso\\contractors"
+        );
         assert_eq!(canonical(Field::Group, "Équipe-Données"), "équipe-données");
-        assert!(matches!(canonical(Field::Group, "équipe"), Cow::Borrowed(_)));
+        assert!(matches!(
+            canonical(Field::Group, "équipe"),
+            Cow::Borrowed(_)
+        ));
         assert_eq!(canonical(Field::AppRole, "Nats.Admin"), "Nats.Admin");
         assert_eq!(canonical(Field::Scope, "Nats.Connect"), "Nats.Connect");
         // A client id of a generic provider is not a GUID and is compared exactly.

@@ -283,12 +283,17 @@ fn pair(guid_only: bool) -> impl Strategy<Value = (String, String)> {
     } else {
         base_identifier().boxed()
     };
-    (base.clone(), base, any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
-        |(a, b, m1, m2, same)| {
+    (
+        base.clone(),
+        base,
+        any::<u64>(),
+        any::<u64>(),
+        any::<bool>(),
+    )
+        .prop_map(|(a, b, m1, m2, same)| {
             let token = if same { recase(&a, m2) } else { recase(&b, m2) };
             (recase(&a, m1), token)
-        },
-    )
+        })
 }
 
 proptest! {
@@ -341,7 +346,7 @@ bindings:
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         // The token side of a generic provider's client id, which is not a GUID, is compared
         // exactly; an Entra app id is a GUID and compared in any case.
-        let app_id = if client.1.len() % 2 == 0 { app.1.clone() } else { client.1.clone() };
+        let app_id = if client.1.len() % 2 == 0 { app.1.clone() } else { client.1 };
         let id = Identity {
             provider: Arc::from("entra"),
             issuer: "https://issuer".into(),

@@ -245,6 +245,7 @@ fn explain_shows_routing_bindings_and_permissions_and_warns_about_the_signature(
         "iat": now, "nbf": now, "exp": now + 600,
         "idtyp": "app", "oid": "3f4e5d6c-7b8a-4c9d-8e0f-1a2b3c4d5e6f",
         "sub": "3f4e5d6c-7b8a-4c9d-8e0f-1a2b3c4d5e6f",
+        "azp": "0d4e7b2a-6c1f-4e83-9a5d-3b8c2f1e7d64",
         "roles": ["Ml.Vision.Producer"],
     });
     let encode =

@@ -318,7 +318,11 @@ bindings:
     let outsider = stack.contoso.token(json!({ "groups": ["Employees"] }));
     let client = connect(&url, &outsider).await.unwrap();
     let mut secret = client.nats.subscribe("kc.secret.>").await.unwrap();
-    client.nats.publish("kc.secret.payroll", "p".into()).await.unwrap();
+    client
+        .nats
+        .publish("kc.secret.payroll", "p".into())
+        .await
+        .unwrap();
     let message = tokio::time::timeout(Duration::from_secs(5), secret.next())
         .await
         .expect("kc.secret.payroll delivered within 5 s")
