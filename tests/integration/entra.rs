@@ -204,6 +204,16 @@ fn bad_tokens(issuer: &TestIssuer) -> Vec<(&'static str, String, DenyReason)> {
             R::NotAnAccessToken,
         ),
         (
+            // An app that is also its own API gets ID tokens with `aud` = its client id; one
+            // without `nonce` and with `sub == oid` once passed as an app-only token.
+            "id token shape without nonce (no azp, scp, roles, idtyp)",
+            issuer.token(
+                json!({"scp": null, "roles": null, "groups": null, "idtyp": null,
+                "azp": null, "azpacr": null, "sub": issuer.user_claims()["oid"].clone()}),
+            ),
+            R::NotAnAccessToken,
+        ),
+        (
             "groups overage",
             issuer.token(json!({"groups": null, "_claim_names": {"groups": "src1"},
                 "_claim_sources": {"src1": {"endpoint": "https://graph.windows.net/x"}}})),
