@@ -38,6 +38,10 @@ pub fn init(settings: &LogSettings) {
 }
 
 /// Seconds since the Unix epoch, read once per request at the edge and passed down as `now`.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the one place the wall clock is read; everything else takes `now`"
+)]
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

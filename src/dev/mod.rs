@@ -2,7 +2,7 @@
 //!
 //! One process tree: a config-mode nats-server wired to the callout (fresh keys and
 //! configuration in a private temporary directory), an Entra-shaped token issuer on loopback
-//! ([`issuer`]) and `entra-callout serve` with the example policies ([`env`]). `dev token`
+//! ([`issuer`]) and `entra-callout serve` with the example policies ([`env`](mod@env)). `dev token`
 //! prints a made-up access token the environment accepts ([`token`]). Ctrl-C stops everything
 //! and removes the directory.
 //!

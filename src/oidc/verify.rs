@@ -799,7 +799,11 @@ fn numeric_date(
         return Ok(Some(seconds));
     }
     match value.as_f64() {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a finite, non-negative value below u64::MAX; fractions of a second drop"
+        )]
         Some(seconds) if seconds.is_finite() && seconds >= 0.0 && seconds < u64::MAX as f64 => {
             Ok(Some(seconds as u64))
         }

@@ -9,7 +9,7 @@
 //!
 //! The pipeline is model → compile → evaluate:
 //! - `model` mirrors the file format with serde, keeping every value's position;
-//! - [`compile`] turns one or more files into a [`PolicySet`], reporting every problem it finds
+//! - [`compile`](fn@compile) turns one or more files into a [`PolicySet`], reporting every problem it finds
 //!   with its `file:line:column`, and precompiles subjects into templates;
 //! - [`PolicySet::evaluate`] is pure and cheap: it maps an [`Identity`](crate::identity::Identity)
 //!   to a [`Grant`] or a [`PolicyDeny`], denying by default.

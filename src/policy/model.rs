@@ -50,7 +50,10 @@ pub(crate) struct Outline {
 pub(crate) struct RawTenant {
     pub(crate) name: Spanned<String>,
     #[serde(default)]
-    #[allow(dead_code)]
+    #[expect(
+        dead_code,
+        reason = "accepted so policy files can document themselves; nothing reads it"
+    )]
     pub(crate) description: Option<String>,
     /// Entra tenant ids (`tid`) whose tokens belong to this tenant.
     pub(crate) entra_tenants: Option<SpannedList>,
@@ -69,7 +72,10 @@ pub(crate) struct RawTenant {
 pub(crate) struct RawProject {
     pub(crate) name: Spanned<String>,
     #[serde(default)]
-    #[allow(dead_code)]
+    #[expect(
+        dead_code,
+        reason = "accepted so policy files can document themselves; nothing reads it"
+    )]
     pub(crate) description: Option<String>,
     /// Prefix below the tenant prefix; defaults to the name.
     pub(crate) prefix: Option<Spanned<String>>,
@@ -81,7 +87,10 @@ pub(crate) struct RawProject {
 pub(crate) struct RawRole {
     pub(crate) name: Spanned<String>,
     #[serde(default)]
-    #[allow(dead_code)]
+    #[expect(
+        dead_code,
+        reason = "accepted so policy files can document themselves; nothing reads it"
+    )]
     pub(crate) description: Option<String>,
     /// Subjects are written in full rather than under the tenant or project prefix.
     pub(crate) absolute: Option<Spanned<bool>>,
@@ -132,7 +141,6 @@ pub(crate) struct RawResponseLimits {
 pub(crate) struct RawBinding {
     pub(crate) name: Spanned<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     pub(crate) description: Option<String>,
     pub(crate) tenant: Spanned<String>,
     pub(crate) project: Option<Spanned<String>>,

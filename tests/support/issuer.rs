@@ -26,7 +26,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
@@ -470,10 +469,7 @@ impl Drop for TestIssuer {
 
 /// Current unix time in seconds, the `now` to verify the issuer's tokens with.
 pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    entra_callout::telemetry::unix_now()
 }
 
 /// `base` with the members of `overrides` set; a `null` override removes the member.
