@@ -13,7 +13,8 @@ COPY src ./src
 COPY policies ./policies
 COPY tests ./tests
 COPY examples ./examples
-RUN cargo build --locked --release --bin entra-callout \
+# Without the `dev` feature: no `entra-callout dev` and no DEV-ONLY signing key in the image.
+RUN cargo build --locked --release --no-default-features --bin entra-callout \
  && strip target/release/entra-callout
 
 # Runtime: distroless (glibc, CA certificates for the identity provider's HTTPS, no shell), as

@@ -80,6 +80,7 @@ pub enum Command {
     Keys(KeysCommand),
     /// Start a local environment (nats-server, a dev token issuer, the service with the example
     /// policies), or print a dev token with `dev token`. Needs no Azure tenant.
+    #[cfg(feature = "dev")]
     Dev(crate::dev::DevArgs),
     /// Print the nats-server configuration matching the keys of `keys init`: max_control_line,
     /// the callout wiring with the service's own user as the only auth user, and in operator
@@ -156,6 +157,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => explain(&config, token.as_deref(), claims.as_deref(), now, json),
         Command::Test { config, tests } => test(&config, &tests),
+        #[cfg(feature = "dev")]
         Command::Dev(args) => Ok(crate::dev::run(args)?),
         Command::Keys(KeysCommand::Init {
             dir,

@@ -37,6 +37,7 @@ pub mod callout;
 pub mod cli;
 pub mod config;
 pub mod deny;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod diagnostic;
 pub mod duration;

@@ -10,6 +10,8 @@ mod support;
 mod callout;
 #[path = "integration/cli.rs"]
 mod cli;
+#[path = "integration/devkey.rs"]
+mod devkey;
 #[path = "integration/entra.rs"]
 mod entra;
 #[path = "integration/faults.rs"]
