@@ -30,3 +30,60 @@ impl fmt::Display for Diagnostic {
 }
 
 impl std::error::Error for Diagnostic {}
+
+/// `error: cause: cause` on one line, each cause once. Many errors (ours, async-nats', reqwest's)
+/// already put their cause into their own message *and* return it from `source()`; walking the
+/// chain naively, as anyhow's `{:#}` does, then prints it twice. A cause whose text the line
+/// already holds is skipped.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("cannot connect to NATS at nats://127.0.0.1:4222: {0}")]
+        Embeds(#[source] std::io::Error),
+        #[error("cannot read the policies")]
+        Wraps(#[source] std::io::Error),
+    }
+
+    fn refused() -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused (os error 111)",
+        )
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        assert_eq!(
+            chain(&Outer::Embeds(refused())),
+            "cannot connect to NATS at nats://127.0.0.1:4222: connection refused (os error 111)"
+        );
+        assert_eq!(
+            chain(&Outer::Wraps(refused())),
+            "cannot read the policies: connection refused (os error 111)"
+        );
+        // anyhow's context over an error that embeds its cause.
+        let error = anyhow::Error::new(Outer::Embeds(refused())).context("serve failed");
+        assert_eq!(
+            chain(error.as_ref()),
+            "serve failed: cannot connect to NATS at nats://127.0.0.1:4222: connection refused (os error 111)"
+        );
+        assert_eq!(format!("{error:#}").matches("os error 111").count(), 2);
+    }
+}

@@ -10,7 +10,11 @@ fn main() -> ExitCode {
     match cli::run(Cli::parse()) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("entra-callout: {err:#}");
+            // Each cause once: `{err:#}` repeats causes that messages already carry.
+            eprintln!(
+                "entra-callout: {}",
+                entra_callout::diagnostic::chain(err.as_ref())
+            );
             ExitCode::from(2)
         }
     }
