@@ -53,8 +53,20 @@ impl NatsServer {
     /// Starts nats-server with `config` (nats-server syntax). The config must not set `listen`
     /// or `port`: the server picks a free loopback port, which is read back from its log.
     pub fn start(config: &str) -> Self {
+        Self::start_listening("127.0.0.1:-1", config)
+    }
+
+    /// Starts nats-server like [`Self::start`], on the loopback port `port`: for a service that
+    /// was told the URL before the server came up.
+    pub fn start_on(port: u16, config: &str) -> Self {
+        let server = Self::start_listening(&format!("127.0.0.1:{port}"), config);
+        assert_eq!(server.port, port, "nats-server listens on another port");
+        server
+    }
+
+    fn start_listening(listen: &str, config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let child = spawn_server(dir.path(), "127.0.0.1:-1", config, 0);
+        let child = spawn_server(dir.path(), listen, config, 0);
         let mut server = Self {
             child,
             dir,
