@@ -374,22 +374,36 @@ impl Context {
         self.finish(reply, handled, received).await;
     }
 
-    /// Sends the answer, records it, then publishes the audit event: after the answer, so the
-    /// audit trail never delays a client.
+    /// Sends the answer, records it — as `late` when it goes out after the request's deadline,
+    /// which nats-server has enforced by refusing the client — then logs and publishes the audit
+    /// event: after the answer, so the audit trail never delays a client.
     async fn finish(&self, reply: async_nats::Subject, handled: Handled, received: Instant) {
-        let (body, audit) = match handled {
-            Handled::Respond { body, audit, .. } => (body, audit),
+        let (body, mut audit, deadline) = match handled {
+            Handled::Respond {
+                body,
+                audit,
+                deadline,
+                ..
+            } => (body, audit, deadline),
             Handled::Drop(_) => {
                 self.ops.metrics.record_drop(received.elapsed());
                 return;
             }
         };
-        self.ops
-            .metrics
-            .record_answer(audit.reason, received.elapsed());
+        let elapsed = received.elapsed();
+        match elapsed.checked_sub(deadline) {
+            Some(late) if !late.is_zero() => {
+                audit.mark_late(late);
+                self.ops.metrics.record_late(elapsed);
+            }
+            _ => self.ops.metrics.record_answer(audit.reason, elapsed),
+        }
+        // Sent even when late: the deadline is known to the second only, and a server that
+        // no longer waits drops the answer.
         if let Err(err) = self.client.publish(reply, body.into()).await {
             warn!(error = %err, "could not send the authorization response");
         }
+        audit.log();
         self.publish_audit(&audit).await;
     }
 

@@ -197,6 +197,35 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// The provider the token was routed to, when the refusal names one: the audit trail says
+    /// which provider refused even when no identity came out of the token.
+    pub fn provider(&self) -> Option<&Arc<str>> {
+        match self {
+            Self::KeyUnknown { provider, .. }
+            | Self::KeysUnavailable { provider, .. }
+            | Self::SignatureInvalid { provider }
+            | Self::IssuerMismatch { provider, .. }
+            | Self::TenantNotAllowed { provider }
+            | Self::TenantMismatch { provider }
+            | Self::VersionNotAllowed { provider, .. }
+            | Self::KeyIssuerMismatch { provider }
+            | Self::AudienceMismatch { provider }
+            | Self::GroupsUnresolved { provider, .. } => Some(provider),
+            Self::TooLarge { .. }
+            | Self::Malformed(_)
+            | Self::MissingClaim(_)
+            | Self::InvalidClaim { .. }
+            | Self::AlgorithmNotAllowed { .. }
+            | Self::KeyIdMissing
+            | Self::IssuerUnknown
+            | Self::TenantInvalid(_)
+            | Self::Expired { .. }
+            | Self::NotYetValid { .. }
+            | Self::NotAnAccessToken(_)
+            | Self::GroupsOverage => None,
+        }
+    }
+
     /// The stable deny reason for logs, metrics and the callout's answer.
     pub fn reason(&self) -> DenyReason {
         match self {

@@ -418,7 +418,12 @@ async fn the_binary_serves_health_and_metrics_publishes_audit_events_and_reloads
         .expect("an audit log line");
     let logged: Value = serde_json::from_str(audit_line).expect("json log lines");
     assert_eq!(logged["target"], "audit");
-    assert_eq!(logged["rules"], "[\"ml-readers\"]");
+    // Lists are JSON arrays in the JSON log, as in the published event.
+    assert_eq!(logged["rules"], json!(["ml-readers"]));
+    assert_eq!(
+        logged["subscribe"],
+        json!([format!("ml.{TENANT}.>"), "_INBOX.>"])
+    );
 }
 
 #[tokio::test]
