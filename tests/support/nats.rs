@@ -138,6 +138,19 @@ impl NatsServer {
         self.dir.path()
     }
 
+    /// Waits (bounded) until the server log contains `needle` `count` times, and returns how
+    /// many times it does then: a test asserting a count waits for that count, not for the
+    /// first match (the server writes its lines one by one).
+    pub async fn wait_for_log_count(&self, needle: &str, count: usize) -> usize {
+        for _ in 0..100 {
+            if self.log().matches(needle).count() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.log().matches(needle).count()
+    }
+
     /// Waits (bounded) until the server log contains `needle`.
     pub async fn wait_for_log(&self, needle: &str) -> bool {
         for _ in 0..100 {
