@@ -368,7 +368,10 @@ async fn the_binary_serves_health_and_metrics_publishes_audit_events_and_reloads
     connect(&url, &publisher(&issuer))
         .await
         .expect("the previous policies still admit publishers");
-    assert!(connect(&url, &reader(&issuer)).await.is_err());
+    let err = connect(&url, &reader(&issuer))
+        .await
+        .expect_err("reader still refused");
+    assert_eq!(err.kind(), ConnectErrorKind::AuthorizationViolation);
 
     // SIGHUP reloads too (the file is still broken).
     binary.signal("HUP");
