@@ -249,6 +249,26 @@ async fn serve_started_before_nats_server_stays_up_not_ready_and_then_answers() 
 }
 
 #[tokio::test]
+async fn serve_waiting_for_nats_server_stops_cleanly_on_sigterm() {
+    let contoso = TestIssuer::start_for(TENANT).await;
+    let service = ServiceDir::new();
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let (config, admin) = service.write_config(&settings(
+        &url,
+        vec![("contoso", &contoso, contoso.authority())],
+    ));
+    let binary = Binary::start(&config, &admin);
+    eventually("a failed connection attempt", 20, async || {
+        binary.stderr().contains("NATS not reachable yet")
+    })
+    .await;
+    let (status, log) = binary.terminate().await;
+    assert!(status.success(), "{status}\n{log}");
+    assert!(log.contains("stopped before NATS was reachable"), "{log}");
+    assert_no_secrets(&log, &secrets(&service, &[]));
+}
+
+#[tokio::test]
 async fn a_replica_killed_during_a_connect_storm_locks_nobody_out() {
     const CONNECTS: usize = 600;
     let contoso = TestIssuer::start_for(TENANT).await;
