@@ -70,8 +70,8 @@ fn connection_lines(log: &str, cid: u64) -> Vec<&str> {
 async fn every_audit_event_is_found_in_the_nats_server_log_with_its_outcome() {
     let contoso = TestIssuer::start_for(TENANT).await;
     let service = ServiceDir::new();
-    // A 1 s callout deadline, and debug logging for the server's view of each connection.
-    let server = NatsServer::start(&format!("{}\ndebug: true\n", service.server_config(1)));
+    // Debug logging for the server's view of each connection; its default 2 s deadline.
+    let server = NatsServer::start(&format!("{}\ndebug: true\n", service.server_config(2)));
     let url = server.url();
     let (config, admin) = service.write_config(&Settings {
         nats: &url,
@@ -104,10 +104,15 @@ async fn every_audit_event_is_found_in_the_nats_server_log_with_its_outcome() {
         ),
         false,
     );
+    // One character changed inside the signature (not its last, whose spare bits would make
+    // it malformed base64 rather than a wrong signature).
     let mut forged = contoso.sign(KID_1, &claims(json!({ "roles": ["Alpha"] })));
-    let flipped = if forged.ends_with('A') { "B" } else { "A" };
-    forged.replace_range(forged.len() - 1.., flipped);
+    let at = forged.len() - 10;
+    let flipped = if &forged[at..=at] == "A" { "B" } else { "A" };
+    forged.replace_range(at..=at, flipped);
     let forged = case("bad signature", forged, false);
+    let returned = "Auth callout service returned an error: ";
+    let mut refusals = 0;
     for (case, expected) in [
         (&admitted, Outcome::Admitted),
         (&no_policy, Outcome::Refused),
@@ -115,6 +120,17 @@ async fn every_audit_event_is_found_in_the_nats_server_log_with_its_outcome() {
         (&forged, Outcome::Refused),
     ] {
         assert_eq!(client::attempt(&url, case).await, expected, "{}", case.who);
+        // nats-server logs the returned error after the client has its answer; the next
+        // client connects once it is written, so each line lies in its connection's window.
+        if expected == Outcome::Refused {
+            refusals += 1;
+            assert_eq!(
+                server.wait_for_log_count(returned, refusals).await,
+                refusals,
+                "{}",
+                server.log()
+            );
+        }
     }
 
     // A decision that takes longer than the server waits: the key of its token is published
@@ -194,9 +210,8 @@ async fn every_audit_event_is_found_in_the_nats_server_log_with_its_outcome() {
             }
             "deny" => {
                 let reason = event["reason"].as_str().unwrap();
-                let returned = format!("Auth callout service returned an error: {reason}");
                 assert!(
-                    refused && reported(&returned),
+                    refused && reported(&format!("{returned}{reason}")),
                     "{event}\n{}",
                     lines.join("\n")
                 );
