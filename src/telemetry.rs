@@ -22,7 +22,7 @@ use crate::config::{LogFormat, LogSettings};
 /// Installs the global `tracing` subscriber. `RUST_LOG`, when set, overrides the configured level.
 pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
+        .or_else(|_| EnvFilter::try_new(directives(&settings.level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     // A second init (tests, or `check` after `serve` in one process) is harmless; ignore it.
@@ -38,6 +38,18 @@ pub fn init(settings: &LogSettings) {
             )
             .try_init(),
     };
+}
+
+/// The filter for the configured `level`. async-nats logs every connection event at info — one
+/// line per reconnect attempt, several a second while nats-server is down — where the service's
+/// own lines already say it disconnected, reconnected, or is not reachable yet; its info lines
+/// are dropped unless `level` names `async_nats` itself.
+fn directives(level: &str) -> String {
+    if level.contains("async_nats") {
+        level.to_owned()
+    } else {
+        format!("{level},async_nats=warn")
+    }
 }
 
 /// The JSON log layer, writing to `writer`.
@@ -133,6 +145,16 @@ mod tests {
         text.lines()
             .map(|line| serde_json::from_str(line).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn async_nats_info_lines_are_dropped_unless_asked_for() {
+        assert_eq!(directives("info"), "info,async_nats=warn");
+        assert_eq!(
+            directives("debug,async_nats=debug"),
+            "debug,async_nats=debug"
+        );
+        assert!(EnvFilter::try_new(directives("entra_callout=debug")).is_ok());
     }
 
     #[test]

@@ -254,3 +254,29 @@ impl TokenError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_the_provider_they_were_routed_to_when_they_know_it() {
+        let provider: Arc<str> = Arc::from("contoso");
+        let unknown = TokenError::KeyUnknown {
+            provider: Arc::clone(&provider),
+            kid: "k".to_owned(),
+        };
+        assert_eq!(unknown.provider(), Some(&provider));
+        let audience = TokenError::AudienceMismatch {
+            provider: Arc::clone(&provider),
+        };
+        assert_eq!(audience.provider(), Some(&provider));
+        assert_eq!(TokenError::IssuerUnknown.provider(), None);
+        let expired = TokenError::Expired {
+            exp: 1,
+            now: 2,
+            leeway: 0,
+        };
+        assert_eq!(expired.provider(), None);
+    }
+}
