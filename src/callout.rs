@@ -46,7 +46,8 @@ struct Counts {
     cache_hits: AtomicU64,
 }
 
-/// A snapshot of [`Authorizer`] counters.
+/// A snapshot of [`Authorizer`] counters: what was decided. Whether an answer arrived in
+/// time is known only where it is sent; the service's metrics count late answers as `late`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Clients admitted.
