@@ -199,6 +199,7 @@ impl Signers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nats_jwt::JwtError;
 
     fn signer(key: &KeyPair) -> Signer {
         Signer::new(key.clone()).unwrap()
@@ -265,7 +266,8 @@ mod tests {
         ));
         // A public-only key never becomes a signer, so it never reaches an AccountKey.
         let public_only = KeyPair::from_public_key(&account).unwrap();
-        assert!(Signer::new(public_only).is_err());
+        // It has no seed to sign with.
+        assert_eq!(Signer::new(public_only).err(), Some(JwtError::Sign));
         let key = KeyPair::new_account();
         let seed = key.seed().unwrap();
         let debug = format!("{:?}", AccountKey::own(signer(&key)).unwrap());

@@ -3,10 +3,13 @@
 //! [`Authorizer::handle`] opens and checks the server's request, takes the client's token,
 //! verifies it, evaluates the policies and mints a user JWT scoped to exactly what they grant —
 //! or answers with an error. It does no NATS I/O (the service loop does), and reads no clock:
-//! `now` is a parameter. Every outcome is logged once as an audit event on target `audit`.
+//! `now` is a parameter. Each answer carries its [`AuditEvent`], which the service logs
+//! ([`AuditEvent::log`]) once it has sent the answer and knows whether that was in time.
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -43,7 +46,8 @@ struct Counts {
     cache_hits: AtomicU64,
 }
 
-/// A snapshot of [`Authorizer`] counters.
+/// A snapshot of [`Authorizer`] counters: what was decided. Whether an answer arrived in
+/// time is known only where it is sent; the service's metrics count late answers as `late`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Clients admitted.
@@ -65,8 +69,11 @@ pub enum Handled {
         body: Vec<u8>,
         /// Whether the client was admitted.
         allowed: bool,
-        /// The decision's audit event (already logged).
+        /// The decision's audit event, not logged yet: see [`AuditEvent::log`].
         audit: Box<AuditEvent>,
+        /// How long after the request arrived nats-server waits for the answer
+        /// ([`answer_within`]); an answer sent later reaches nobody.
+        deadline: Duration,
     },
     /// Send nothing: the request itself is not acceptable (garbage, forged, expired). The server
     /// times the client out; answering would mean signing for a request we cannot trust.
@@ -80,7 +87,12 @@ pub enum Handled {
 pub struct AuditEvent {
     /// When the decision was made (unix seconds).
     pub time: u64,
-    /// The authorization request's `jti`.
+    /// Unique per decision: `{request_id}.{user_nkey}`. The `jti` alone is not: nats-server
+    /// hashes only the request's standard claims (times, issuer, audience) into it, so every
+    /// request one server sends in the same second shares it; the user key is fresh per
+    /// connection attempt.
+    pub id: String,
+    /// The authorization request's `jti`; shared by the requests of one server and second.
     pub request_id: String,
     /// The id of the nats-server that asked.
     pub server_id: String,
@@ -88,13 +100,19 @@ pub struct AuditEvent {
     pub server_name: String,
     /// The client's address as the server saw it.
     pub client_host: String,
-    /// The client's connection id on that server.
+    /// The client's connection id on that server: nats-server's `cid`, which prefixes its log
+    /// lines about the connection (`cid:7`).
     pub client_id: u64,
     /// The user key the server generated for this connection; the minted JWT's subject and
     /// what an operator revokes in operator mode.
     pub user_nkey: String,
-    /// `allow` or `deny`.
+    /// `allow`, `deny`, or `late`: the answer was sent after nats-server's deadline, so the
+    /// server had already refused the client whatever was decided (`reason` is still set when
+    /// the decision was a refusal).
     pub outcome: &'static str,
+    /// How far past nats-server's deadline the answer was sent, in milliseconds; `late` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_ms: Option<u64>,
     /// Why the client was refused; absent when admitted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<DenyReason>,
@@ -107,6 +125,9 @@ pub struct AuditEvent {
     /// Tenant id (`tid`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// The identity's `sub`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// Object id (`oid`) of the user or service principal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub object_id: Option<String>,
@@ -150,6 +171,56 @@ pub struct AuditEvent {
 
 fn is_false(value: &bool) -> bool {
     !*value
+}
+
+/// Outcomes of [`AuditEvent::outcome`].
+const ALLOW: &str = "allow";
+const DENY: &str = "deny";
+const LATE: &str = "late";
+
+/// The list fields of an audit log line. Logged as JSON arrays in text ([`JsonList`]); the
+/// JSON log format turns them into arrays (`telemetry`).
+pub const AUDIT_LIST_FIELDS: [&str; 5] = [
+    "rules",
+    "publish",
+    "publish_deny",
+    "subscribe",
+    "subscribe_deny",
+];
+
+impl AuditEvent {
+    /// Marks the answer as sent `by` past nats-server's deadline: the server refused the client
+    /// on its own, whatever this decision said.
+    pub fn mark_late(&mut self, by: Duration) {
+        self.outcome = LATE;
+        self.late_ms = Some(u64::try_from(by.as_millis()).unwrap_or(u64::MAX));
+    }
+
+    /// Whether the answer was sent too late to count.
+    pub fn is_late(&self) -> bool {
+        self.outcome == LATE
+    }
+
+    /// Logs the event once on target `audit`: `client admitted`, `client refused`, or, for an
+    /// answer past the deadline, a warning that nats-server refused the client.
+    pub fn log(&self) {
+        log_audit(self);
+    }
+}
+
+/// How long after a request's arrival nats-server waits for its answer.
+///
+/// Taken from the request's own claims, not from configuration: nats-server stamps `iat` with
+/// the time it asks and `exp` with that time plus its `authorization.timeout` (its callout
+/// deadline), both in whole seconds on its own clock. `exp - iat` is therefore its timeout
+/// whatever the skew between its clock and ours, and is counted from the arrival here (which
+/// trails the stamp by the transit time). Every request has an `exp` ([`nats_jwt::open_request`]
+/// refuses one without); a request without `iat` is given the time left until `exp` on our
+/// clock. A sub-second timeout truncates to 0 s and is taken as 1 s, the bound it rounds to.
+pub fn answer_within(request: &Request, now: u64) -> Duration {
+    let base = &request.claims.base;
+    let start = if base.iat == 0 { now } else { base.iat };
+    Duration::from_secs(base.exp.saturating_sub(start).max(1))
 }
 
 impl Authorizer {
@@ -273,6 +344,7 @@ impl Authorizer {
             Err(denial) => (Err(denial.reason.code()), false),
         };
         let audit = audit(request, &decision, now);
+        let deadline = answer_within(request, now);
         let signer = self.signers.response();
         match nats_jwt::encode_response_as(
             request,
@@ -293,6 +365,7 @@ impl Authorizer {
                     body,
                     allowed,
                     audit: Box::new(audit),
+                    deadline,
                 }
             }
             Err(err) => {
@@ -320,6 +393,7 @@ impl Authorizer {
                 detail: err.to_string(),
                 token_hash: Some(token_hash.clone()),
                 identity: None,
+                provider: err.provider().cloned(),
             })?;
         if cached {
             self.counts.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -332,9 +406,25 @@ impl Authorizer {
                     detail: err.detail().to_owned(),
                     token_hash: Some(token_hash),
                     identity: Some(identity),
+                    provider: None,
                 });
             }
         };
+        // The verifier accepts a token up to its leeway past `exp`, and the grant expires with
+        // the token: minting now would give nats-server a user JWT it refuses as expired while
+        // the audit trail said admitted. Refused here, where the JWT would be minted.
+        if grant.expires_at <= now {
+            return Err(Denial {
+                reason: DenyReason::TokenExpired,
+                detail: format!(
+                    "token expired at {} (now {now}); credentials would expire at {}",
+                    identity.expires_at, grant.expires_at
+                ),
+                token_hash: Some(token_hash),
+                identity: Some(identity),
+                provider: None,
+            });
+        }
         // Config validation makes sure every policy account has a key; a miss here means a
         // policy changed under us, and refusing is the only safe answer.
         let issuer = match self.signers.user_issuer(&grant.account) {
@@ -345,6 +435,7 @@ impl Authorizer {
                     detail: err.to_string(),
                     token_hash: Some(token_hash),
                     identity: Some(identity),
+                    provider: None,
                 });
             }
         };
@@ -367,6 +458,7 @@ impl Authorizer {
                 detail: format!("could not mint the user JWT: {err}"),
                 token_hash: Some(token_hash),
                 identity: Some(identity),
+                provider: None,
             }),
         }
     }
@@ -388,6 +480,8 @@ struct Denial {
     detail: String,
     token_hash: Option<String>,
     identity: Option<Identity>,
+    /// The provider the token was routed to, when no identity came out of it.
+    provider: Option<Arc<str>>,
 }
 
 impl Denial {
@@ -397,6 +491,7 @@ impl Denial {
             detail: detail.to_owned(),
             token_hash: None,
             identity: None,
+            provider: None,
         }
     }
 }
@@ -476,27 +571,36 @@ fn short_hash(digest: &TokenDigest) -> String {
     data_encoding::HEXLOWER.encode(digest.get(..8).unwrap_or_default())
 }
 
-/// Builds the decision's audit event and logs it on target `audit`.
+/// Builds the decision's audit event.
 fn audit(request: &Request, decision: &Result<Minted, Denial>, now: u64) -> AuditEvent {
     let server = &request.claims.nats.server_id;
     let client = &request.claims.nats.client_info;
-    let identity = match decision {
-        Ok(m) => Some(&m.identity),
-        Err(d) => d.identity.as_ref(),
+    let user_nkey = &request.claims.nats.user_nkey;
+    let (identity, provider) = match decision {
+        Ok(m) => (Some(&m.identity), None),
+        Err(d) => (d.identity.as_ref(), d.provider.as_ref()),
     };
     let mut event = AuditEvent {
         time: now,
+        id: format!("{}.{user_nkey}", request.claims.base.jti),
         request_id: request.claims.base.jti.clone(),
         server_id: server.id.clone(),
         server_name: server.name.clone(),
         client_host: client.host.clone(),
         client_id: client.id,
-        user_nkey: request.claims.nats.user_nkey.clone(),
-        outcome: if decision.is_ok() { "allow" } else { "deny" },
+        user_nkey: user_nkey.clone(),
+        outcome: if decision.is_ok() { ALLOW } else { DENY },
+        late_ms: None,
         reason: None,
         detail: None,
-        provider: identity.map(|i| i.provider.to_string()),
+        provider: identity
+            .map(|i| &i.provider)
+            .or(provider)
+            .map(|p| p.to_string()),
         tenant: identity.and_then(|i| i.tenant.clone()),
+        subject: identity
+            .map(|i| i.subject.clone())
+            .filter(|s| !s.is_empty()),
         object_id: identity.and_then(|i| i.object_id.clone()),
         app_id: identity.and_then(|i| i.app_id.clone()),
         kind: identity.map(|i| i.kind.as_str()),
@@ -530,7 +634,6 @@ fn audit(request: &Request, decision: &Result<Minted, Denial>, now: u64) -> Audi
             event.token.clone_from(&d.token_hash);
         }
     }
-    log_audit(&event);
     event
 }
 
@@ -538,47 +641,91 @@ fn or_empty(value: &Option<String>) -> &str {
     value.as_deref().unwrap_or_default()
 }
 
+/// A list logged as a JSON array, in text and JSON logs alike.
+struct JsonList<'a>(&'a [String]);
+
+impl fmt::Display for JsonList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Serialising strings into a string cannot fail; `[]` keeps the field well-formed.
+        let json = serde_json::to_string(self.0).unwrap_or_else(|_| "[]".to_owned());
+        f.write_str(&json)
+    }
+}
+
 fn log_audit(e: &AuditEvent) {
-    match e.reason {
-        None => info!(
+    match (e.is_late(), e.reason) {
+        (false, None) => info!(
             target: "audit",
             outcome = e.outcome,
+            id = %e.id,
             request_id = %e.request_id,
             server_id = %e.server_id,
+            server_name = %e.server_name,
             client_host = %e.client_host,
             client_id = e.client_id,
             // The minted user's key: what an operator revokes in the account JWT.
             user_nkey = %e.user_nkey,
             provider = or_empty(&e.provider),
             tenant = or_empty(&e.tenant),
+            subject = or_empty(&e.subject),
             object_id = or_empty(&e.object_id),
             app_id = or_empty(&e.app_id),
             kind = e.kind.unwrap_or_default(),
             name = or_empty(&e.name),
             token = or_empty(&e.token),
-            rules = ?e.rules,
+            rules = %JsonList(&e.rules),
             cached = e.cached,
             account = or_empty(&e.account),
-            publish = ?e.publish,
-            subscribe = ?e.subscribe,
+            publish = %JsonList(&e.publish),
+            publish_deny = %JsonList(&e.publish_deny),
+            subscribe = %JsonList(&e.subscribe),
+            subscribe_deny = %JsonList(&e.subscribe_deny),
             expires_at = e.expires_at.unwrap_or_default(),
             "client admitted"
         ),
-        Some(reason) => info!(
+        (false, Some(reason)) => info!(
             target: "audit",
             outcome = e.outcome,
             reason = reason.code(),
             detail = or_empty(&e.detail),
+            id = %e.id,
             request_id = %e.request_id,
             server_id = %e.server_id,
+            server_name = %e.server_name,
             client_host = %e.client_host,
             client_id = e.client_id,
+            user_nkey = %e.user_nkey,
             provider = or_empty(&e.provider),
             tenant = or_empty(&e.tenant),
+            subject = or_empty(&e.subject),
             object_id = or_empty(&e.object_id),
             app_id = or_empty(&e.app_id),
             token = or_empty(&e.token),
             "client refused"
+        ),
+        (true, reason) => warn!(
+            target: "audit",
+            outcome = e.outcome,
+            late_ms = e.late_ms.unwrap_or_default(),
+            // What the decision was; nats-server refused the client either way.
+            decision = if reason.is_some() { DENY } else { ALLOW },
+            reason = reason.map(DenyReason::code).unwrap_or_default(),
+            detail = or_empty(&e.detail),
+            id = %e.id,
+            request_id = %e.request_id,
+            server_id = %e.server_id,
+            server_name = %e.server_name,
+            client_host = %e.client_host,
+            client_id = e.client_id,
+            user_nkey = %e.user_nkey,
+            provider = or_empty(&e.provider),
+            tenant = or_empty(&e.tenant),
+            subject = or_empty(&e.subject),
+            object_id = or_empty(&e.object_id),
+            app_id = or_empty(&e.app_id),
+            token = or_empty(&e.token),
+            rules = %JsonList(&e.rules),
+            "answer sent after the deadline: nats-server refused the client"
         ),
     }
 }
@@ -712,6 +859,83 @@ mod tests {
         assert_eq!(claims["iss"], signing.public_key().as_str());
         assert_eq!(claims["aud"], app.public_key().as_str());
         assert_eq!(claims["nats"]["issuer_account"], app.public_key().as_str());
+    }
+
+    fn request(iat: u64, exp: u64) -> Request {
+        let mut claims = Claims::with_subject("A", nats_jwt::AuthorizationRequest::default());
+        claims.base.iat = iat;
+        claims.base.exp = exp;
+        claims.base.jti = "J".to_owned();
+        claims.nats.user_nkey = "U1".to_owned();
+        claims.nats.client_info.id = 7;
+        Request {
+            claims,
+            server_xkey: None,
+        }
+    }
+
+    #[test]
+    fn the_deadline_is_the_servers_timeout_from_the_requests_own_claims() {
+        // exp - iat is nats-server's timeout, whatever our clock (`now`) says.
+        assert_eq!(
+            answer_within(&request(1_000, 1_002), 5_000),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            answer_within(&request(1_000, 1_010), 0),
+            Duration::from_secs(10)
+        );
+        // A sub-second timeout truncated to 0 s counts as the second it rounds to.
+        assert_eq!(
+            answer_within(&request(1_000, 1_000), 1_000),
+            Duration::from_secs(1)
+        );
+        // Without `iat`: the time left to `exp` on our clock.
+        assert_eq!(
+            answer_within(&request(0, 1_003), 1_000),
+            Duration::from_secs(3)
+        );
+    }
+
+    #[test]
+    fn an_audit_event_has_a_unique_id_names_the_identity_and_can_be_marked_late() {
+        let minted = Minted {
+            jwt: String::new(),
+            identity: identity(),
+            grant: grant(&["a.>", "b"], &[]),
+            cached: false,
+            token_hash: "0011223344556677".to_owned(),
+        };
+        let mut event = audit(&request(1_000, 1_002), &Ok(minted), 1_001);
+        assert_eq!(event.id, "J.U1");
+        assert_eq!(event.request_id, "J");
+        assert_eq!(event.client_id, 7);
+        assert_eq!(event.outcome, "allow");
+        assert_eq!(event.subject.as_deref(), Some(identity().subject.as_str()));
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["publish"], serde_json::json!(["a.>", "b"]));
+        assert_eq!(json["rules"], serde_json::json!(["r"]));
+        assert!(json.get("late_ms").is_none(), "{json}");
+
+        event.mark_late(Duration::from_millis(1_250));
+        assert!(event.is_late());
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["outcome"], "late");
+        assert_eq!(json["late_ms"], 1_250);
+        assert_eq!(json["expires_at"], 1_500, "what was decided is kept");
+    }
+
+    #[test]
+    fn a_refusal_names_the_provider_the_token_was_routed_to() {
+        let denial = Denial {
+            provider: Some(Arc::from("contoso")),
+            ..Denial::new(DenyReason::SignatureInvalid, "bad signature")
+        };
+        let event = audit(&request(1_000, 1_002), &Err(denial), 1_001);
+        assert_eq!(event.outcome, "deny");
+        assert_eq!(event.reason, Some(DenyReason::SignatureInvalid));
+        assert_eq!(event.provider.as_deref(), Some("contoso"));
+        assert_eq!(event.subject, None);
     }
 
     #[test]

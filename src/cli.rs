@@ -536,25 +536,30 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
         .inspect_err(|err| warn!(error = %err, "policies are reloaded on SIGHUP only"))
         .ok();
 
-    let client = service::connect(&config.nats)
-        .await
-        .context("cannot connect to NATS")?;
-    readiness.watch_nats(client.clone());
-    info!(
-        issuer = %config.callout.issuer.public_key(),
-        xkey = config.callout.xkey.as_ref().map(nkeys::XKey::public_key).unwrap_or_default(),
-        "entra-callout started"
-    );
-    let requests = service::subscribe(&client, &settings.queue_group).await?;
-    service::run(
-        client,
-        requests,
-        authorizer,
-        settings,
-        ops,
-        service::shutdown_signal(),
-    )
-    .await;
+    // SIGTERM must stop the service also while it still waits for NATS.
+    let shutdown = {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            service::shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        rx
+    };
+    match service::connect_with_retry(&config.nats, wait_for(shutdown.clone())).await? {
+        Some(client) => {
+            readiness.watch_nats(client.clone());
+            info!(
+                nats = %service::display_urls(&config.nats.urls),
+                issuer = %config.callout.issuer.public_key(),
+                xkey = config.callout.xkey.as_ref().map(nkeys::XKey::public_key).unwrap_or_default(),
+                "entra-callout started"
+            );
+            let requests = service::subscribe(&client, &settings.queue_group).await?;
+            let stop = wait_for(shutdown);
+            service::run(client, requests, authorizer, settings, ops, stop).await;
+        }
+        None => info!("stopped before NATS was reachable"),
+    }
     let _ = stop_tx.send(true);
     let _ = refresh.await;
     for task in [keys, reload].into_iter().flatten() {

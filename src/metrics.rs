@@ -12,7 +12,7 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `entra_callout_requests_total` | counter | `outcome` (`allow`, `deny`, `drop`), `reason` |
+//! | `entra_callout_requests_total` | counter | `outcome` (`allow`, `deny`, `late`, `drop`), `reason` |
 //! | `entra_callout_decision_duration_seconds` | histogram | |
 //! | `entra_callout_in_flight_requests` | gauge | |
 //! | `entra_callout_queued_requests` | gauge | |
@@ -62,6 +62,8 @@ pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     allowed: Counter,
+    /// Answers sent after nats-server's deadline, whatever they decided.
+    late: Counter,
     dropped: Counter,
     /// One counter per [`DenyReason`], indexed by [`DenyReason::index`].
     denied: Vec<Counter>,
@@ -118,6 +120,7 @@ impl Metrics {
         }
         let metrics = Self {
             allowed: requests("allow", ""),
+            late: requests("late", ""),
             dropped: requests("drop", ""),
             denied,
             decision_duration: r
@@ -163,6 +166,13 @@ impl Metrics {
             None => self.allowed.increment(1),
             Some(reason) => self.denied_counter(reason).increment(1),
         }
+        self.decision_duration.record(elapsed.as_secs_f64());
+    }
+
+    /// Records an answer sent after the request's deadline: nats-server had refused the client
+    /// already, so it counts neither as admitted nor as refused by a policy.
+    pub fn record_late(&self, elapsed: Duration) {
+        self.late.increment(1);
         self.decision_duration.record(elapsed.as_secs_f64());
     }
 
@@ -358,6 +368,7 @@ mod tests {
         for line in [
             "# TYPE entra_callout_requests_total counter",
             "entra_callout_requests_total{outcome=\"allow\",reason=\"\"} 0",
+            "entra_callout_requests_total{outcome=\"late\",reason=\"\"} 0",
             "entra_callout_requests_total{outcome=\"deny\",reason=\"token_expired\"} 0",
             "entra_callout_requests_total{outcome=\"deny\",reason=\"overloaded\"} 0",
             "entra_callout_cache_lookups_total{result=\"miss\"} 0",
@@ -383,15 +394,19 @@ mod tests {
             Duration::from_millis(30),
         );
         metrics.record_drop(Duration::from_millis(1));
+        metrics.record_late(Duration::from_millis(2_500));
         let text = metrics.render();
         for line in [
             "entra_callout_requests_total{outcome=\"allow\",reason=\"\"} 1",
+            "entra_callout_requests_total{outcome=\"late\",reason=\"\"} 1",
+            "entra_callout_decision_duration_seconds_bucket{le=\"2\"} 4",
+            "entra_callout_decision_duration_seconds_bucket{le=\"5\"} 5",
             "entra_callout_requests_total{outcome=\"deny\",reason=\"no_matching_policy\"} 2",
             "entra_callout_requests_total{outcome=\"drop\",reason=\"\"} 1",
             "entra_callout_decision_duration_seconds_bucket{le=\"0.0025\"} 1",
             "entra_callout_decision_duration_seconds_bucket{le=\"0.005\"} 2",
             "entra_callout_decision_duration_seconds_bucket{le=\"0.05\"} 4",
-            "entra_callout_decision_duration_seconds_count 4",
+            "entra_callout_decision_duration_seconds_count 5",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }

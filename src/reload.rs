@@ -329,8 +329,9 @@ mod tests {
         .unwrap();
         let errors = reloader.reload().unwrap_err();
         assert!(errors.to_string().contains("policies.yaml:5:"), "{errors}");
-        assert!(
-            applied.try_recv().is_err(),
+        assert_eq!(
+            applied.try_recv(),
+            Err(mpsc::error::TryRecvError::Empty),
             "an invalid set is never applied"
         );
 

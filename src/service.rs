@@ -36,21 +36,35 @@ use crate::metrics::{Metrics, MetricsError};
 use crate::nats_jwt::{AUTH_REQUEST_SUBJECT, XKEY_HEADER};
 use crate::telemetry::unix_now;
 
-/// Errors that stop the service.
+/// Errors that stop the service (or, for [`ServiceError::Connect`], one connection attempt).
+///
+/// async-nats errors print their own cause after their kind (`IO error: Connection refused`)
+/// and also return it as `source()`; they are kept as message text, not as a source, so an
+/// `anyhow` chain prints that cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// The first connection to NATS failed.
-    #[error("cannot connect to NATS: {0}")]
-    Connect(#[from] async_nats::ConnectError),
+    /// A connection attempt to NATS failed.
+    #[error("cannot connect to NATS at {urls}: {cause}")]
+    Connect {
+        /// The servers tried, without credentials.
+        urls: String,
+        /// What async-nats reported.
+        cause: async_nats::ConnectError,
+    },
     /// The credentials file could not be read or parsed.
-    #[error("cannot load the NATS credentials file: {0}")]
-    Credentials(std::io::Error),
+    #[error("cannot load the NATS credentials file {}: {cause}", path.display())]
+    Credentials {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why it could not be used.
+        cause: std::io::Error,
+    },
     /// The subscription could not be made.
     #[error("cannot subscribe to {AUTH_REQUEST_SUBJECT}: {0}")]
-    Subscribe(#[from] async_nats::SubscribeError),
+    Subscribe(async_nats::SubscribeError),
     /// The subscription could not be confirmed with the server.
     #[error("cannot confirm the subscription with the server: {0}")]
-    Flush(#[from] async_nats::client::FlushError),
+    Flush(async_nats::client::FlushError),
 }
 
 /// How the loop runs.
@@ -113,8 +127,56 @@ impl Ops {
     }
 }
 
-/// Connects to NATS with the service's own credentials, reconnecting forever once connected.
+/// Connects to NATS with the service's own credentials: one attempt at every server, then
+/// reconnecting forever once connected.
 pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, ServiceError> {
+    let options = connect_options(settings).await?;
+    connect_once(settings, options).await
+}
+
+/// Connects like [`connect`], but keeps trying — with a backoff from [`FIRST_CONNECT_RETRY`]
+/// doubling to [`MAX_CONNECT_RETRY`], one log line per attempt — until it succeeds or `stop`
+/// completes (`Ok(None)`). nats-server starting after the service (a pod scheduled first) is
+/// not an error: the service stays up and not ready meanwhile. Only an unusable credentials
+/// file, which no retry fixes, is returned as an error.
+pub async fn connect_with_retry(
+    settings: &NatsSettings,
+    stop: impl Future<Output = ()>,
+) -> Result<Option<async_nats::Client>, ServiceError> {
+    let options = connect_options(settings).await?;
+    tokio::pin!(stop);
+    for attempt in 0_u32.. {
+        match connect_once(settings, options.clone()).await {
+            Ok(client) => return Ok(Some(client)),
+            Err(error) => {
+                let retry_in = connect_retry_delay(attempt);
+                warn!(%error, ?retry_in, "NATS not reachable yet; retrying");
+                tokio::select! {
+                    () = &mut stop => return Ok(None),
+                    () = tokio::time::sleep(retry_in) => {}
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// First wait between initial connection attempts.
+pub const FIRST_CONNECT_RETRY: Duration = Duration::from_millis(250);
+/// Longest wait between initial connection attempts: a server that is down for long gets a
+/// log line every few seconds, not a flood.
+pub const MAX_CONNECT_RETRY: Duration = Duration::from_secs(5);
+
+/// The wait after failed initial attempt `attempt` (0-based): doubling, capped.
+fn connect_retry_delay(attempt: u32) -> Duration {
+    FIRST_CONNECT_RETRY
+        .saturating_mul(2_u32.saturating_pow(attempt.min(16)))
+        .min(MAX_CONNECT_RETRY)
+}
+
+async fn connect_options(
+    settings: &NatsSettings,
+) -> Result<async_nats::ConnectOptions, ServiceError> {
     let options = match &settings.auth {
         NatsAuth::UserPassword { user, password } => {
             async_nats::ConnectOptions::with_user_and_password(
@@ -125,10 +187,13 @@ pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, Serv
         NatsAuth::Nkey(seed) => async_nats::ConnectOptions::with_nkey(seed.expose().to_owned()),
         NatsAuth::Credentials(path) => async_nats::ConnectOptions::with_credentials_file(path)
             .await
-            .map_err(ServiceError::Credentials)?,
+            .map_err(|cause| ServiceError::Credentials {
+                path: path.clone(),
+                cause,
+            })?,
         NatsAuth::None => async_nats::ConnectOptions::new(),
     };
-    let client = options
+    Ok(options
         .name("entra-callout")
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(|event| async move {
@@ -137,10 +202,36 @@ pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, Serv
                 async_nats::Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
                 other => debug!(event = %other, "NATS connection event"),
             }
-        })
+        }))
+}
+
+async fn connect_once(
+    settings: &NatsSettings,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, ServiceError> {
+    options
         .connect(settings.urls.clone())
-        .await?;
-    Ok(client)
+        .await
+        .map_err(|cause| ServiceError::Connect {
+            urls: display_urls(&settings.urls),
+            cause,
+        })
+}
+
+/// The servers as `scheme://host:port`, comma-separated: a URL may carry a user and password,
+/// which must not reach a log line.
+pub fn display_urls(urls: &[async_nats::ServerAddr]) -> String {
+    urls.iter()
+        .map(|url| {
+            let host = url.host();
+            if host.contains(':') {
+                format!("{}://[{host}]:{}", url.scheme(), url.port())
+            } else {
+                format!("{}://{host}:{}", url.scheme(), url.port())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The wait before reconnect attempt `attempts`: async-nats' doubling backoff, capped at
@@ -163,8 +254,9 @@ pub async fn subscribe(
 ) -> Result<async_nats::Subscriber, ServiceError> {
     let requests = client
         .queue_subscribe(AUTH_REQUEST_SUBJECT, queue_group.to_owned())
-        .await?;
-    client.flush().await?;
+        .await
+        .map_err(ServiceError::Subscribe)?;
+    client.flush().await.map_err(ServiceError::Flush)?;
     info!(
         subject = AUTH_REQUEST_SUBJECT,
         queue_group, "answering authorization requests"
@@ -282,22 +374,36 @@ impl Context {
         self.finish(reply, handled, received).await;
     }
 
-    /// Sends the answer, records it, then publishes the audit event: after the answer, so the
-    /// audit trail never delays a client.
+    /// Sends the answer, records it — as `late` when it goes out after the request's deadline,
+    /// which nats-server has enforced by refusing the client — then logs and publishes the audit
+    /// event: after the answer, so the audit trail never delays a client.
     async fn finish(&self, reply: async_nats::Subject, handled: Handled, received: Instant) {
-        let (body, audit) = match handled {
-            Handled::Respond { body, audit, .. } => (body, audit),
+        let (body, mut audit, deadline) = match handled {
+            Handled::Respond {
+                body,
+                audit,
+                deadline,
+                ..
+            } => (body, audit, deadline),
             Handled::Drop(_) => {
                 self.ops.metrics.record_drop(received.elapsed());
                 return;
             }
         };
-        self.ops
-            .metrics
-            .record_answer(audit.reason, received.elapsed());
+        let elapsed = received.elapsed();
+        match elapsed.checked_sub(deadline) {
+            Some(late) if !late.is_zero() => {
+                audit.mark_late(late);
+                self.ops.metrics.record_late(elapsed);
+            }
+            _ => self.ops.metrics.record_answer(audit.reason, elapsed),
+        }
+        // Sent even when late: the deadline is known to the second only, and a server that
+        // no longer waits drops the answer.
         if let Err(err) = self.client.publish(reply, body.into()).await {
             warn!(error = %err, "could not send the authorization response");
         }
+        audit.log();
         self.publish_audit(&audit).await;
     }
 
@@ -350,5 +456,32 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => info!("received SIGINT"),
         () = term => info!("received SIGTERM"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_connect_retries_double_up_to_the_cap() {
+        let delays: Vec<u64> = (0..7)
+            .map(|a| connect_retry_delay(a).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [250, 500, 1_000, 2_000, 4_000, 5_000, 5_000]);
+        assert_eq!(connect_retry_delay(u32::MAX), MAX_CONNECT_RETRY);
+    }
+
+    #[test]
+    fn urls_are_named_without_their_credentials() {
+        let urls: Vec<async_nats::ServerAddr> =
+            ["nats://auth:s3cret@a.example:4223", "tls://[::1]"]
+                .iter()
+                .map(|u| u.parse().unwrap())
+                .collect();
+        assert_eq!(
+            display_urls(&urls),
+            "nats://a.example:4223, tls://[::1]:4222"
+        );
     }
 }

@@ -6,6 +6,8 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "integration/audit.rs"]
+mod audit;
 #[path = "integration/callout.rs"]
 mod callout;
 #[path = "integration/cli.rs"]

@@ -20,16 +20,22 @@ static KEYS: Memo<KeyPair> = Memo::new(MAX_KEYS);
 /// The public key `iss`, decoded, and whether it came from the table. `None` when `iss` is not
 /// an encoded public key.
 pub(super) fn lookup(iss: &str) -> Option<(Arc<KeyPair>, bool)> {
-    if let Some(found) = KEYS.get(iss) {
-        return Some((found, true));
-    }
-    let decoded = KeyPair::from_public_key(iss).ok()?;
-    Some((Arc::new(decoded), false))
+    lookup_in(&KEYS, iss)
 }
 
 /// Keeps `key` for `iss`; call only after it verified a signature.
 pub(super) fn remember(iss: &str, key: &Arc<KeyPair>) {
     KEYS.remember(iss, key);
+}
+
+/// [`lookup`] in `table`: tests use tables of their own, since every test that decodes a
+/// request writes to the process-wide one and filling it starts it afresh.
+fn lookup_in(table: &Memo<KeyPair>, iss: &str) -> Option<(Arc<KeyPair>, bool)> {
+    if let Some(found) = table.get(iss) {
+        return Some((found, true));
+    }
+    let decoded = KeyPair::from_public_key(iss).ok()?;
+    Some((Arc::new(decoded), false))
 }
 
 #[cfg(test)]
@@ -38,18 +44,32 @@ mod tests {
 
     #[test]
     fn keys_are_decoded_once_and_only_kept_when_asked() {
+        let table = Memo::new(MAX_KEYS);
+        let server = KeyPair::new_server();
+        let iss = server.public_key();
+        let (key, cached) = lookup_in(&table, &iss).unwrap();
+        assert!(!cached);
+        assert_eq!(key.public_key(), iss);
+        assert!(
+            !lookup_in(&table, &iss).unwrap().1,
+            "not kept before a verified signature"
+        );
+        table.remember(&iss, &key);
+        let (again, cached) = lookup_in(&table, &iss).unwrap();
+        assert!(cached && Arc::ptr_eq(&key, &again));
+    }
+
+    #[test]
+    fn the_process_wide_table_keeps_what_it_is_given() {
         let server = KeyPair::new_server();
         let iss = server.public_key();
         let (key, cached) = lookup(&iss).unwrap();
         assert!(!cached);
-        assert_eq!(key.public_key(), iss);
-        assert!(
-            !lookup(&iss).unwrap().1,
-            "not kept before a verified signature"
-        );
         remember(&iss, &key);
-        let (again, cached) = lookup(&iss).unwrap();
-        assert!(cached && Arc::ptr_eq(&key, &again));
+        // Other tests fill the same table concurrently and may start it afresh in between; a
+        // miss is then a fresh decode of the same key, never another key.
+        let (again, _) = lookup(&iss).unwrap();
+        assert_eq!(again.public_key(), iss);
     }
 
     #[test]
@@ -63,12 +83,13 @@ mod tests {
 
     #[test]
     fn the_table_is_bounded() {
+        let table = Memo::new(MAX_KEYS);
         for _ in 0..MAX_KEYS + 10 {
             let iss = KeyPair::new_server().public_key();
-            let (key, _) = lookup(&iss).unwrap();
-            remember(&iss, &key);
+            let (key, _) = lookup_in(&table, &iss).unwrap();
+            table.remember(&iss, &key);
         }
-        let len = KEYS.len();
+        let len = table.len();
         assert!(len <= MAX_KEYS, "{len}");
     }
 }

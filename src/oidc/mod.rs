@@ -197,6 +197,35 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// The provider the token was routed to, when the refusal names one: the audit trail says
+    /// which provider refused even when no identity came out of the token.
+    pub fn provider(&self) -> Option<&Arc<str>> {
+        match self {
+            Self::KeyUnknown { provider, .. }
+            | Self::KeysUnavailable { provider, .. }
+            | Self::SignatureInvalid { provider }
+            | Self::IssuerMismatch { provider, .. }
+            | Self::TenantNotAllowed { provider }
+            | Self::TenantMismatch { provider }
+            | Self::VersionNotAllowed { provider, .. }
+            | Self::KeyIssuerMismatch { provider }
+            | Self::AudienceMismatch { provider }
+            | Self::GroupsUnresolved { provider, .. } => Some(provider),
+            Self::TooLarge { .. }
+            | Self::Malformed(_)
+            | Self::MissingClaim(_)
+            | Self::InvalidClaim { .. }
+            | Self::AlgorithmNotAllowed { .. }
+            | Self::KeyIdMissing
+            | Self::IssuerUnknown
+            | Self::TenantInvalid(_)
+            | Self::Expired { .. }
+            | Self::NotYetValid { .. }
+            | Self::NotAnAccessToken(_)
+            | Self::GroupsOverage => None,
+        }
+    }
+
     /// The stable deny reason for logs, metrics and the callout's answer.
     pub fn reason(&self) -> DenyReason {
         match self {
@@ -223,5 +252,31 @@ impl TokenError {
             Self::GroupsOverage => DenyReason::GroupsOverage,
             Self::GroupsUnresolved { .. } => DenyReason::GroupsUnresolved,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_the_provider_they_were_routed_to_when_they_know_it() {
+        let provider: Arc<str> = Arc::from("contoso");
+        let unknown = TokenError::KeyUnknown {
+            provider: Arc::clone(&provider),
+            kid: "k".to_owned(),
+        };
+        assert_eq!(unknown.provider(), Some(&provider));
+        let audience = TokenError::AudienceMismatch {
+            provider: Arc::clone(&provider),
+        };
+        assert_eq!(audience.provider(), Some(&provider));
+        assert_eq!(TokenError::IssuerUnknown.provider(), None);
+        let expired = TokenError::Expired {
+            exp: 1,
+            now: 2,
+            leeway: 0,
+        };
+        assert_eq!(expired.provider(), None);
     }
 }

@@ -1200,8 +1200,14 @@ mod tests {
             entra(&settings).authority(),
             "https://login.partner.microsoftonline.cn"
         );
-        assert!(self::settings().with_login_host("https://x").is_err());
-        assert!(self::settings().with_sts_host("").is_err());
+        assert!(matches!(
+            self::settings().with_login_host("https://x"),
+            Err(SettingsError::LoginHostInvalid { .. })
+        ));
+        assert!(matches!(
+            self::settings().with_sts_host(""),
+            Err(SettingsError::LoginHostInvalid { .. })
+        ));
     }
 
     #[test]
@@ -1218,18 +1224,24 @@ mod tests {
             settings().with_authority("ftp://127.0.0.1"),
             Err(SettingsError::AuthorityInsecure { .. })
         ));
-        assert!(
-            settings()
-                .with_authority("https://idp.example/?x=1")
-                .is_err()
-        );
-        assert!(
-            settings()
-                .with_authority("https://u:p@idp.example")
-                .is_err()
-        );
-        assert!(settings().with_authority("not a url").is_err());
-        assert!(ProviderSettings::oidc("o", "http://idp.example", vec!["a".into()]).is_err());
+        for (bad, why) in [
+            ("https://idp.example/?x=1", "it has a query or fragment"),
+            ("https://u:p@idp.example", "it carries credentials"),
+            ("not a url", "not a url"),
+        ] {
+            assert!(
+                matches!(
+                    settings().with_authority(bad),
+                    Err(SettingsError::AuthorityInvalid { what: "authority", reason, .. })
+                        if reason == why
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            ProviderSettings::oidc("o", "http://idp.example", vec!["a".into()]),
+            Err(SettingsError::AuthorityInsecure { what: "issuer", .. })
+        ));
         let graph = GraphSettings::new(CLIENT, GraphCredential::FederatedTokenFile("f".into()))
             .with_graph_url("http://graph.example");
         assert!(matches!(
@@ -1253,7 +1265,10 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(self::settings().with_algorithms(&[]).is_err());
+        assert!(matches!(
+            self::settings().with_algorithms(&[]),
+            Err(SettingsError::AlgorithmsEmpty { .. })
+        ));
     }
 
     #[test]
@@ -1275,7 +1290,10 @@ mod tests {
             settings().with_discovery_url("https://x.example/d"),
             Err(SettingsError::NotForKind { .. })
         ));
-        assert!(auth0.clone().with_claim_paths(Some("a..b"), None).is_err());
+        assert!(matches!(
+            auth0.clone().with_claim_paths(Some("a..b"), None),
+            Err(SettingsError::ClaimPathInvalid { .. })
+        ));
         let keycloak = auth0
             .with_claim_paths(Some("realm_access.roles"), None)
             .unwrap();
@@ -1324,13 +1342,19 @@ mod tests {
 
     #[test]
     fn limits_are_bounded_and_secrets_hidden() {
-        assert!(settings().with_leeway_secs(301).is_err());
-        assert!(settings().with_max_token_bytes(10).is_err());
-        assert!(
-            settings()
-                .with_key_refresh_interval(Duration::ZERO)
-                .is_err()
-        );
+        assert!(matches!(
+            settings().with_leeway_secs(301),
+            Err(SettingsError::LeewayTooLarge { max: 300, .. })
+        ));
+        assert!(settings().with_leeway_secs(300).is_ok());
+        assert!(matches!(
+            settings().with_max_token_bytes(10),
+            Err(SettingsError::MaxTokenBytesOutOfRange { .. })
+        ));
+        assert!(matches!(
+            settings().with_key_refresh_interval(Duration::ZERO),
+            Err(SettingsError::RefreshIntervalZero { .. })
+        ));
         let secret = GraphCredential::ClientSecret(SecretString::new("hunter2".into()));
         assert!(!format!("{secret:?}").contains("hunter2"));
     }

@@ -13,7 +13,7 @@ use entra_callout::deny::DenyReason;
 use entra_callout::identity::PrincipalKind;
 use entra_callout::oidc::{
     DEFAULT_LEEWAY_SECS, GraphCredential, GraphSettings, GroupsOverage, ProviderSettings,
-    SecretString, Tenants, Verifier, Versions, token_digest,
+    SecretString, Tenants, TokenError, Verifier, VerifierError, Versions, token_digest,
 };
 
 use crate::support::graph::{GRAPH_CLIENT_ID, GRAPH_CLIENT_SECRET, TestGraph};
@@ -475,7 +475,14 @@ async fn two_any_providers_on_one_cloud_are_ambiguous() {
     let issuer = TestIssuer::start().await;
     let a = entra(&issuer, "a", Tenants::Any, V2);
     let b = entra(&issuer, "b", Tenants::Any, BOTH);
-    assert!(Verifier::new(vec![a, b]).is_err());
+    let duplicate = |first: &str, second: &str, result: Result<Verifier, VerifierError>| {
+        matches!(
+            result,
+            Err(VerifierError::DuplicateIssuer { first: f, second: s })
+                if &*f == first && &*s == second
+        )
+    };
+    assert!(duplicate("a", "b", Verifier::new(vec![a, b])));
     let one = entra(&issuer, "one", Tenants::One(TENANT.into()), V2);
     let list = entra(
         &issuer,
@@ -483,7 +490,7 @@ async fn two_any_providers_on_one_cloud_are_ambiguous() {
         Tenants::List(vec![OTHER_TENANT.into(), TENANT.into()]),
         V2,
     );
-    assert!(Verifier::new(vec![one, list]).is_err());
+    assert!(duplicate("one", "list", Verifier::new(vec![one, list])));
 }
 
 #[tokio::test]
@@ -757,7 +764,8 @@ async fn readiness_follows_the_key_sources() {
     let verifier = Verifier::new(vec![entra(&issuer, "p", tenants, BOTH)]).unwrap();
     assert!(!verifier.keys_loaded());
     issuer.fail_jwks(true);
-    assert!(verifier.warm().await.is_err());
+    let unavailable = |result: Result<(), TokenError>| matches!(result, Err(TokenError::KeysUnavailable { provider, .. }) if &*provider == "p");
+    assert!(unavailable(verifier.warm().await));
     assert!(!verifier.keys_loaded());
     issuer.fail_jwks(false);
     verifier.warm().await.unwrap();
@@ -766,7 +774,7 @@ async fn readiness_follows_the_key_sources() {
     assert_eq!(issuer.discovery_hits(), 8);
     // A failed refresh keeps the service ready on its last good keys.
     issuer.fail_jwks(true);
-    assert!(verifier.warm().await.is_err());
+    assert!(unavailable(verifier.warm().await));
     assert!(verifier.keys_loaded());
     verifier
         .verify(&issuer.v1_token(json!({})), now())

@@ -17,7 +17,7 @@ use entra_callout::oidc::Verifier;
 use crate::support::binary::{Binary, ServiceDir, Settings, assert_no_secrets, providers};
 use crate::support::client::{self, Case, Outcome, Tally};
 use crate::support::issuer::{KID_1, KID_3, OTHER_TENANT, TENANT, TestIssuer};
-use crate::support::nats::{NatsCluster, NatsServer};
+use crate::support::nats::{NatsCluster, NatsServer, free_port};
 use crate::support::proxy::Proxy;
 
 /// Polls `check` every 50 ms until it holds, for at most `secs` seconds.
@@ -189,6 +189,83 @@ async fn a_restarted_nats_server_is_answered_again_within_two_seconds() {
         "{log}"
     );
     assert_no_secrets(&log, &secrets(&service, &cases));
+}
+
+#[tokio::test]
+async fn serve_started_before_nats_server_stays_up_not_ready_and_then_answers() {
+    let contoso = TestIssuer::start_for(TENANT).await;
+    let service = ServiceDir::new();
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let (config, admin) = service.write_config(&settings(
+        &url,
+        vec![("contoso", &contoso, contoso.authority())],
+    ));
+    let mut binary = Binary::start(&config, &admin);
+    let attempt = "NATS not reachable yet; retrying";
+    eventually("three failed connection attempts", 20, async || {
+        binary.stderr().matches(attempt).count() >= 3
+    })
+    .await;
+    assert!(binary.running(), "serve exited:\n{}", binary.stderr());
+    assert_eq!(
+        binary.get("/readyz").await,
+        (
+            503,
+            "not ready: nats disconnected, not subscribed\n".to_owned()
+        )
+    );
+    let log = binary.stderr();
+    let attempts: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|line| line.contains(attempt))
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    // One line per attempt, and the attempts back off.
+    let waits: Vec<&str> = attempts
+        .iter()
+        .take(3)
+        .map(|a| a["retry_in"].as_str().unwrap())
+        .collect();
+    assert_eq!(waits, ["250ms", "500ms", "1s"], "{log}");
+    let error = attempts[0]["error"].as_str().unwrap();
+    let prefix = format!("cannot connect to NATS at nats://127.0.0.1:{port}: ");
+    assert!(error.starts_with(&prefix), "{error}");
+    let causes: Vec<&str> = error.split(": ").collect();
+    let distinct: std::collections::HashSet<&&str> = causes.iter().collect();
+    assert_eq!(distinct.len(), causes.len(), "a cause is repeated: {error}");
+
+    let server = NatsServer::start_on(port, &service.server_config(2));
+    binary.wait_ready().await;
+    let case = alpha(&contoso, KID_1);
+    assert_eq!(
+        client::attempt(&server.url(), &case).await,
+        Outcome::Admitted
+    );
+
+    let (status, log) = binary.terminate().await;
+    assert!(status.success(), "{status}\n{log}");
+    assert_no_secrets(&log, &secrets(&service, &[case]));
+}
+
+#[tokio::test]
+async fn serve_waiting_for_nats_server_stops_cleanly_on_sigterm() {
+    let contoso = TestIssuer::start_for(TENANT).await;
+    let service = ServiceDir::new();
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let (config, admin) = service.write_config(&settings(
+        &url,
+        vec![("contoso", &contoso, contoso.authority())],
+    ));
+    let binary = Binary::start(&config, &admin);
+    eventually("a failed connection attempt", 20, async || {
+        binary.stderr().contains("NATS not reachable yet")
+    })
+    .await;
+    let (status, log) = binary.terminate().await;
+    assert!(status.success(), "{status}\n{log}");
+    assert!(log.contains("stopped before NATS was reachable"), "{log}");
+    assert_no_secrets(&log, &secrets(&service, &[]));
 }
 
 #[tokio::test]

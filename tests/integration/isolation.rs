@@ -208,7 +208,7 @@ async fn claims_that_would_widen_a_subject_are_refused() {
         stack.server.log()
     );
     assert_eq!(
-        stack.server.log().matches(line).count(),
+        stack.server.wait_for_log_count(line, 5).await,
         5,
         "{}",
         stack.server.log()

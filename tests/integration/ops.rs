@@ -368,7 +368,10 @@ async fn the_binary_serves_health_and_metrics_publishes_audit_events_and_reloads
     connect(&url, &publisher(&issuer))
         .await
         .expect("the previous policies still admit publishers");
-    assert!(connect(&url, &reader(&issuer)).await.is_err());
+    let err = connect(&url, &reader(&issuer))
+        .await
+        .expect_err("reader still refused");
+    assert_eq!(err.kind(), ConnectErrorKind::AuthorizationViolation);
 
     // SIGHUP reloads too (the file is still broken).
     binary.signal("HUP");
@@ -418,7 +421,12 @@ async fn the_binary_serves_health_and_metrics_publishes_audit_events_and_reloads
         .expect("an audit log line");
     let logged: Value = serde_json::from_str(audit_line).expect("json log lines");
     assert_eq!(logged["target"], "audit");
-    assert_eq!(logged["rules"], "[\"ml-readers\"]");
+    // Lists are JSON arrays in the JSON log, as in the published event.
+    assert_eq!(logged["rules"], json!(["ml-readers"]));
+    assert_eq!(
+        logged["subscribe"],
+        json!([format!("ml.{TENANT}.>"), "_INBOX.>"])
+    );
 }
 
 #[tokio::test]

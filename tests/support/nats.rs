@@ -53,8 +53,20 @@ impl NatsServer {
     /// Starts nats-server with `config` (nats-server syntax). The config must not set `listen`
     /// or `port`: the server picks a free loopback port, which is read back from its log.
     pub fn start(config: &str) -> Self {
+        Self::start_listening("127.0.0.1:-1", config)
+    }
+
+    /// Starts nats-server like [`Self::start`], on the loopback port `port`: for a service that
+    /// was told the URL before the server came up.
+    pub fn start_on(port: u16, config: &str) -> Self {
+        let server = Self::start_listening(&format!("127.0.0.1:{port}"), config);
+        assert_eq!(server.port, port, "nats-server listens on another port");
+        server
+    }
+
+    fn start_listening(listen: &str, config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let child = spawn_server(dir.path(), "127.0.0.1:-1", config, 0);
+        let child = spawn_server(dir.path(), listen, config, 0);
         let mut server = Self {
             child,
             dir,
@@ -124,6 +136,19 @@ impl NatsServer {
     /// A directory that lives as long as the server, for test files.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Waits (bounded) until the server log contains `needle` `count` times, and returns how
+    /// many times it does then: a test asserting a count waits for that count, not for the
+    /// first match (the server writes its lines one by one).
+    pub async fn wait_for_log_count(&self, needle: &str, count: usize) -> usize {
+        for _ in 0..100 {
+            if self.log().matches(needle).count() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.log().matches(needle).count()
     }
 
     /// Waits (bounded) until the server log contains `needle`.
