@@ -611,7 +611,11 @@ impl Verifier {
         let settings = self.provider_of(source)?;
         let (done, pending) = {
             let mut state = source.state();
-            if let Some(pending) = &state.in_flight {
+            // A fetch whose task is gone without an answer (its runtime shut down) is not in
+            // flight: it must not keep every later fetch from starting.
+            if let Some(pending) = &state.in_flight
+                && pending.has_changed().is_ok()
+            {
                 return Ok(Some(pending.clone()));
             }
             if !force && !state.may_start(Instant::now()) {
