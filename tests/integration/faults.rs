@@ -116,7 +116,8 @@ async fn an_unreachable_identity_provider_keeps_known_keys_working_and_recovers(
     used.push(rotated);
 
     proxy.restore();
-    // The unknown kid triggers a refetch (at most one a second) that now succeeds.
+    // The unknown kid triggers a refetch (at most one a second, none within 2 s of the failed
+    // one) that now succeeds.
     let mut recovered = None;
     eventually("the rotated key to be accepted", 20, async || {
         let case = alpha(&contoso, KID_3);
