@@ -39,6 +39,8 @@ pub const DEFAULT_SYSTEM_ACCOUNT: &str = "SYS";
 pub const DEFAULT_MAX_QUEUED: usize = 4096;
 /// Default longest wait for a slot; well inside nats-server's default 2 s callout timeout.
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_millis(500);
+/// nats-server's default `authorization.timeout`: how long it waits for the callout's answer.
+pub const DEFAULT_SERVER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default quiet time after a policy file change before reloading.
 pub const DEFAULT_RELOAD_DEBOUNCE: Duration = Duration::from_millis(500);
 /// Default admin listener: loopback only; the Helm chart listens on all interfaces.
@@ -170,6 +172,10 @@ pub struct CalloutSettings {
     pub drain_timeout: Duration,
     /// How many verified tokens are remembered by SHA-256 (0 disables the cache).
     pub token_cache_size: u64,
+    /// nats-server's `authorization.timeout`, as the operator configured it.
+    pub server_timeout: Duration,
+    /// How long a request waits for a key fetch it needs; below `server_timeout`.
+    pub key_wait: Duration,
 }
 
 impl fmt::Debug for CalloutSettings {
@@ -185,6 +191,8 @@ impl fmt::Debug for CalloutSettings {
             .field("request_leeway", &self.request_leeway)
             .field("drain_timeout", &self.drain_timeout)
             .field("token_cache_size", &self.token_cache_size)
+            .field("server_timeout", &self.server_timeout)
+            .field("key_wait", &self.key_wait)
             .finish()
     }
 }
@@ -336,6 +344,10 @@ pub struct RawCallout {
     pub drain_timeout: Option<Spanned<String>>,
     /// Verified tokens remembered by SHA-256; 0 disables the cache.
     pub token_cache_size: Option<Spanned<u64>>,
+    /// nats-server's `authorization.timeout`, e.g. `2s`.
+    pub server_timeout: Option<Spanned<String>>,
+    /// Longest wait of a request for a key fetch, e.g. `750ms`.
+    pub key_wait: Option<Spanned<String>>,
 }
 
 /// One entry of `providers:` as written.
@@ -477,7 +489,9 @@ impl Config {
     /// The token verifier this configuration describes: its providers and the size of the
     /// verified-token cache. No network is touched until the verifier is warmed or used.
     pub fn verifier(&self) -> Result<Verifier, VerifierError> {
-        Ok(Verifier::new(self.providers.clone())?.with_token_cache(self.callout.token_cache_size))
+        Ok(Verifier::new(self.providers.clone())?
+            .with_token_cache(self.callout.token_cache_size)
+            .with_key_wait(self.callout.key_wait))
     }
 
     /// Reads, parses and validates the configuration at `path`, then loads its policies.
@@ -777,6 +791,7 @@ impl Validator<'_> {
             Some(n) => usize::try_from(n.value).unwrap_or(DEFAULT_MAX_QUEUED),
         };
         let queue_timeout = self.duration(queue_timeout, DEFAULT_QUEUE_TIMEOUT);
+        let (server_timeout, key_wait) = self.key_wait(raw);
         let issuer = issuer?;
         Some(CalloutSettings {
             signers: Signers::config(issuer.clone()),
@@ -789,7 +804,40 @@ impl Validator<'_> {
             request_leeway,
             drain_timeout,
             token_cache_size,
+            server_timeout,
+            key_wait,
         })
+    }
+
+    /// `callout.server_timeout` and `callout.key_wait`: by default the key wait is 3/8 of the
+    /// server's timeout (750 ms of the default 2 s), and it must stay below the timeout, or a
+    /// client refused for want of keys would only learn it from the server's timeout.
+    fn key_wait(&mut self, raw: &RawCallout) -> (Duration, Duration) {
+        let server_at = raw.server_timeout.clone();
+        let server_timeout = self.duration(server_at.clone(), DEFAULT_SERVER_TIMEOUT);
+        let server_timeout = match &server_at {
+            Some(at) if server_timeout.is_zero() => {
+                self.problem(at, "callout.server_timeout must be longer than zero");
+                DEFAULT_SERVER_TIMEOUT
+            }
+            _ => server_timeout,
+        };
+        let derived = server_timeout.mul_f64(0.375);
+        let key_wait = self.duration(raw.key_wait.clone(), derived);
+        match &raw.key_wait {
+            Some(at) if key_wait.is_zero() || key_wait >= server_timeout => {
+                self.problem(
+                    at,
+                    format!(
+                        "callout.key_wait must be longer than zero and shorter than \
+                         callout.server_timeout ({} ms)",
+                        server_timeout.as_millis()
+                    ),
+                );
+                (server_timeout, derived)
+            }
+            _ => (server_timeout, key_wait),
+        }
     }
 
     fn providers(&mut self, raw: Spanned<Vec<RawProvider>>) -> Option<Vec<ProviderSettings>> {
@@ -1902,6 +1950,8 @@ mod tests {
         assert_eq!(config.policy_reload.debounce, DEFAULT_RELOAD_DEBOUNCE);
         assert_eq!(config.callout.max_queued, DEFAULT_MAX_QUEUED);
         assert_eq!(config.callout.queue_timeout, DEFAULT_QUEUE_TIMEOUT);
+        assert_eq!(config.callout.server_timeout, DEFAULT_SERVER_TIMEOUT);
+        assert_eq!(config.callout.key_wait, crate::oidc::DEFAULT_KEY_WAIT);
         assert_eq!(
             config.policy_options.default_max_ttl,
             config.callout.max_ttl
@@ -1938,6 +1988,39 @@ mod tests {
         );
         assert!(
             text.contains("config.yaml:18:13: invalid duration \"later\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_key_wait_follows_the_server_timeout_and_stays_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        write_policy(dir.path());
+        let good = GOOD.replace("TENANT", TENANT);
+        let with =
+            |callout: &str| good.replace("max_ttl: 30m", &format!("max_ttl: 30m\n{callout}"));
+
+        let config = load(dir.path(), &with("  server_timeout: 4s")).unwrap();
+        assert_eq!(config.callout.server_timeout, Duration::from_secs(4));
+        assert_eq!(config.callout.key_wait, Duration::from_millis(1500));
+        let config = load(dir.path(), &with("  key_wait: 300ms")).unwrap();
+        assert_eq!(config.callout.key_wait, Duration::from_millis(300));
+
+        let text = load(dir.path(), &with("  key_wait: 2s"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains(
+                "key_wait must be longer than zero and shorter than callout.server_timeout \
+                 (2000 ms)"
+            ),
+            "{text}"
+        );
+        let text = load(dir.path(), &with("  server_timeout: 0s"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("callout.server_timeout must be longer than zero"),
             "{text}"
         );
     }

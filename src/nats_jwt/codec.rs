@@ -19,6 +19,15 @@ pub const HEADER_JSON: &str = r#"{"typ":"JWT","alg":"ed25519-nkey"}"#;
 /// Largest token accepted, as Go's `MaxTokenSize`.
 pub const MAX_TOKEN_SIZE: usize = 1024 * 1024;
 
+/// Largest authorization request accepted. A request carries the client's whole CONNECT (its
+/// access token base64-encoded inside), so [`MAX_TOKEN_SIZE`] would drop, unanswered, the request
+/// of any token above ~780 KB that the server's `max_control_line` lets through; the client would
+/// wait out the callout timeout instead of being refused as `token_too_large`. nats-server never
+/// delivers a message larger than a subscriber's `max_pending` (64 MiB by default), so this is
+/// the largest request it can send; only nats-server can publish requests, and the message is
+/// in memory before it is decoded, so the cap bounds only the decoder's copies.
+pub const MAX_REQUEST_SIZE: usize = 64 * 1024 * 1024;
+
 /// Longest untrusted string echoed back in an error message.
 const ECHO_LIMIT: usize = 64;
 
@@ -67,10 +76,18 @@ pub fn encode<T: NatsClaim + Serialize>(
 /// `nats.version == 2`, `nats.type`, the issuer key kind, then the ed25519 signature over
 /// `header.payload` with the `iss` key. Time claims are left to the caller.
 pub fn decode<T: NatsClaim + DeserializeOwned>(token: &str) -> Result<Claims<T>, JwtError> {
-    if token.len() > MAX_TOKEN_SIZE {
+    decode_at_most(token, MAX_TOKEN_SIZE)
+}
+
+/// [`decode`] with a size cap of `max` bytes instead of [`MAX_TOKEN_SIZE`].
+pub(crate) fn decode_at_most<T: NatsClaim + DeserializeOwned>(
+    token: &str,
+    max: usize,
+) -> Result<Claims<T>, JwtError> {
+    if token.len() > max {
         return Err(JwtError::TooLarge {
             len: token.len(),
-            max: MAX_TOKEN_SIZE,
+            max,
         });
     }
     let mut chunks = token.split('.');

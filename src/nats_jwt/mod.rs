@@ -29,7 +29,7 @@ pub use claims::{
     REQUEST_AUDIENCE, REQUEST_TYPE, RESPONSE_TYPE, ResponsePermission, ServerId, TimeRange,
     USER_TYPE, User,
 };
-pub use codec::{HEADER_JSON, MAX_TOKEN_SIZE, decode, encode, hash_id};
+pub use codec::{HEADER_JSON, MAX_REQUEST_SIZE, MAX_TOKEN_SIZE, decode, encode, hash_id};
 pub use signer::{SIGNATURE_LEN, Signer};
 
 /// The subject nats-server publishes authorization requests on.
@@ -180,7 +180,7 @@ pub fn open_request(
     now: u64,
     leeway_secs: u64,
 ) -> Result<Request, JwtError> {
-    let max = MAX_TOKEN_SIZE + SEAL_OVERHEAD;
+    let max = MAX_REQUEST_SIZE + SEAL_OVERHEAD;
     if payload.len() > max {
         return Err(JwtError::TooLarge {
             len: payload.len(),
@@ -209,7 +209,7 @@ pub fn open_request(
         }
     };
     let token = std::str::from_utf8(&token_bytes).map_err(|_| JwtError::NotUtf8)?;
-    let claims = decode::<AuthorizationRequest>(token)?;
+    let claims = codec::decode_at_most::<AuthorizationRequest>(token, MAX_REQUEST_SIZE)?;
 
     let base = &claims.base;
     if base.aud != REQUEST_AUDIENCE {

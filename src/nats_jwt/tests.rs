@@ -65,6 +65,20 @@ fn forge(mutate: impl FnOnce(&mut Claims<AuthorizationRequest>, &KeyPair)) -> (S
     )
 }
 
+#[test]
+fn a_request_carrying_a_token_larger_than_any_jwt_cap_still_opens() {
+    // The request of a 1 MiB access token is ~1.4 MiB, more than MAX_TOKEN_SIZE: it must still
+    // open, so the service can refuse the token with a reason instead of dropping the request.
+    let token = "t".repeat(MAX_TOKEN_SIZE);
+    let (request, now) = forge(|claims, _| claims.nats.connect_opts.auth_token = token.clone());
+    assert!(request.len() > MAX_TOKEN_SIZE, "{}", request.len());
+    let opened = open_request(request.as_bytes(), None, None, now, LEEWAY).unwrap();
+    assert_eq!(
+        opened.claims.nats.connect_opts.auth_token.len(),
+        MAX_TOKEN_SIZE
+    );
+}
+
 /// Signs arbitrary header/payload JSON the v2 way, for claims `encode` would refuse to write.
 fn sign_raw(header: &str, payload: &str, kp: &KeyPair) -> String {
     let signed = format!(
@@ -393,7 +407,7 @@ fn garbage_is_refused_without_panicking() {
         Err(JwtError::Json { part: "header", .. })
     ));
     assert_eq!(open_plain(&[0xff, b'.', b'.']), Err(JwtError::NotUtf8));
-    let huge = vec![b'a'; MAX_TOKEN_SIZE + 100];
+    let huge = vec![b'a'; MAX_REQUEST_SIZE + 100];
     assert!(matches!(open_plain(&huge), Err(JwtError::TooLarge { .. })));
     // Cut before the signature, a token lacks one of its three parts; cut inside it, the
     // signature is not base64 or does not verify.

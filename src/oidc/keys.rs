@@ -3,7 +3,9 @@
 //! Parsing is pure and skips keys the verifier could never use (not RSA or EC P-256/P-384, not for
 //! signatures, a symmetric or unknown `alg`, RSA shorter than 2048 bits), so one odd key never
 //! breaks a whole set.
-//! Fetching enforces https (plain http only to loopback), timeouts, no redirects and a size cap.
+//! Fetching enforces https (plain http only to loopback), no redirects, a size cap, and a total
+//! deadline on the whole fetch (discovery and JWKS, bodies included): a server that accepts and
+//! never answers, or trickles a byte a second, is cut off by it, not only by a read timeout.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,8 +23,10 @@ use super::settings::{algorithm_by_name, is_allowed_transport};
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Whole-request bound, so a server trickling bytes cannot hold a fetch forever.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bound on one whole fetch, both documents and their bodies included. No request waits for a
+/// fetch this long (they wait at most the verifier's key wait); it bounds how long a source's
+/// single fetch in flight can keep the next one from starting.
+pub(crate) const FETCH_DEADLINE: Duration = Duration::from_secs(10);
 /// RSA keys shorter than this are refused (and aws-lc would refuse them for RS256 anyway).
 const MIN_RSA_BITS: usize = 2048;
 /// Error messages quote values read from the network; this keeps them short.
@@ -133,11 +137,28 @@ pub enum KeysError {
         /// The JWKS URL.
         url: String,
     },
+    /// The whole fetch (discovery and JWKS) did not finish within its deadline.
+    #[error("fetching keys from {url} took longer than {} ms", limit.as_millis())]
+    Deadline {
+        /// The discovery URL the fetch started from.
+        url: String,
+        /// The deadline.
+        limit: Duration,
+    },
+    /// No key set has been fetched yet, and the first fetch was still running when the request
+    /// stopped waiting for it.
+    #[error("no key set yet: the first fetch was still running after {} ms", waited.as_millis())]
+    StillFetching {
+        /// How long the request waited.
+        waited: Duration,
+    },
 }
 
-/// Fetches discovery documents and key sets.
+/// Fetches discovery documents and key sets. Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
 pub(crate) struct Fetcher {
     client: reqwest::Client,
+    deadline: Duration,
 }
 
 #[derive(Deserialize)]
@@ -247,20 +268,34 @@ impl fmt::Debug for SigningKey {
 }
 
 impl Fetcher {
-    pub(crate) fn new() -> Result<Self, KeysError> {
+    /// A fetcher whose every fetch ends within `deadline`.
+    pub(crate) fn new(deadline: Duration) -> Result<Self, KeysError> {
+        // No per-request timeout: `fetch` bounds the whole of it, bodies included.
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
             // Metadata never redirects; following one could lead anywhere.
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(KeysError::Client)?;
-        Ok(Self { client })
+        Ok(Self { client, deadline })
     }
 
-    /// Discovery, issuer check, then the JWKS it points to.
+    /// Discovery, issuer check, then the JWKS it points to, all within the deadline.
     pub(crate) async fn fetch(&self, target: &FetchTarget<'_>) -> Result<KeySet, KeysError> {
+        // reqwest's own timeout is per request; this one bounds both requests together, so
+        // two slow documents cannot add up to twice the deadline.
+        tokio::time::timeout(self.deadline, self.fetch_documents(target))
+            .await
+            .unwrap_or_else(|_| {
+                Err(KeysError::Deadline {
+                    url: target.discovery_url.to_owned(),
+                    limit: self.deadline,
+                })
+            })
+    }
+
+    async fn fetch_documents(&self, target: &FetchTarget<'_>) -> Result<KeySet, KeysError> {
         let discovery = target.discovery_url;
         let discovery_url = Url::parse(discovery).map_err(|_| KeysError::Document {
             url: discovery.to_owned(),
@@ -551,6 +586,68 @@ mod tests {
             "https://login.microsoftonline.com/{tenantid}/v2.0"
         );
         assert_eq!(normalize_template("https://a/b"), "https://a/b");
+    }
+
+    /// A loopback HTTP server that reads a request, then sends `answer` one byte per `pause`
+    /// (with `answer` empty: accepts and never answers). Returns a discovery URL on it.
+    async fn slow_server(answer: &'static [u8], pause: Duration) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/.well-known/openid-configuration",
+            listener.local_addr().unwrap()
+        );
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut request = [0u8; 4096];
+                    if stream.read(&mut request).await.is_err() {
+                        return;
+                    }
+                    for byte in answer {
+                        if stream.write_all(std::slice::from_ref(byte)).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                    // Hold the connection open, answered or not, until the client gives up.
+                    let _ = stream.read(&mut request).await;
+                });
+            }
+        });
+        url
+    }
+
+    async fn fetch_from(url: &str) -> Result<KeySet, KeysError> {
+        let fetcher = Fetcher::new(Duration::from_millis(400)).unwrap();
+        let target = FetchTarget {
+            label: "test",
+            discovery_url: url,
+            expected_issuer: "https://issuer.example",
+            tenant: None,
+        };
+        fetcher.fetch(&target).await
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_is_cut_off_by_the_deadline() {
+        let url = slow_server(b"", Duration::ZERO).await;
+        let error = fetch_from(&url).await.unwrap_err();
+        assert!(
+            matches!(&error, KeysError::Deadline { url: at, .. } if *at == url),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_trickling_its_body_is_cut_off_by_the_deadline() {
+        // Each byte comes well within the read timeout; only a total deadline ends this.
+        const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+            content-length: 4096\r\n\r\n{\"issuer\": \"https://issuer.example\", \"jwks_uri\": \"\
+            http://127.0.0.1:1/keys\"}                                                         ";
+        let url = slow_server(ANSWER, Duration::from_millis(5)).await;
+        let error = fetch_from(&url).await.unwrap_err();
+        assert!(matches!(error, KeysError::Deadline { .. }), "{error:?}");
     }
 
     #[test]

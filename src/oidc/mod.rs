@@ -38,7 +38,7 @@ pub use settings::{
     SettingsError, Tenants, TokenVersion, Versions,
 };
 pub use verified::{DEFAULT_TOKEN_CACHE_SIZE, TokenDigest, token_digest};
-pub use verifier::{Verification, Verifier, VerifierError};
+pub use verifier::{DEFAULT_KEY_WAIT, Verification, Verifier, VerifierError};
 pub use verify::verify_with_keys;
 
 /// Maps token claims to an [`Identity`] with every check the verifier makes except the

@@ -13,27 +13,36 @@
 //! discovery there would let anyone trigger fetches with made-up tenants), and one per generic
 //! issuer. An Entra provider with `signing_keys_app_id` reads every one of its sources from the
 //! app-specific metadata (`?appid=`) instead, since such an app's tokens are signed with keys the
-//! tenant's set does not list. Keys are cached per source in moka, so concurrent lookups on a
-//! cold cache coalesce into one fetch. The last good key set is kept for when a fetch fails, and
-//! an unknown `kid` triggers at most one refetch per source per `unknown_kid_refetch_interval`,
-//! so random kids cannot make us hammer the identity provider.
+//! tenant's set does not list.
+//!
+//! A fetch never blocks a request that the keys already held can decide. Each source holds its
+//! last good key set and at most one fetch in flight, a task of its own that every caller shares
+//! and that runs to its end (the fetcher's total deadline) even when nobody waits for it any
+//! more: a stale set is refreshed in the background while it keeps being served. Only a request
+//! whose `kid` the held set lacks, or that comes before any set has loaded, waits for the fetch,
+//! and for at most the key wait (well below nats-server's callout timeout); then it is refused
+//! (`key_unknown`, `keys_unavailable`) and later requests get the fetch's result. A failed fetch
+//! is not retried before a short, growing pause (negative caching, so a storm of connects while
+//! the provider is down costs one fetch, not one each), and an unknown `kid` triggers at most one
+//! refetch per source per `unknown_kid_refetch_interval`, so random kids cannot make us hammer
+//! the identity provider.
 //!
 //! Tokens that passed are remembered by SHA-256 in the verified-token cache (`verified`), so
 //! a token seen again skips the signature check, and nothing else.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use moka::Expiry;
-use moka::future::Cache;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::TokenError;
 use super::graph::{GraphClient, GraphError};
-use super::keys::{FetchTarget, Fetcher, KeySet, KeysError};
+use super::keys::{FETCH_DEADLINE, FetchTarget, Fetcher, KeySet, KeysError};
 use super::settings::{GroupsOverage, ProviderKind, ProviderSettings, Tenants, TokenVersion};
 use super::verified::{DEFAULT_TOKEN_CACHE_SIZE, TokenDigest, VerifiedTokens, token_digest};
 use super::verify::{
@@ -42,15 +51,21 @@ use super::verify::{
 use crate::identity::Identity;
 use crate::metrics;
 
-/// After a failed fetch the last good keys are served for this long before the next attempt.
-const FAILED_FETCH_RETRY: Duration = Duration::from_secs(30);
+/// Default longest wait of a request for a key fetch: 3/8 of nats-server's default 2 s callout
+/// timeout, leaving the rest for verification, policy and the answer's way back.
+pub const DEFAULT_KEY_WAIT: Duration = Duration::from_millis(750);
+/// Pause after a first failed fetch before the next may start; it doubles with every further
+/// failure up to [`MAX_RETRY`]. Short, so a provider that comes back is used again soon.
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+/// Longest pause between failed fetches of one source.
+const MAX_RETRY: Duration = Duration::from_secs(8);
 /// "No unknown-kid refetch yet".
 const NEVER: u64 = u64::MAX;
 
 /// Verifies access tokens of the configured providers.
 pub struct Verifier {
     providers: Vec<Provider>,
-    sources: Vec<Source>,
+    sources: Vec<Arc<Source>>,
     /// Exact `iss` to its provider and key source.
     by_issuer: HashMap<String, Route>,
     /// Issuer shapes of every Entra provider and version: routes `any` tenants, and names the
@@ -59,8 +74,8 @@ pub struct Verifier {
     /// Largest `max_token_bytes` of any provider: the limit before the provider is known.
     max_token_bytes: usize,
     fetcher: Fetcher,
-    /// Current key set per source index.
-    keys: Cache<usize, CachedKeys>,
+    /// How long a request waits for a fetch it needs.
+    key_wait: Duration,
     /// Tokens whose signatures were verified, by SHA-256.
     verified: VerifiedTokens,
 }
@@ -129,20 +144,34 @@ struct Source {
     discovery_url: String,
     expected_issuer: String,
     tenant: Option<String>,
-    /// The newest key set fetched successfully, served when a later fetch fails.
+    /// The newest key set fetched successfully: the one in use, whatever later fetches do.
     last_good: ArcSwapOption<KeySet>,
     /// When (token-clock seconds) an unknown `kid` last caused a refetch; [`NEVER`] if never.
     last_unknown_kid_refetch: AtomicU64,
+    /// The fetch in flight and what past fetches decide about the next one. Never held across
+    /// an `await`.
+    fetch: Mutex<FetchState>,
 }
 
-#[derive(Clone)]
-struct CachedKeys {
-    keys: Arc<KeySet>,
-    ttl: Duration,
-}
+/// What a fetch ended with, as every caller waiting for it sees it.
+type Fetched = Result<Arc<KeySet>, Arc<KeysError>>;
+/// Resolves to `Some` once the fetch in flight ends.
+type Pending = watch::Receiver<Option<Fetched>>;
 
-/// Expires each entry after its own TTL: long after a good fetch, short after a failure.
-struct KeysExpiry;
+/// The fetch bookkeeping of one source: pure, with the time passed in.
+#[derive(Default)]
+struct FetchState {
+    /// The fetch in flight, if any: every caller shares it.
+    in_flight: Option<Pending>,
+    /// When the held key set is due for a refresh; `None` before the first good fetch.
+    refresh_due: Option<Instant>,
+    /// Failed fetches since the last good one.
+    failures: u32,
+    /// After a failure, no fetch (but a forced one) starts before this.
+    retry_at: Option<Instant>,
+    /// Why the last fetch failed, until one succeeds.
+    last_error: Option<Arc<KeysError>>,
+}
 
 impl Verifier {
     /// Builds a verifier for `providers`; no network is touched until [`Verifier::warm`] or the
@@ -260,9 +289,7 @@ impl Verifier {
             .map(ProviderSettings::max_token_bytes)
             .max()
             .unwrap_or(super::DEFAULT_MAX_TOKEN_BYTES);
-        // One entry per source, all known up front, so no capacity bound is needed (and none
-        // can evict a source's keys through moka's admission policy).
-        let keys = Cache::builder().expire_after(KeysExpiry).build();
+        let sources = sources.into_iter().map(Arc::new).collect();
         let providers = providers
             .into_iter()
             .map(|settings| {
@@ -284,10 +311,18 @@ impl Verifier {
             by_issuer,
             shapes,
             max_token_bytes,
-            fetcher: Fetcher::new()?,
-            keys,
+            fetcher: Fetcher::new(FETCH_DEADLINE)?,
+            key_wait: DEFAULT_KEY_WAIT,
             verified: VerifiedTokens::new(DEFAULT_TOKEN_CACHE_SIZE),
         })
+    }
+
+    /// Lets a request wait at most `wait` for a key fetch it needs (an unknown `kid`, or no
+    /// keys yet) before it is refused; keep it well below nats-server's callout timeout.
+    #[must_use]
+    pub fn with_key_wait(mut self, wait: Duration) -> Self {
+        self.key_wait = wait;
+        self
     }
 
     /// Keeps at most `capacity` verified tokens (0 turns the cache off), starting empty.
@@ -376,15 +411,24 @@ impl Verifier {
         Ok(Verification { identity, cached })
     }
 
-    /// Loads every key source; the service calls this at start. Tries all sources and returns
-    /// the first failure.
+    /// Loads every key source now, all at once, and waits for them (each within the fetch
+    /// deadline); the service calls this at start. Unlike a request, it does not wait out the
+    /// pause after a failed fetch. Returns the first failure.
     pub async fn warm(&self) -> Result<(), TokenError> {
+        let pending: Vec<_> = (0..self.sources.len())
+            .map(|index| self.start_fetch(index, true))
+            .collect::<Result<_, _>>()?;
         let mut first_error = None;
-        for index in 0..self.sources.len() {
-            if let Err(error) = self.refresh(index).await
+        for (index, pending) in pending.into_iter().enumerate() {
+            let outcome = match wait(pending, None).await {
+                Some(Ok(_)) => Ok(()),
+                Some(Err(error)) => Err(error),
+                None => Err(self.source(index)?.last_error(self.key_wait)),
+            };
+            if let Err(error) = outcome
                 && first_error.is_none()
             {
-                first_error = Some(error);
+                first_error = Some(self.unavailable(index, error)?);
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -437,8 +481,8 @@ impl Verifier {
                 let now = tokio::time::Instant::now();
                 for (index, (due, period)) in due.iter_mut().zip(&periods).enumerate() {
                     if *due <= now {
-                        // Failures are logged in `refresh`; the last good keys stay in use.
-                        let _ = verifier.refresh(index).await;
+                        // Failures are logged by the fetch; the last good keys stay in use.
+                        verifier.refresh(index).await;
                         *due = tokio::time::Instant::now() + *period;
                     }
                 }
@@ -507,7 +551,7 @@ impl Verifier {
         self.providers.get(index).ok_or(TokenError::IssuerUnknown)
     }
 
-    fn source(&self, index: usize) -> Result<&Source, TokenError> {
+    fn source(&self, index: usize) -> Result<&Arc<Source>, TokenError> {
         self.sources.get(index).ok_or(TokenError::IssuerUnknown)
     }
 
@@ -515,112 +559,117 @@ impl Verifier {
         Ok(&self.provider(source.provider)?.settings)
     }
 
-    /// The keys to check a token with `kid` against, refetched once if `kid` is unknown and the
-    /// throttle allows.
+    /// The keys to check a token with `kid` against. Keys held are answered at once (a stale
+    /// set starts a refresh in the background); an unknown `kid` may start a refetch (at most
+    /// one per throttle interval) and waits for the fetch in flight for at most the key wait,
+    /// then gets the held set, which refuses it as `key_unknown`. Before any set has loaded, a
+    /// request waits as long for the first fetch, then is refused as `keys_unavailable`.
     async fn keys_for_kid(
         &self,
         index: usize,
         kid: &str,
         now: u64,
     ) -> Result<Arc<KeySet>, TokenError> {
-        let keys = self.current_keys(index).await?;
-        if keys.contains(kid) {
-            return Ok(keys);
-        }
         let source = self.source(index)?;
-        let interval = self
-            .provider_of(source)?
-            .unknown_kid_refetch_interval()
-            .as_secs();
-        if source.claim_unknown_kid_refetch(now, interval) {
-            tracing::debug!(source = %source.label, "unknown kid; refetching keys");
-            self.keys.invalidate(&index).await;
-        }
-        // After our own invalidation this fetches; if another caller's refetch is in flight it
-        // waits for it (coalesced); otherwise it returns the cached set without a fetch.
-        self.current_keys(index).await
-    }
-
-    async fn current_keys(&self, index: usize) -> Result<Arc<KeySet>, TokenError> {
-        let source = self.source(index)?;
-        let settings = self.provider_of(source)?;
-        self.keys
-            .try_get_with(index, self.load(source, settings))
-            .await
-            .map(|cached| cached.keys)
-            .map_err(|error| TokenError::KeysUnavailable {
-                provider: settings.name().clone(),
-                source: error,
-            })
-    }
-
-    /// The cache loader: a fresh fetch, or the last good keys for a short while if it fails.
-    async fn load(
-        &self,
-        source: &Source,
-        settings: &ProviderSettings,
-    ) -> Result<CachedKeys, KeysError> {
-        let fetched = self.fetcher.fetch(&source.target()).await;
-        crate::metrics::record_key_refresh(settings.name(), fetched.is_ok());
-        match fetched {
-            Ok(keys) => {
-                let keys = Arc::new(keys);
-                source.last_good.store(Some(keys.clone()));
-                Ok(CachedKeys {
-                    keys,
-                    ttl: settings.key_refresh_interval(),
-                })
+        if let Some(held) = source.last_good.load_full() {
+            if source.refresh_due(Instant::now()) {
+                // Not awaited: this request is decided with the set it already has.
+                self.start_fetch(index, false)?;
             }
-            Err(error) => match source.last_good.load_full() {
-                Some(keys) => {
-                    tracing::warn!(
-                        source = %source.label,
-                        error = %error_chain(&error),
-                        "key fetch failed; keeping the last good keys"
-                    );
-                    Ok(CachedKeys {
-                        keys,
-                        ttl: FAILED_FETCH_RETRY.min(settings.key_refresh_interval()),
-                    })
-                }
-                None => {
-                    tracing::warn!(
-                        source = %source.label,
-                        error = %error_chain(&error),
-                        "key fetch failed and no keys are cached"
-                    );
-                    Err(error)
-                }
-            },
+            if held.contains(kid) {
+                return Ok(held);
+            }
+            let interval = self
+                .provider_of(source)?
+                .unknown_kid_refetch_interval()
+                .as_secs();
+            let pending = if source.claim_unknown_kid_refetch(now, interval) {
+                tracing::debug!(source = %source.label, "unknown kid; refetching keys");
+                self.start_fetch(index, false)?
+            } else {
+                source.in_flight()
+            };
+            return Ok(match wait(pending, Some(self.key_wait)).await {
+                Some(Ok(fresh)) => fresh,
+                // Failed or still running: the held set decides, and lacks the kid.
+                Some(Err(_)) | None => held,
+            });
+        }
+        let pending = self.start_fetch(index, false)?;
+        match wait(pending, Some(self.key_wait)).await {
+            Some(Ok(keys)) => Ok(keys),
+            Some(Err(error)) => Err(self.unavailable(index, error)?),
+            None => Err(self.unavailable(index, source.last_error(self.key_wait))?),
         }
     }
 
-    /// Fetches and installs keys now; on failure the cache is left as it is.
-    async fn refresh(&self, index: usize) -> Result<(), TokenError> {
+    /// The fetch in flight for source `index`, or a new one when none is and (unless `force`)
+    /// the pause after a failure is over; `None` when no fetch runs. The fetch is a task of its
+    /// own: it ends, and its result is kept, whether or not anyone still waits for it.
+    fn start_fetch(&self, index: usize, force: bool) -> Result<Option<Pending>, TokenError> {
         let source = self.source(index)?;
         let settings = self.provider_of(source)?;
-        let fetched = self.fetcher.fetch(&source.target()).await;
-        crate::metrics::record_key_refresh(settings.name(), fetched.is_ok());
-        match fetched {
-            Ok(keys) => {
-                let keys = Arc::new(keys);
-                source.last_good.store(Some(keys.clone()));
-                let ttl = settings.key_refresh_interval();
-                self.keys.insert(index, CachedKeys { keys, ttl }).await;
-                Ok(())
+        let (done, pending) = {
+            let mut state = source.state();
+            // A fetch whose task is gone without an answer (its runtime shut down) is not in
+            // flight: it must not keep every later fetch from starting.
+            if let Some(pending) = &state.in_flight
+                && pending.has_changed().is_ok()
+            {
+                return Ok(Some(pending.clone()));
             }
-            Err(error) => {
-                tracing::warn!(
-                    source = %source.label,
-                    error = %error_chain(&error),
-                    "key refresh failed"
-                );
-                Err(TokenError::KeysUnavailable {
-                    provider: settings.name().clone(),
-                    source: Arc::new(error),
-                })
+            if !force && !state.may_start(Instant::now()) {
+                return Ok(None);
             }
+            let (done, pending) = watch::channel(None);
+            state.in_flight = Some(pending.clone());
+            (done, pending)
+        };
+        let source = Arc::clone(source);
+        let fetcher = self.fetcher.clone();
+        let provider = settings.name().clone();
+        let refresh_interval = settings.key_refresh_interval();
+        tokio::spawn(async move {
+            let fetched = fetcher
+                .fetch(&source.target())
+                .await
+                .map(Arc::new)
+                .map_err(Arc::new);
+            crate::metrics::record_key_refresh(&provider, fetched.is_ok());
+            source.finish(&fetched, refresh_interval, Instant::now());
+            done.send_replace(Some(fetched));
+        });
+        Ok(Some(pending))
+    }
+
+    /// Fetches keys of source `index` now unless a failed fetch asks for a pause, and waits
+    /// for the fetch; a failure is logged by the fetch and the last good keys stay in use.
+    async fn refresh(&self, index: usize) {
+        if let Ok(pending) = self.start_fetch(index, false) {
+            let _ = wait(pending, None).await;
         }
+    }
+
+    fn unavailable(&self, index: usize, source: Arc<KeysError>) -> Result<TokenError, TokenError> {
+        Ok(TokenError::KeysUnavailable {
+            provider: self.provider_of(self.source(index)?)?.name().clone(),
+            source,
+        })
+    }
+}
+
+/// What `pending` ends with, waiting at most `limit` (`None`: until it ends); `None` without
+/// a fetch, or when the limit passed first.
+async fn wait(pending: Option<Pending>, limit: Option<Duration>) -> Option<Fetched> {
+    let mut pending = pending?;
+    let ended = async move {
+        // An error means the fetch task was dropped unfinished (runtime shutdown).
+        let outcome = pending.wait_for(Option::is_some).await.ok()?;
+        outcome.clone()
+    };
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, ended).await.ok().flatten(),
+        None => ended.await,
     }
 }
 
@@ -640,6 +689,55 @@ impl Source {
             tenant,
             last_good: ArcSwapOption::empty(),
             last_unknown_kid_refetch: AtomicU64::new(NEVER),
+            fetch: Mutex::new(FetchState::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FetchState> {
+        // The state stays consistent at every point a panic could leave it.
+        self.fetch.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn in_flight(&self) -> Option<Pending> {
+        self.state().in_flight.clone()
+    }
+
+    fn refresh_due(&self, now: Instant) -> bool {
+        self.state().refresh_due.is_some_and(|due| now >= due)
+    }
+
+    /// Why no keys could be had: the last failure, or a first fetch still running after `waited`.
+    fn last_error(&self, waited: Duration) -> Arc<KeysError> {
+        self.state()
+            .last_error
+            .clone()
+            .unwrap_or_else(|| Arc::new(KeysError::StillFetching { waited }))
+    }
+
+    /// Records the end of the fetch in flight: a good set becomes the one in use.
+    fn finish(&self, fetched: &Fetched, refresh_interval: Duration, now: Instant) {
+        if let Ok(keys) = fetched {
+            self.last_good.store(Some(Arc::clone(keys)));
+        }
+        let mut state = self.state();
+        state.in_flight = None;
+        match fetched {
+            Ok(_) => state.succeeded(now, refresh_interval),
+            Err(error) => {
+                let retry_in = state.failed(now, Arc::clone(error));
+                drop(state);
+                let message = if self.last_good.load().is_some() {
+                    "key fetch failed; keeping the last good keys"
+                } else {
+                    "key fetch failed and no keys are cached"
+                };
+                tracing::warn!(
+                    source = %self.label,
+                    error = %error_chain(&**error),
+                    retry_in_ms = u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX),
+                    "{message}"
+                );
+            }
         }
     }
 
@@ -687,24 +785,27 @@ fn discovery_url(
     }
 }
 
-impl Expiry<usize, CachedKeys> for KeysExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &usize,
-        value: &CachedKeys,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.ttl)
+impl FetchState {
+    /// True when a fetch that is not forced may start at `now`.
+    fn may_start(&self, now: Instant) -> bool {
+        self.retry_at.is_none_or(|at| now >= at)
     }
 
-    fn expire_after_update(
-        &self,
-        _key: &usize,
-        value: &CachedKeys,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.ttl)
+    fn succeeded(&mut self, now: Instant, refresh_interval: Duration) {
+        self.refresh_due = Some(now + refresh_interval);
+        self.failures = 0;
+        self.retry_at = None;
+        self.last_error = None;
+    }
+
+    /// Records a failure; returns the pause before the next fetch may start.
+    fn failed(&mut self, now: Instant, error: Arc<KeysError>) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let doublings = self.failures.saturating_sub(1).min(8);
+        let pause = FIRST_RETRY.saturating_mul(1 << doublings).min(MAX_RETRY);
+        self.retry_at = Some(now + pause);
+        self.last_error = Some(error);
+        pause
     }
 }
 
@@ -723,6 +824,40 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn failure() -> Arc<KeysError> {
+        Arc::new(KeysError::StillFetching {
+            waited: Duration::ZERO,
+        })
+    }
+
+    #[test]
+    fn a_failed_fetch_pauses_the_next_with_a_growing_bounded_backoff() {
+        let start = Instant::now();
+        let mut state = FetchState::default();
+        assert!(state.may_start(start));
+        let pauses: Vec<u64> = (0..6)
+            .map(|_| state.failed(start, failure()).as_secs())
+            .collect();
+        assert_eq!(pauses, [2, 4, 8, 8, 8, 8]);
+        assert!(!state.may_start(start + Duration::from_secs(7)));
+        assert!(state.may_start(start + Duration::from_secs(8)));
+        assert!(state.last_error.is_some());
+    }
+
+    #[test]
+    fn a_good_fetch_clears_the_backoff_and_schedules_the_refresh() {
+        let start = Instant::now();
+        let mut state = FetchState::default();
+        state.failed(start, failure());
+        state.failed(start, failure());
+        state.succeeded(start, Duration::from_secs(3600));
+        assert!(state.may_start(start));
+        assert!(state.last_error.is_none());
+        assert_eq!(state.refresh_due, Some(start + Duration::from_secs(3600)));
+        // The pause starts over from the first step.
+        assert_eq!(state.failed(start, failure()), FIRST_RETRY);
+    }
 
     #[test]
     fn discovery_urls_carry_the_app_id_only_when_set() {

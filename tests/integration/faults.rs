@@ -1,7 +1,8 @@
-//! Faults against real processes on loopback: the identity provider goes away, nats-server
-//! restarts, a replica is SIGKILLed during a connect storm, an invalid policy set is swapped in
-//! during traffic, and hostile requests arrive on the callout subject. Nobody may be let in
-//! where they do not belong, and nobody who belongs may be locked out for longer than the
+//! Faults against real processes on loopback: the identity provider goes away, hangs, trickles
+//! or fails (with its keys held, and at cold start), nats-server restarts, a replica is
+//! SIGKILLed during a connect storm, an invalid policy set is swapped in during traffic, hostile
+//! requests arrive on the callout subject, and a token of a megabyte arrives. Nobody may be let
+//! in where they do not belong, and nobody who belongs may be locked out for longer than the
 //! fault itself. Every wait is bounded; every binary's log is scanned for secrets at the end.
 
 use std::sync::Arc;
@@ -13,12 +14,14 @@ use entra_callout::callout::{Authorizer, Handled};
 use entra_callout::config::{Config, ProcessEnv};
 use entra_callout::nats_jwt::{self, AuthorizationRequest, Claims};
 use entra_callout::oidc::Verifier;
+use entra_callout::service::Ops;
 
 use crate::support::binary::{Binary, ServiceDir, Settings, assert_no_secrets, providers};
 use crate::support::client::{self, Case, Outcome, Tally};
 use crate::support::issuer::{KID_1, KID_3, OTHER_TENANT, TENANT, TestIssuer};
 use crate::support::nats::{NatsCluster, NatsServer, free_port};
 use crate::support::proxy::Proxy;
+use crate::support::service::Replica;
 
 /// Polls `check` every 50 ms until it holds, for at most `secs` seconds.
 async fn eventually(what: &str, secs: u64, mut check: impl AsyncFnMut() -> bool) {
@@ -113,7 +116,8 @@ async fn an_unreachable_identity_provider_keeps_known_keys_working_and_recovers(
     used.push(rotated);
 
     proxy.restore();
-    // The unknown kid triggers a refetch (at most one a second) that now succeeds.
+    // The unknown kid triggers a refetch (at most one a second, none within 2 s of the failed
+    // one) that now succeeds.
     let mut recovered = None;
     eventually("the rotated key to be accepted", 20, async || {
         let case = alpha(&contoso, KID_3);
@@ -565,4 +569,290 @@ async fn hostile_requests_cannot_be_injected_and_are_never_answered_with_a_grant
     let mut secrets = secrets(&service, &cases);
     secrets.push(token);
     assert_no_secrets(&log, &secrets);
+}
+
+/// nats-server's callout timeout in these tests (`server_config(2)`), and the service's default.
+const CALLOUT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A token with the provider's own issuer and tenant, signed by a held key, but naming a `kid`
+/// the provider never published: what an attacker sends to force a key refetch.
+fn random_kid(issuer: &TestIssuer) -> Case {
+    let mut bytes = [0u8; 12];
+    getrandom::getrandom(&mut bytes).unwrap();
+    let kid = data_encoding::BASE64URL_NOPAD.encode(&bytes);
+    let claims = crate::support::issuer::merge(issuer.app_claims(), json!({ "roles": ["Alpha"] }));
+    Case {
+        who: "attacker",
+        token: issuer.sign_with(KID_1, json!({ "kid": kid }), &claims),
+        as_password: false,
+        expect: None,
+    }
+}
+
+/// How the identity provider fails once the service holds its keys.
+#[derive(Clone, Copy, Debug)]
+enum ProviderFault {
+    /// Accepts connections and never answers.
+    Hangs,
+    /// Answers one byte a second.
+    Trickles,
+    /// Refuses connections.
+    RefusesConnections,
+    /// Answers 5xx.
+    FailsWith5xx,
+}
+
+/// Holds the provider's keys, then makes it fail with `fault` and sends, at once, a token with
+/// a random `kid` (forcing a refetch that fails as `fault` says) and 24 valid clients whose key
+/// is held, a third of them verified-token cache hits; then 24 more while the refetch still
+/// runs. Every valid client is admitted; the attacker is refused with `key_unknown` well before
+/// nats-server's callout timeout. Returns how long the attacker waited for its refusal.
+async fn held_keys_decide_while_the_provider(fault: ProviderFault) -> Duration {
+    let contoso = TestIssuer::start_for(TENANT).await;
+    let proxy = Proxy::start(
+        contoso
+            .authority()
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap(),
+    )
+    .await;
+    contoso.serve_keys_via(&proxy.url());
+    let service = ServiceDir::new();
+    let server = NatsServer::start(&service.server_config(CALLOUT_TIMEOUT.as_secs()));
+    let url = server.url();
+    let (config, admin) =
+        service.write_config(&settings(&url, vec![("contoso", &contoso, proxy.url())]));
+    let binary = Binary::start_ready(&config, &admin).await;
+    let mut used = Vec::new();
+    // Verified once now, so connecting with it again is a verified-token cache hit.
+    let cached = alpha(&contoso, KID_1);
+    assert_eq!(client::attempt(&url, &cached).await, Outcome::Admitted);
+    used.push(cached.clone());
+
+    let (accepted, discovered) = (proxy.accepted(), contoso.discovery_hits());
+    match fault {
+        ProviderFault::Hangs => proxy.hang(),
+        ProviderFault::Trickles => proxy.trickle(),
+        ProviderFault::RefusesConnections => proxy.cut(),
+        ProviderFault::FailsWith5xx => {
+            contoso.fail_discovery(true);
+            contoso.fail_jwks(true);
+        }
+    }
+    let attacker = random_kid(&contoso);
+    used.push(attacker.clone());
+    let attack = tokio::spawn({
+        let (url, attacker) = (url.clone(), attacker.clone());
+        async move {
+            let started = Instant::now();
+            let outcome = client::attempt(&url, &attacker).await;
+            (outcome, started.elapsed())
+        }
+    });
+    // The valid clients come while the attacker's refetch is under way (where the fault lets
+    // the test see it arrive).
+    match fault {
+        ProviderFault::Hangs | ProviderFault::Trickles => {
+            eventually("the refetch to reach the provider", 10, async || {
+                proxy.accepted() > accepted
+            })
+            .await;
+        }
+        ProviderFault::FailsWith5xx => {
+            eventually("the refetch to reach the provider", 10, async || {
+                contoso.discovery_hits() > discovered
+            })
+            .await;
+        }
+        ProviderFault::RefusesConnections => {}
+    }
+    let wave = |used: &mut Vec<Case>| {
+        let cases: Vec<Case> = (0..24)
+            .map(|i| {
+                if i % 3 == 0 {
+                    cached.clone()
+                } else {
+                    alpha(&contoso, KID_1)
+                }
+            })
+            .collect();
+        used.extend(cases.iter().cloned());
+        cases
+    };
+    let first = wave(&mut used);
+    let outcomes =
+        futures_util::future::join_all(first.iter().map(|case| client::attempt(&url, case))).await;
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Admitted),
+        "{fault:?}: {outcomes:?}"
+    );
+    let (outcome, waited) = attack.await.unwrap();
+    assert_eq!(outcome, Outcome::Refused, "{fault:?}");
+    assert!(
+        server
+            .wait_for_log("Auth callout service returned an error: key_unknown")
+            .await,
+        "{fault:?}: {}",
+        server.log()
+    );
+    // Answered, not timed out: the refusal came well before nats-server would give up.
+    assert!(
+        waited < CALLOUT_TIMEOUT * 3 / 4,
+        "{fault:?}: the unknown kid was refused only after {waited:?}"
+    );
+    // The refetch may still be stuck: held keys keep deciding.
+    let second = wave(&mut used);
+    let outcomes =
+        futures_util::future::join_all(second.iter().map(|case| client::attempt(&url, case))).await;
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Admitted),
+        "{fault:?}: {outcomes:?}"
+    );
+    let denied = "entra_callout_requests_total{outcome=\"deny\",reason=\"key_unknown\"}";
+    assert_eq!(binary.metric(denied).await, Some(1.0), "{fault:?}");
+
+    // The refetch ends within the 10 s fetch deadline (here a hang and a trickle are cut by
+    // the 5 s read timeout before), and says so.
+    eventually("the refetch to fail", 20, async || {
+        binary
+            .stderr()
+            .contains("key fetch failed; keeping the last good keys")
+    })
+    .await;
+    let (status, log) = binary.terminate().await;
+    assert!(status.success(), "{status}\n{log}");
+    assert_no_secrets(&log, &secrets(&service, &used));
+    waited
+}
+
+#[tokio::test]
+async fn a_hanging_identity_provider_refuses_no_client_whose_key_is_held() {
+    let waited = held_keys_decide_while_the_provider(ProviderFault::Hangs).await;
+    eprintln!("hang: the unknown kid was refused after {waited:?}");
+}
+
+#[tokio::test]
+async fn a_trickling_identity_provider_refuses_no_client_whose_key_is_held() {
+    let waited = held_keys_decide_while_the_provider(ProviderFault::Trickles).await;
+    eprintln!("trickle: the unknown kid was refused after {waited:?}");
+}
+
+#[tokio::test]
+async fn a_refusing_or_failing_identity_provider_refuses_no_client_whose_key_is_held() {
+    for fault in [
+        ProviderFault::RefusesConnections,
+        ProviderFault::FailsWith5xx,
+    ] {
+        let waited = held_keys_decide_while_the_provider(fault).await;
+        eprintln!("{fault:?}: the unknown kid was refused after {waited:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_provider_down_at_cold_start_is_asked_once_per_pause_not_once_per_client() {
+    const CONNECTS: usize = 50;
+    let contoso = TestIssuer::start_for(TENANT).await;
+    contoso.fail_discovery(true);
+    let service = ServiceDir::new();
+    let server = NatsServer::start(&service.server_config(CALLOUT_TIMEOUT.as_secs()));
+    let url = server.url();
+    let (config, _) = service.write_config(&settings(
+        &url,
+        vec![("contoso", &contoso, contoso.authority())],
+    ));
+    // In process and not warmed: the storm's requests are the first to need keys.
+    let config = Config::load(&config, &ProcessEnv).unwrap();
+    let replica = Replica::with_ops(config, Ops::new().unwrap(), false).await;
+
+    let storm: Vec<Case> = (0..CONNECTS).map(|_| alpha(&contoso, KID_1)).collect();
+    let started = Instant::now();
+    let outcomes =
+        futures_util::future::join_all(storm.iter().map(|case| client::attempt(&url, case))).await;
+    let took = started.elapsed();
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Refused),
+        "{outcomes:?}"
+    );
+    let refusals = "Auth callout service returned an error: keys_unavailable";
+    eventually("every refusal in nats-server's log", 10, async || {
+        server.log().matches(refusals).count() == CONNECTS
+    })
+    .await;
+    // One fetch, and one more per pause after a failure (2 s, then doubling) the storm outlasted.
+    let fetches = contoso.discovery_hits();
+    let pauses = usize::try_from(took.as_secs() / 2).unwrap();
+    eprintln!("{CONNECTS} connects in {took:?} caused {fetches} discovery fetches");
+    assert!(
+        (1..=1 + pauses).contains(&fetches),
+        "{CONNECTS} connects in {took:?} caused {fetches} fetches"
+    );
+
+    // Once the provider is back, the next fetch after the pause loads the keys.
+    contoso.fail_discovery(false);
+    eventually(
+        "a client admitted once the provider is back",
+        20,
+        async || client::attempt(&url, &alpha(&contoso, KID_1)).await == Outcome::Admitted,
+    )
+    .await;
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_of_a_megabyte_is_refused_as_too_large_not_left_to_time_out() {
+    let contoso = TestIssuer::start_for(TENANT).await;
+    let fabrikam = TestIssuer::start_for(OTHER_TENANT).await;
+    let service = ServiceDir::new();
+    // A server that lets CONNECT lines far beyond any real token through to the callout.
+    let server = NatsServer::start(
+        &service
+            .server_config(CALLOUT_TIMEOUT.as_secs())
+            .replace("max_control_line: 32KB", "max_control_line: 4MB"),
+    );
+    let url = server.url();
+    let (config, admin) = service.write_config(&settings(&url, providers(&contoso, &fabrikam)));
+    let binary = Binary::start_ready(&config, &admin).await;
+
+    let claims = crate::support::issuer::merge(
+        contoso.app_claims(),
+        json!({ "roles": ["Alpha"], "pad": "x".repeat(1 << 20) }),
+    );
+    let huge = Case {
+        who: "oversized",
+        token: contoso.sign(KID_1, &claims),
+        as_password: false,
+        expect: None,
+    };
+    let started = Instant::now();
+    assert_eq!(client::attempt(&url, &huge).await, Outcome::Refused);
+    let waited = started.elapsed();
+    eprintln!(
+        "a {} byte token was refused after {waited:?}",
+        huge.token.len()
+    );
+    assert!(
+        server
+            .wait_for_log("Auth callout service returned an error: token_too_large")
+            .await,
+        "{}",
+        server.log()
+    );
+    assert!(
+        waited < CALLOUT_TIMEOUT * 3 / 4,
+        "refused only after {waited:?}"
+    );
+    eventually("the refusal in the audit trail", 10, async || {
+        binary.stderr().lines().any(|line| {
+            line.contains("client refused") && line.contains("\"reason\":\"token_too_large\"")
+        })
+    })
+    .await;
+    // A normal client right after is unaffected.
+    let normal = alpha(&contoso, KID_1);
+    assert_eq!(client::attempt(&url, &normal).await, Outcome::Admitted);
+
+    let (status, log) = binary.terminate().await;
+    assert!(status.success(), "{status}\n{log}");
+    assert_no_secrets(&log, &secrets(&service, &[huge, normal]));
 }

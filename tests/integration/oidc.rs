@@ -247,6 +247,87 @@ async fn reports_keys_unavailable_on_a_cold_cache() {
         .unwrap();
 }
 
+/// Verifies `token` and fails the test if that waits on a key fetch (1 s is far more than a
+/// decision with held keys takes, far less than the held-up fetch would).
+async fn verify_without_waiting(verifier: &Verifier, token: &str) -> Result<(), TokenError> {
+    tokio::time::timeout(Duration::from_secs(1), verifier.verify(token, now()))
+        .await
+        .expect("decided without waiting for a key fetch")
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn a_stale_key_set_is_served_while_its_refresh_is_held_up() {
+    let issuer = TestIssuer::start().await;
+    let settings = issuer
+        .settings()
+        .with_key_refresh_interval(Duration::from_millis(100))
+        .unwrap();
+    let verifier = Verifier::new(vec![settings]).unwrap();
+    verifier.warm().await.unwrap();
+    issuer.pause_jwks(true);
+    let cached = issuer.token(json!({}));
+    verify_without_waiting(&verifier, &cached).await.unwrap();
+    // Once the set is stale a request starts its refresh, which the issuer holds up; no
+    // request, before or after, waits for it.
+    for _ in 0..100 {
+        if issuer.jwks_hits() == 2 {
+            break;
+        }
+        verify_without_waiting(&verifier, &issuer.token(json!({})))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(issuer.jwks_hits(), 2, "the stale set is refreshed");
+    for _ in 0..10 {
+        verify_without_waiting(&verifier, &issuer.token(json!({})))
+            .await
+            .unwrap();
+        verify_without_waiting(&verifier, &cached).await.unwrap();
+    }
+    // One refresh in flight, however many requests found the set stale.
+    assert_eq!(issuer.jwks_hits(), 2);
+    issuer.pause_jwks(false);
+}
+
+#[tokio::test]
+async fn an_unknown_kid_gives_up_on_a_held_up_refetch_whose_keys_later_requests_get() {
+    let issuer = TestIssuer::start().await;
+    let verifier = Verifier::new(vec![issuer.settings()])
+        .unwrap()
+        .with_key_wait(Duration::from_millis(200));
+    verifier.warm().await.unwrap();
+    issuer.publish(KID_3);
+    issuer.pause_jwks(true);
+    let rotated = issuer.sign(KID_3, &issuer.user_claims());
+    // The refetch is held up: the request gives up after the key wait.
+    assert_eq!(reason(&verifier, &rotated).await, DenyReason::KeyUnknown);
+    assert_eq!(issuer.jwks_hits(), 2);
+    // Meanwhile tokens with held keys are decided at once, and the unknown kid joins the same
+    // refetch instead of starting another.
+    for _ in 0..10 {
+        verify_without_waiting(&verifier, &issuer.token(json!({})))
+            .await
+            .unwrap();
+    }
+    assert_eq!(reason(&verifier, &rotated).await, DenyReason::KeyUnknown);
+    assert_eq!(issuer.jwks_hits(), 2);
+
+    // Nobody waits for the refetch any more; it ends anyway, and later requests get its keys.
+    issuer.pause_jwks(false);
+    let mut admitted = false;
+    for _ in 0..100 {
+        if verify_without_waiting(&verifier, &rotated).await.is_ok() {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "the refetched key was never used");
+    assert_eq!(issuer.jwks_hits(), 2);
+}
+
 #[tokio::test]
 async fn refuses_metadata_for_another_issuer() {
     let (issuer, verifier) = setup().await;

@@ -211,7 +211,10 @@ async fn requests_beyond_the_bound_are_refused_as_overloaded_while_a_burst_waits
     let issuer = TestIssuer::start().await;
     let mut files = ServiceFiles::new();
     let server = NatsServer::start(&files.server_config());
-    let limits = "  max_concurrency: 1\n  max_queued: 1\n  queue_timeout: 10s\n";
+    // The first request waits for a held-up key fetch while the test fills the queue: it may
+    // wait for keys nearly as long as nats-server waits for it.
+    let limits =
+        "  max_concurrency: 1\n  max_queued: 1\n  queue_timeout: 10s\n  key_wait: 1900ms\n";
     files.write(&server.url(), &issuer, limits, "");
     // Keys are not loaded up front and the JWKS endpoint holds its answer, so the first
     // request stays in flight until the test lets it go.

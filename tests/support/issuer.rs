@@ -103,6 +103,8 @@ struct IssuerState {
     jwks_hits: AtomicUsize,
     discovery_hits: AtomicUsize,
     fail_jwks: AtomicBool,
+    /// While `true`, discovery answers 503 (still counted).
+    fail_discovery: AtomicBool,
     /// While `true`, JWKS requests wait.
     jwks_paused: tokio::sync::watch::Sender<bool>,
     discovery_issuer: Mutex<Option<String>>,
@@ -160,6 +162,7 @@ impl TestIssuer {
             jwks_hits: AtomicUsize::new(0),
             discovery_hits: AtomicUsize::new(0),
             fail_jwks: AtomicBool::new(false),
+            fail_discovery: AtomicBool::new(false),
             jwks_paused: tokio::sync::watch::Sender::new(false),
             discovery_issuer: Mutex::new(None),
             key_issuers: Mutex::new(HashMap::new()),
@@ -414,6 +417,12 @@ impl TestIssuer {
         self.state.fail_jwks.store(fail, Ordering::SeqCst);
     }
 
+    /// While `true`, discovery documents answer 503: an identity provider that is down but
+    /// whose requests can still be counted.
+    pub fn fail_discovery(&self, fail: bool) {
+        self.state.fail_discovery.store(fail, Ordering::SeqCst);
+    }
+
     /// Publishes `kid` in v2 key sets with `issuer` as its `issuer` member (a key that belongs
     /// to another tenant).
     pub fn set_key_issuer(&self, kid: &str, issuer: &str) {
@@ -542,6 +551,9 @@ fn discovery_document(
         .unwrap()
         .entry(format!("{tid}/{version}{query}"))
         .or_default() += 1;
+    if state.fail_discovery.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     let independent = IssuerState::tenant_independent(tid);
     if !state.serves(tid) && !independent {
         // What Entra answers for a tenant that does not exist.

@@ -1,19 +1,39 @@
-//! A loopback TCP proxy that can be cut: a stand-in for a network path that goes away.
+//! A loopback TCP proxy with fault modes: a stand-in for a network path, or a server behind it,
+//! that goes away, hangs or crawls.
 //!
-//! While cut, the listening port is closed (new connections are refused, as with a host that
-//! is down) and every open connection is reset, so pooled keep-alive connections die too.
-//! Restoring binds the same port again.
+//! Cut: the listening port is closed (new connections are refused, as with a host that is down).
+//! Hang: connections are accepted and never answered. Trickle: answers are forwarded one byte a
+//! second. Entering any fault resets every open connection, so pooled keep-alive connections
+//! meet the fault too; restoring binds the same port again if it was cut.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// What the proxy does with connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Forwards both ways.
+    Up,
+    /// The port is closed.
+    Cut,
+    /// Accepts and never answers.
+    Hang,
+    /// Forwards requests, and answers one byte a second.
+    Trickle,
+}
+
 /// Forwards `127.0.0.1:port` to a target until dropped.
 pub struct Proxy {
     addr: SocketAddr,
-    up: watch::Sender<bool>,
+    mode: watch::Sender<Mode>,
+    accepted: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -22,9 +42,21 @@ impl Proxy {
     pub async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let up = watch::Sender::new(true);
-        let task = tokio::spawn(serve(listener, addr, target, up.subscribe()));
-        Self { addr, up, task }
+        let mode = watch::Sender::new(Mode::Up);
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(serve(
+            listener,
+            addr,
+            target,
+            mode.subscribe(),
+            Arc::clone(&accepted),
+        ));
+        Self {
+            addr,
+            mode,
+            accepted,
+            task,
+        }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -34,18 +66,33 @@ impl Proxy {
 
     /// Closes the port and resets every connection through it.
     pub fn cut(&self) {
-        self.up.send_replace(false);
+        self.mode.send_replace(Mode::Cut);
     }
 
-    /// Opens the port again.
+    /// Resets every connection; new ones are accepted and never answered.
+    pub fn hang(&self) {
+        self.mode.send_replace(Mode::Hang);
+    }
+
+    /// Resets every connection; new ones get their answers one byte a second.
+    pub fn trickle(&self) {
+        self.mode.send_replace(Mode::Trickle);
+    }
+
+    /// Forwards normally again (opening the port again if it was cut).
     pub fn restore(&self) {
-        self.up.send_replace(true);
+        self.mode.send_replace(Mode::Up);
+    }
+
+    /// Connections accepted so far, whatever the mode.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.up.send_replace(false);
+        self.mode.send_replace(Mode::Cut);
         self.task.abort();
     }
 }
@@ -54,45 +101,86 @@ async fn serve(
     mut listener: TcpListener,
     addr: SocketAddr,
     target: SocketAddr,
-    mut up: watch::Receiver<bool>,
+    mut mode: watch::Receiver<Mode>,
+    accepted: Arc<AtomicUsize>,
 ) {
-    let connections = up.clone();
+    let connections = mode.clone();
     loop {
         let cut = tokio::select! {
-            accepted = listener.accept() => {
-                if let Ok((client, _)) = accepted {
-                    tokio::spawn(forward(client, target, connections.clone()));
+            result = listener.accept() => {
+                if let Ok((client, _)) = result {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(handle(client, target, connections.clone()));
                 }
                 false
             }
-            _ = up.wait_for(|up| !up) => true,
+            _ = mode.wait_for(|mode| *mode == Mode::Cut) => true,
         };
         if !cut {
             continue;
         }
         drop(listener);
-        if up.wait_for(|up| *up).await.is_err() {
+        if mode.wait_for(|mode| *mode != Mode::Cut).await.is_err() {
             return;
         }
         // The port was ours a moment ago; SO_REUSEADDR lets it be bound again at once.
         listener = loop {
             match TcpListener::bind(addr).await {
                 Ok(listener) => break listener,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
     }
 }
 
-async fn forward(mut client: TcpStream, target: SocketAddr, mut up: watch::Receiver<bool>) {
-    let Ok(mut server) = TcpStream::connect(target).await else {
-        return;
-    };
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        _ = up.wait_for(|up| !up) => {
-            // Dropping with SO_LINGER 0 resets the connection instead of closing it politely.
-            let _ = client.set_zero_linger();
+/// Serves one connection in the mode it arrived in, until it ends or the mode changes; then
+/// resets it.
+async fn handle(mut client: TcpStream, target: SocketAddr, mut mode: watch::Receiver<Mode>) {
+    let arrived = *mode.borrow_and_update();
+    {
+        let serving = async {
+            match arrived {
+                Mode::Up => {
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                }
+                Mode::Trickle => {
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        trickle(&mut client, &mut server).await;
+                    }
+                }
+                Mode::Hang => std::future::pending().await,
+                Mode::Cut => {}
+            }
+        };
+        tokio::select! {
+            () = serving => {}
+            _ = mode.wait_for(|mode| *mode != arrived) => {}
         }
+    }
+    // Dropping with SO_LINGER 0 resets the connection instead of closing it politely.
+    let _ = client.set_zero_linger();
+}
+
+/// Forwards the client's bytes as they come and the server's one a second.
+async fn trickle(client: &mut TcpStream, server: &mut TcpStream) {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut server_read, mut server_write) = server.split();
+    let requests = tokio::io::copy(&mut client_read, &mut server_write);
+    let answers = async {
+        let mut byte = [0u8; 1];
+        while let Ok(1) = server_read.read(&mut byte).await {
+            if client_write.write_all(&byte).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    tokio::pin!(requests, answers);
+    tokio::select! {
+        // The client is done sending; its answers keep crawling.
+        _ = &mut requests => answers.await,
+        () = &mut answers => {}
     }
 }

@@ -73,6 +73,10 @@ callout:
   request_leeway: {{ .Values.callout.requestLeeway | quote }}
   drain_timeout: {{ .Values.callout.drainTimeout | quote }}
   token_cache_size: {{ int .Values.callout.tokenCacheSize }}
+  server_timeout: {{ .Values.callout.serverTimeout | quote }}
+  {{- with .Values.callout.keyWait }}
+  key_wait: {{ . | quote }}
+  {{- end }}
 providers:
 {{ toYaml .Values.providers | indent 2 }}
 policies: /etc/entra-callout/policies
