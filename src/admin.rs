@@ -25,7 +25,7 @@ use axum::routing::get;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MetricsError};
 
 /// How often histogram samples are folded into their buckets.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -33,24 +33,36 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// The content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// What the admin endpoints read.
+/// What operators look at: metrics and readiness. The composition root makes one and hands
+/// clones to the admin listener, the request loop and the verifier's recorder.
 #[derive(Clone)]
-pub struct AdminState {
-    /// Readiness conditions.
-    pub readiness: Arc<Readiness>,
+pub struct Ops {
     /// Rendered by `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Answered by `/readyz`.
+    pub readiness: Arc<Readiness>,
+}
+
+impl Ops {
+    /// Fresh metrics (every series at zero) and readiness (nothing met yet).
+    pub fn new() -> Result<Self, MetricsError> {
+        Ok(Self {
+            metrics: Arc::new(Metrics::new()?),
+            readiness: Arc::new(Readiness::default()),
+        })
+    }
 }
 
 /// Whether this replica should receive traffic; see the module documentation.
 #[derive(Default)]
 pub struct Readiness {
-    keys_loaded: AtomicBool,
     policies_loaded: AtomicBool,
     subscribed: AtomicBool,
     draining: AtomicBool,
     /// Reports whether NATS is connected right now; unset means not connected.
     nats_connected: OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
+    /// Reports whether every provider's signing keys are loaded; unset means not loaded.
+    keys_loaded: OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
 }
 
 /// A readiness condition that is not met.
@@ -91,9 +103,10 @@ pub enum AdminError {
 }
 
 impl Readiness {
-    /// Records that every provider's signing keys are loaded. Latches.
-    pub fn set_keys_loaded(&self) {
-        self.keys_loaded.store(true, Ordering::Release);
+    /// Uses `probe` (the verifier's own account) to tell whether signing keys are loaded.
+    /// Only the first call counts.
+    pub fn set_keys_probe(&self, probe: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.keys_loaded.set(Box::new(probe));
     }
 
     /// Records that the policies are compiled. Latches: a failed reload keeps the old set.
@@ -126,13 +139,11 @@ impl Readiness {
     /// Every unmet condition, in a fixed order; empty when ready.
     pub fn check(&self) -> Vec<NotReady> {
         let nats = self.nats_connected.get().is_some_and(|probe| probe());
+        let keys = self.keys_loaded.get().is_some_and(|probe| probe());
         [
             (self.draining.load(Ordering::Acquire), NotReady::Draining),
             (!nats, NotReady::NatsDisconnected),
-            (
-                !self.keys_loaded.load(Ordering::Acquire),
-                NotReady::KeysNotLoaded,
-            ),
+            (!keys, NotReady::KeysNotLoaded),
             (
                 !self.policies_loaded.load(Ordering::Acquire),
                 NotReady::PoliciesNotLoaded,
@@ -191,7 +202,7 @@ impl Drop for AdminServer {
 }
 
 /// The admin routes over `state`; serve it, or call it directly in tests.
-pub fn router(state: AdminState) -> Router {
+pub fn router(state: Ops) -> Router {
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -201,7 +212,7 @@ pub fn router(state: AdminState) -> Router {
 
 /// Binds `listen` now (so a taken port fails startup) and serves [`router`] on a thread of its
 /// own. The same thread folds histogram samples into buckets every few seconds.
-pub fn spawn(listen: SocketAddr, state: AdminState) -> Result<AdminServer, AdminError> {
+pub fn spawn(listen: SocketAddr, state: Ops) -> Result<AdminServer, AdminError> {
     let bind = |source| AdminError::Bind {
         addr: listen,
         source,
@@ -225,7 +236,7 @@ pub fn spawn(listen: SocketAddr, state: AdminState) -> Result<AdminServer, Admin
     })
 }
 
-async fn serve(listener: std::net::TcpListener, state: AdminState, stopped: oneshot::Receiver<()>) {
+async fn serve(listener: std::net::TcpListener, state: Ops, stopped: oneshot::Receiver<()>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(err) => {
@@ -256,7 +267,7 @@ async fn livez() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(state): State<AdminState>) -> Response {
+async fn readyz(State(state): State<Ops>) -> Response {
     let unmet = state.readiness.check();
     if unmet.is_empty() {
         return (StatusCode::OK, "ready\n").into_response();
@@ -266,7 +277,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 
-async fn metrics(State(state): State<AdminState>) -> Response {
+async fn metrics(State(state): State<Ops>) -> Response {
     ([(CONTENT_TYPE, PROMETHEUS_TEXT)], state.metrics.render()).into_response()
 }
 
@@ -279,19 +290,19 @@ mod tests {
     use super::*;
     use crate::deny::DenyReason;
 
-    fn state() -> (AdminState, Arc<AtomicBool>) {
+    fn state() -> (Ops, Arc<AtomicBool>) {
         let connected = Arc::new(AtomicBool::new(false));
         let readiness = Arc::new(Readiness::default());
         let probe = Arc::clone(&connected);
         readiness.set_nats_probe(move || probe.load(Ordering::Relaxed));
-        let state = AdminState {
+        let state = Ops {
             readiness,
             metrics: Arc::new(Metrics::new().unwrap()),
         };
         (state, connected)
     }
 
-    async fn get(state: &AdminState, path: &str) -> (StatusCode, String, Option<String>) {
+    async fn get(state: &Ops, path: &str) -> (StatusCode, String, Option<String>) {
         let response = router(state.clone())
             .oneshot(Request::get(path).body(Body::empty()).unwrap())
             .await
@@ -342,7 +353,7 @@ mod tests {
             )
         );
 
-        r.set_keys_loaded();
+        r.set_keys_probe(|| true);
         let (status, body, _) = get(&state, "/readyz").await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "ready\n"));
 
@@ -366,7 +377,7 @@ mod tests {
     #[tokio::test]
     async fn without_a_nats_probe_nats_counts_as_disconnected() {
         let readiness = Readiness::default();
-        readiness.set_keys_loaded();
+        readiness.set_keys_probe(|| true);
         readiness.set_policies_loaded();
         readiness.set_subscribed(true);
         assert_eq!(readiness.check(), [NotReady::NatsDisconnected]);

@@ -8,7 +8,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -34,30 +33,6 @@ pub struct Authorizer {
     /// Swapped as a whole on reload; every request evaluates the set current when it started.
     policies: ArcSwap<PolicySet>,
     request_leeway_secs: u64,
-    counts: Counts,
-}
-
-/// How many requests this authorizer answered, by outcome.
-#[derive(Debug, Default)]
-struct Counts {
-    allowed: AtomicU64,
-    denied: AtomicU64,
-    dropped: AtomicU64,
-    cache_hits: AtomicU64,
-}
-
-/// A snapshot of [`Authorizer`] counters: what was decided. Whether an answer arrived in
-/// time is known only where it is sent; the service's metrics count late answers as `late`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Clients admitted.
-    pub allowed: u64,
-    /// Clients refused with a signed error response.
-    pub denied: u64,
-    /// Requests not answered because the request itself was unacceptable.
-    pub dropped: u64,
-    /// Tokens whose signature check was answered from the verified-token cache.
-    pub cache_hits: u64,
 }
 
 /// What [`Authorizer::handle`] decided.
@@ -239,7 +214,6 @@ impl Authorizer {
             verifier,
             policies: ArcSwap::from_pointee(policies),
             request_leeway_secs,
-            counts: Counts::default(),
         }
     }
 
@@ -265,16 +239,6 @@ impl Authorizer {
     pub fn with_signers(mut self, signers: Signers) -> Self {
         self.signers = signers;
         self
-    }
-
-    /// Counters since start.
-    pub fn stats(&self) -> Stats {
-        Stats {
-            allowed: self.counts.allowed.load(Ordering::Relaxed),
-            denied: self.counts.denied.load(Ordering::Relaxed),
-            dropped: self.counts.dropped.load(Ordering::Relaxed),
-            cache_hits: self.counts.cache_hits.load(Ordering::Relaxed),
-        }
     }
 
     /// The token verifier, for warming keys and background refresh.
@@ -331,7 +295,6 @@ impl Authorizer {
         )
         .map_err(|err| {
             warn!(target: "audit", outcome = "dropped", error = %err, "authorization request refused");
-            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
             Handled::Drop(err)
         })
     }
@@ -354,23 +317,14 @@ impl Authorizer {
             self.xkey.as_ref(),
             now,
         ) {
-            Ok(body) => {
-                let counter = if allowed {
-                    &self.counts.allowed
-                } else {
-                    &self.counts.denied
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                Handled::Respond {
-                    body,
-                    allowed,
-                    audit: Box::new(audit),
-                    deadline,
-                }
-            }
+            Ok(body) => Handled::Respond {
+                body,
+                allowed,
+                audit: Box::new(audit),
+                deadline,
+            },
             Err(err) => {
                 warn!(error = %err, "could not encode the authorization response");
-                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
                 Handled::Drop(err)
             }
         }
@@ -395,9 +349,6 @@ impl Authorizer {
                 identity: None,
                 provider: err.provider().cloned(),
             })?;
-        if cached {
-            self.counts.cache_hits.fetch_add(1, Ordering::Relaxed);
-        }
         let grant = match self.policies.load().evaluate(&identity, now) {
             Ok(grant) => grant,
             Err(err) => {

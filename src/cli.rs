@@ -4,20 +4,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::admin::{self, AdminState, Readiness};
-use crate::callout::Authorizer;
+use crate::app;
 use crate::config::{Config, ConfigError, ProcessEnv};
 use crate::keys;
-use crate::oidc::Verifier;
-use crate::reload::Reloader;
-use crate::service::{self, LoopSettings, Ops};
+use crate::service;
 use crate::telemetry;
 use crate::tools;
 
@@ -488,131 +483,9 @@ fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `serve`: the composition root does everything; this only waits for SIGTERM/SIGINT.
 async fn serve_async(config: Config) -> anyhow::Result<()> {
-    let ops = Ops::new().context("cannot set up metrics")?;
-    let Ops { metrics, readiness } = ops.clone();
-    if let Err(err) = metrics.install_global() {
-        warn!(error = %err, "key refresh and cache metrics are not recorded");
-    }
-    // The admin listener comes first, so liveness answers while the rest starts.
-    let admin_state = AdminState {
-        readiness: Arc::clone(&readiness),
-        metrics: Arc::clone(&metrics),
-    };
-    let admin = admin::spawn(config.admin.listen, admin_state)?;
-
-    let verifier = Arc::new(
-        config
-            .verifier()
-            .context("cannot set up the identity providers")?,
-    );
-    metrics.register_providers(verifier.provider_names().map(|name| &**name));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // Keys are fetched now so the first clients need not wait; an unreachable provider is not
-    // fatal (its tokens are refused with `keys_unavailable` until it answers) but keeps the
-    // service not ready until its keys load.
-    let keys = load_keys(&verifier, &readiness, wait_for(stop_rx.clone())).await;
-    let refresh = verifier.spawn_refresh(wait_for(stop_rx.clone()));
-
-    let settings = LoopSettings::from_config(&config);
-    metrics.set_policy_rules(config.policies.len());
-    let authorizer = Arc::new(Authorizer::from_config(
-        &config.callout,
-        config.policies,
-        verifier,
-    ));
-    readiness.set_policies_loaded();
-    let reloader = Arc::new(Reloader::new(
-        config.policies_path.clone(),
-        config.policy_options.clone(),
-        Arc::clone(&metrics),
-        {
-            let authorizer = Arc::clone(&authorizer);
-            move |policies| authorizer.replace_policies(policies)
-        },
-    ));
-    let reload = reloader
-        .spawn(config.policy_reload, wait_for(stop_rx))
-        .inspect_err(|err| warn!(error = %err, "policies are reloaded on SIGHUP only"))
-        .ok();
-
-    // SIGTERM must stop the service also while it still waits for NATS.
-    let shutdown = {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            service::shutdown_signal().await;
-            let _ = tx.send(true);
-        });
-        rx
-    };
-    match service::connect_with_retry(&config.nats, wait_for(shutdown.clone())).await? {
-        Some(client) => {
-            readiness.watch_nats(client.clone());
-            info!(
-                nats = %service::display_urls(&config.nats.urls),
-                issuer = %config.callout.issuer.public_key(),
-                xkey = config.callout.xkey.as_ref().map(nkeys::XKey::public_key).unwrap_or_default(),
-                "entra-callout started"
-            );
-            let requests = service::subscribe(&client, &settings.queue_group).await?;
-            let stop = wait_for(shutdown);
-            service::run(client, requests, authorizer, settings, ops, stop).await;
-        }
-        None => info!("stopped before NATS was reachable"),
-    }
-    let _ = stop_tx.send(true);
-    let _ = refresh.await;
-    for task in [keys, reload].into_iter().flatten() {
-        let _ = task.await;
-    }
-    admin.stop();
-    info!("stopped");
+    let running = app::start(config, service::shutdown_signal())?;
+    running.wait().await?;
     Ok(())
-}
-
-/// Loads every provider's signing keys and marks readiness once they are in. If a provider
-/// does not answer, retries in the background (returned) with backoff until `stop`.
-///
-/// Readiness means "`warm` succeeded once"; a verifier that reports loaded keys itself can
-/// replace this check.
-async fn load_keys(
-    verifier: &Arc<Verifier>,
-    readiness: &Arc<Readiness>,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> Option<tokio::task::JoinHandle<()>> {
-    const FIRST_RETRY: Duration = Duration::from_secs(1);
-    const MAX_RETRY: Duration = Duration::from_secs(60);
-    match verifier.warm().await {
-        Ok(()) => {
-            readiness.set_keys_loaded();
-            return None;
-        }
-        Err(err) => warn!(error = %err, "identity provider keys not loaded yet"),
-    }
-    let (verifier, readiness) = (Arc::clone(verifier), Arc::clone(readiness));
-    Some(tokio::spawn(async move {
-        tokio::pin!(stop);
-        let mut delay = FIRST_RETRY;
-        loop {
-            tokio::select! {
-                () = &mut stop => return,
-                () = tokio::time::sleep(delay) => {}
-            }
-            match verifier.warm().await {
-                Ok(()) => {
-                    info!("identity provider keys loaded");
-                    readiness.set_keys_loaded();
-                    return;
-                }
-                Err(err) => {
-                    warn!(error = %err, retry_in = ?delay, "identity provider keys not loaded yet")
-                }
-            }
-            delay = (delay * 2).min(MAX_RETRY);
-        }
-    }))
-}
-
-async fn wait_for(mut stop: tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await;
 }

@@ -33,6 +33,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod app;
 pub mod callout;
 pub mod cli;
 pub mod config;

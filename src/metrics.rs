@@ -5,10 +5,10 @@
 //! series count. Request-path handles are registered once up front and recording through them
 //! neither allocates nor looks anything up.
 //!
-//! A [`Metrics`] owns its recorder, so tests can run several side by side. The service also
-//! installs it as the process-wide `metrics` recorder ([`Metrics::install_global`]), which lets
-//! code without a [`Metrics`] at hand (key refreshes, the verified-token cache) record through
-//! [`record_key_refresh`] and [`record_cache_lookup`].
+//! A [`Metrics`] owns its recorder, so several services can run side by side in one process
+//! (the tests do). There is no process-wide recorder: every part of the service that records —
+//! the request loop, the verifier's key fetches and token cache, the reloader — is handed the
+//! same [`Metrics`] by the composition root ([`crate::app`]).
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
@@ -72,6 +72,8 @@ pub struct Metrics {
     queued: Gauge,
     reloads_ok: Counter,
     reloads_failed: Counter,
+    cache_hits: Counter,
+    cache_misses: Counter,
     policy_rules: Gauge,
     audit_failures: Counter,
 }
@@ -90,9 +92,6 @@ pub enum MetricsError {
 /// Marks a request as in flight (or queued) until dropped.
 #[must_use = "the request counts as in flight only while the guard lives"]
 pub struct GaugeGuard(Gauge);
-
-/// The process-wide recorder: the same registry a [`Metrics`] renders.
-struct SharedRecorder(Arc<PrometheusRecorder>);
 
 impl Metrics {
     /// A fresh set of metrics with every series registered at zero, so dashboards and alerts see
@@ -114,10 +113,6 @@ impl Metrics {
             .iter()
             .map(|reason| requests("deny", reason.code()))
             .collect();
-        for result in ["hit", "miss"] {
-            // Registering creates the series at zero; the handle is not needed.
-            let _ = counter(r, CACHE_LOOKUPS, [("result", result)]);
-        }
         let metrics = Self {
             allowed: requests("allow", ""),
             late: requests("late", ""),
@@ -129,6 +124,8 @@ impl Metrics {
             queued: r.register_gauge(&Key::from_static_name(QUEUED), &META),
             reloads_ok: counter(r, POLICY_RELOADS, [("result", "ok")]),
             reloads_failed: counter(r, POLICY_RELOADS, [("result", "error")]),
+            cache_hits: counter(r, CACHE_LOOKUPS, [("result", "hit")]),
+            cache_misses: counter(r, CACHE_LOOKUPS, [("result", "miss")]),
             policy_rules: r.register_gauge(&Key::from_static_name(POLICY_RULES), &META),
             audit_failures: r
                 .register_counter(&Key::from_static_name(AUDIT_PUBLISH_FAILURES), &META),
@@ -136,13 +133,6 @@ impl Metrics {
             recorder: Arc::new(recorder),
         };
         Ok(metrics)
-    }
-
-    /// Makes this the process-wide recorder, so [`record_key_refresh`] and
-    /// [`record_cache_lookup`] land here. Only the first call in a process succeeds.
-    pub fn install_global(&self) -> Result<(), MetricsError> {
-        metrics::set_global_recorder(SharedRecorder(Arc::clone(&self.recorder)))
-            .map_err(|_| MetricsError::AlreadyInstalled)
     }
 
     /// Registers the key refresh series of `providers` at zero.
@@ -157,6 +147,27 @@ impl Metrics {
                     .recorder
                     .register_counter(&Key::from_parts(KEY_REFRESHES, labels), &META);
             }
+        }
+    }
+
+    /// Records one signing-key fetch of `provider` (a configured name). Allocates, but key
+    /// fetches are rare.
+    pub fn record_key_refresh(&self, provider: &str, ok: bool) {
+        let labels = vec![
+            Label::new("provider", provider.to_owned()),
+            Label::from_static_parts("result", if ok { "ok" } else { "error" }),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts(KEY_REFRESHES, labels), &META)
+            .increment(1);
+    }
+
+    /// Records one verified-token cache lookup.
+    pub fn record_cache_lookup(&self, hit: bool) {
+        if hit {
+            self.cache_hits.increment(1);
+        } else {
+            self.cache_misses.increment(1);
         }
     }
 
@@ -242,49 +253,6 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.decrement(1.0);
-    }
-}
-
-impl Recorder for SharedRecorder {
-    fn describe_counter(&self, key: KeyName, unit: Option<metrics::Unit>, text: SharedString) {
-        self.0.describe_counter(key, unit, text);
-    }
-
-    fn describe_gauge(&self, key: KeyName, unit: Option<metrics::Unit>, text: SharedString) {
-        self.0.describe_gauge(key, unit, text);
-    }
-
-    fn describe_histogram(&self, key: KeyName, unit: Option<metrics::Unit>, text: SharedString) {
-        self.0.describe_histogram(key, unit, text);
-    }
-
-    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
-        self.0.register_counter(key, metadata)
-    }
-
-    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
-        self.0.register_gauge(key, metadata)
-    }
-
-    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
-        self.0.register_histogram(key, metadata)
-    }
-}
-
-/// Records one signing-key fetch of `provider` (a configured name) in the process-wide
-/// recorder. Allocates, but key fetches are rare.
-pub fn record_key_refresh(provider: &str, ok: bool) {
-    let result = if ok { "ok" } else { "error" };
-    metrics::counter!(KEY_REFRESHES, "provider" => provider.to_owned(), "result" => result)
-        .increment(1);
-}
-
-/// Records one verified-token cache lookup in the process-wide recorder.
-pub fn record_cache_lookup(hit: bool) {
-    if hit {
-        metrics::counter!(CACHE_LOOKUPS, "result" => "hit").increment(1);
-    } else {
-        metrics::counter!(CACHE_LOOKUPS, "result" => "miss").increment(1);
     }
 }
 
@@ -451,15 +419,19 @@ mod tests {
     }
 
     #[test]
-    fn process_wide_recording_lands_in_local_recorder_scope() {
+    fn key_refreshes_and_cache_lookups_land_in_their_own_metrics() {
         let metrics = Metrics::new().unwrap();
-        let shared = SharedRecorder(Arc::clone(&metrics.recorder));
-        metrics::with_local_recorder(&shared, || {
-            record_key_refresh("contoso", true);
-            record_cache_lookup(true);
-            record_cache_lookup(false);
-            record_cache_lookup(false);
-        });
+        let other = Metrics::new().unwrap();
+        metrics.record_key_refresh("contoso", true);
+        metrics.record_cache_lookup(true);
+        metrics.record_cache_lookup(false);
+        metrics.record_cache_lookup(false);
+        assert!(
+            other
+                .render()
+                .contains("entra_callout_cache_lookups_total{result=\"miss\"} 0"),
+            "two services in one process keep their counts apart"
+        );
         let text = metrics.render();
         assert!(
             text.contains(

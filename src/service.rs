@@ -28,11 +28,10 @@ use futures_util::StreamExt;
 use tokio::sync::{Semaphore, TryAcquireError};
 use tracing::{debug, info, warn};
 
-use crate::admin::Readiness;
+use crate::admin::Ops;
 use crate::callout::{AuditEvent, Authorizer, Handled};
 use crate::config::{Config, NatsAuth, NatsSettings};
 use crate::deny::DenyReason;
-use crate::metrics::{Metrics, MetricsError};
 use crate::nats_jwt::{AUTH_REQUEST_SUBJECT, XKEY_HEADER};
 use crate::telemetry::unix_now;
 
@@ -84,15 +83,6 @@ pub struct LoopSettings {
     pub audit_subject: Option<String>,
 }
 
-/// What the loop reports to: metrics and readiness.
-#[derive(Clone)]
-pub struct Ops {
-    /// Request metrics.
-    pub metrics: Arc<Metrics>,
-    /// Readiness; the loop sets `subscribed` and `draining`.
-    pub readiness: Arc<Readiness>,
-}
-
 /// Everything a request task needs.
 struct Context {
     client: async_nats::Client,
@@ -114,16 +104,6 @@ impl LoopSettings {
             drain_timeout: config.callout.drain_timeout,
             audit_subject: config.audit.subject.clone(),
         }
-    }
-}
-
-impl Ops {
-    /// Fresh metrics and readiness, not connected to any listener.
-    pub fn new() -> Result<Self, MetricsError> {
-        Ok(Self {
-            metrics: Arc::new(Metrics::new()?),
-            readiness: Arc::new(Readiness::default()),
-        })
     }
 }
 

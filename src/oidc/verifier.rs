@@ -49,7 +49,7 @@ use super::verify::{
     ParsedToken, Signature, Verified, check_algorithm, check_entra_tenant, verify_parsed,
 };
 use crate::identity::Identity;
-use crate::metrics;
+use crate::metrics::Metrics;
 
 /// Default longest wait of a request for a key fetch: 3/8 of nats-server's default 2 s callout
 /// timeout, leaving the rest for verification, policy and the answer's way back.
@@ -78,6 +78,8 @@ pub struct Verifier {
     key_wait: Duration,
     /// Tokens whose signatures were verified, by SHA-256.
     verified: VerifiedTokens,
+    /// Where key fetches and cache lookups are counted, if anywhere.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// A verified token's identity, and whether its signature check was answered from the
@@ -314,7 +316,15 @@ impl Verifier {
             fetcher: Fetcher::new(FETCH_DEADLINE)?,
             key_wait: DEFAULT_KEY_WAIT,
             verified: VerifiedTokens::new(DEFAULT_TOKEN_CACHE_SIZE),
+            metrics: None,
         })
+    }
+
+    /// Counts key fetches and verified-token cache lookups in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Lets a request wait at most `wait` for a key fetch it needs (an unknown `kid`, or no
@@ -363,8 +373,10 @@ impl Verifier {
         // serves its `kid`, so a withdrawn key ends its cached tokens with it.
         let keys = self.keys_for_kid(route.source, parsed.kid(), now).await?;
         let cached = self.verified.contains(digest, route.source, now).await;
-        if self.verified.enabled() {
-            metrics::record_cache_lookup(cached);
+        if self.verified.enabled()
+            && let Some(metrics) = &self.metrics
+        {
+            metrics.record_cache_lookup(cached);
         }
         let signature = if cached {
             Signature::Verified
@@ -415,11 +427,30 @@ impl Verifier {
     /// deadline); the service calls this at start. Unlike a request, it does not wait out the
     /// pause after a failed fetch. Returns the first failure.
     pub async fn warm(&self) -> Result<(), TokenError> {
+        self.load(true).await
+    }
+
+    /// Fetches the keys of every source that has none yet, unless the pause after its last
+    /// failed fetch is still running (then its last error is returned), and waits for them. A
+    /// start-up loader retries with this, so it adds nothing to the negative caching requests
+    /// observe.
+    pub async fn load_missing(&self) -> Result<(), TokenError> {
+        self.load(false).await
+    }
+
+    async fn load(&self, force: bool) -> Result<(), TokenError> {
         let pending: Vec<_> = (0..self.sources.len())
-            .map(|index| self.start_fetch(index, true))
+            .map(|index| match self.source(index) {
+                Ok(source) if !force && source.last_good.load().is_some() => Ok(None),
+                Ok(_) => self.start_fetch(index, force),
+                Err(error) => Err(error),
+            })
             .collect::<Result<_, _>>()?;
         let mut first_error = None;
         for (index, pending) in pending.into_iter().enumerate() {
+            if self.source(index)?.last_good.load().is_some() && pending.is_none() {
+                continue;
+            }
             let outcome = match wait(pending, None).await {
                 Some(Ok(_)) => Ok(()),
                 Some(Err(error)) => Err(error),
@@ -628,6 +659,7 @@ impl Verifier {
         let source = Arc::clone(source);
         let fetcher = self.fetcher.clone();
         let provider = settings.name().clone();
+        let metrics = self.metrics.clone();
         let refresh_interval = settings.key_refresh_interval();
         tokio::spawn(async move {
             let fetched = fetcher
@@ -635,7 +667,9 @@ impl Verifier {
                 .await
                 .map(Arc::new)
                 .map_err(Arc::new);
-            crate::metrics::record_key_refresh(&provider, fetched.is_ok());
+            if let Some(metrics) = metrics {
+                metrics.record_key_refresh(&provider, fetched.is_ok());
+            }
             source.finish(&fetched, refresh_interval, Instant::now());
             done.send_replace(Some(fetched));
         });

@@ -23,7 +23,7 @@ use crate::support::issuer::{
     unsigned_token,
 };
 use crate::support::nats::{NatsServer, config_mode};
-use crate::support::service::Replica;
+use crate::support::service::{Answered, Replica};
 
 const GRAPH_GUID: &str = "00000003-0000-0000-c000-000000000000";
 
@@ -952,10 +952,9 @@ async fn entra_tokens_end_to_end_through_nats_server() {
             stack.server.log()
         );
     }
-    let stats = stack.replica.authorizer.stats();
-    assert_eq!(
-        (stats.allowed, stats.denied),
-        (admitted.len() as u64, refused.len() as u64)
-    );
+    stack
+        .replica
+        .wait_answered(Answered::new(admitted.len() as u64, refused.len() as u64))
+        .await;
     stack.stop().await;
 }

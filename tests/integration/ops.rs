@@ -13,35 +13,20 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use entra_callout::admin::{self, AdminServer, AdminState};
+use entra_callout::admin::NotReady;
 use entra_callout::config::{Config, ProcessEnv};
-use entra_callout::service::Ops;
 
 use crate::support::binary::Binary;
 use crate::support::issuer::{AUDIENCE, TENANT, TestIssuer};
 use crate::support::nats::{NatsCluster, NatsServer, config_mode, free_port};
 use crate::support::policies;
-use crate::support::service::Replica as InProcess;
+use crate::support::service::{Replica, answered_in};
 
 /// The service's files: keys, policies and configuration, in a directory of their own.
 struct ServiceFiles {
     dir: tempfile::TempDir,
     account: nkeys::KeyPair,
     config: PathBuf,
-}
-
-/// One in-process replica with its own admin listener.
-struct Replica {
-    replica: InProcess,
-    admin: AdminServer,
-}
-
-impl std::ops::Deref for Replica {
-    type Target = InProcess;
-
-    fn deref(&self) -> &InProcess {
-        &self.replica
-    }
 }
 
 impl ServiceFiles {
@@ -87,37 +72,29 @@ impl ServiceFiles {
         std::fs::write(&self.config, config).unwrap();
     }
 
-    /// Starts a replica connected to `url` (or the configured URL). With `warm`, keys are
-    /// loaded before the replica subscribes.
+    /// Starts a replica connected to `url` (or the configured URL), through the service's own
+    /// composition root, admin listener included. With `warm`, it is ready (keys loaded) when
+    /// this returns; without, it may still be waiting for keys.
     async fn replica(&self, url: Option<&str>, warm: bool) -> Replica {
         let mut config = Config::load(&self.config, &ProcessEnv).expect("valid test config");
         if let Some(url) = url {
             config.nats.urls = vec![url.parse().unwrap()];
         }
-        let ops = Ops::new().unwrap();
-        let admin_state = AdminState {
-            readiness: Arc::clone(&ops.readiness),
-            metrics: Arc::clone(&ops.metrics),
+        let allowed: &[NotReady] = if warm {
+            &[]
+        } else {
+            &[NotReady::KeysNotLoaded]
         };
-        let admin = admin::spawn("127.0.0.1:0".parse().unwrap(), admin_state).unwrap();
-        let replica = InProcess::with_ops(config, ops, warm).await;
-        Replica { replica, admin }
+        Replica::start_allowing(config, allowed).await
     }
 }
 
-impl Replica {
-    async fn get(&self, path: &str) -> (u16, String) {
-        http_get(&format!("http://{}{path}", self.admin.local_addr())).await
-    }
+async fn get(replica: &Replica, path: &str) -> (u16, String) {
+    http_get(&format!("{}{path}", replica.admin_url())).await
+}
 
-    async fn metrics(&self) -> String {
-        self.get("/metrics").await.1
-    }
-
-    async fn stop(self) {
-        self.replica.stop().await;
-        self.admin.stop();
-    }
+async fn metrics(replica: &Replica) -> String {
+    get(replica, "/metrics").await.1
 }
 
 async fn http_get(url: &str) -> (u16, String) {
@@ -170,24 +147,28 @@ async fn readiness_follows_nats_and_the_subscription_survives_a_server_restart()
     let replica = files.replica(None, true).await;
 
     eventually("ready", async || {
-        replica.get("/readyz").await == (200, "ready\n".into())
+        get(&replica, "/readyz").await == (200, "ready\n".into())
     })
     .await;
-    assert_eq!(replica.get("/livez").await, (200, "ok\n".to_owned()));
+    assert_eq!(get(&replica, "/livez").await, (200, "ok\n".to_owned()));
     connect(&server.url(), &publisher(&issuer))
         .await
         .expect("admitted before the restart");
 
     server.stop();
     eventually("not ready while NATS is down", async || {
-        replica.get("/readyz").await == (503, "not ready: nats disconnected\n".into())
+        get(&replica, "/readyz").await == (503, "not ready: nats disconnected\n".into())
     })
     .await;
-    assert_eq!(replica.get("/livez").await.0, 200, "liveness ignores NATS");
+    assert_eq!(
+        get(&replica, "/livez").await.0,
+        200,
+        "liveness ignores NATS"
+    );
 
     server.restart();
     eventually("ready again after reconnecting", async || {
-        replica.get("/readyz").await.0 == 200
+        get(&replica, "/readyz").await.0 == 200
     })
     .await;
     // The subscription is restored by the client: requests reach the replica again.
@@ -197,7 +178,7 @@ async fn readiness_follows_nats_and_the_subscription_survives_a_server_restart()
     })
     .await;
 
-    let text = replica.metrics().await;
+    let text = metrics(&replica).await;
     let allowed = metric(
         &text,
         "entra_callout_requests_total{outcome=\"allow\",reason=\"\"}",
@@ -224,12 +205,12 @@ async fn requests_beyond_the_bound_are_refused_as_overloaded_while_a_burst_waits
 
     let first = tokio::spawn(connect_owned(url.clone(), publisher(&issuer)));
     eventually("one request in flight", async || {
-        metric(&replica.metrics().await, "entra_callout_in_flight_requests") == Some(1.0)
+        metric(&metrics(&replica).await, "entra_callout_in_flight_requests") == Some(1.0)
     })
     .await;
     let second = tokio::spawn(connect_owned(url.clone(), reader(&issuer)));
     eventually("one request queued", async || {
-        metric(&replica.metrics().await, "entra_callout_queued_requests") == Some(1.0)
+        metric(&metrics(&replica).await, "entra_callout_queued_requests") == Some(1.0)
     })
     .await;
 
@@ -256,7 +237,7 @@ async fn requests_beyond_the_bound_are_refused_as_overloaded_while_a_burst_waits
         .unwrap()
         .expect("the queued request is admitted");
 
-    let text = replica.metrics().await;
+    let text = metrics(&replica).await;
     for (series, value) in [
         (
             "entra_callout_requests_total{outcome=\"allow\",reason=\"\"}",
@@ -454,13 +435,15 @@ async fn replicas_on_a_cluster_answer_every_node_and_one_can_leave() {
     let token = reader(&issuer);
 
     // Routes and queue interest propagate asynchronously; wait until every node routes.
+    let mut warm_up = 0;
     for url in &urls {
         eventually("the cluster routes requests", async || {
-            connect(url, &token).await.is_ok()
+            let admitted = connect(url, &token).await.is_ok();
+            warm_up += u64::from(admitted);
+            admitted
         })
         .await;
     }
-    let warm_up = first.authorizer.stats().allowed + second.authorizer.stats().allowed;
 
     for url in &urls {
         for _ in 0..5 {
@@ -469,12 +452,9 @@ async fn replicas_on_a_cluster_answer_every_node_and_one_can_leave() {
                 .expect("admitted through every node");
         }
     }
-    let (a, b) = (first.authorizer.stats(), second.authorizer.stats());
-    assert_eq!(
-        a.allowed + b.allowed,
-        warm_up + 15,
-        "each request answered once"
-    );
+    // Each request answered once.
+    let counts = Replica::wait_admitted_by(&[&first, &second], warm_up + 15).await;
+    let (a, b) = (counts[0], counts[1]);
     assert!(
         a.allowed > 0 && b.allowed > 0,
         "both replicas answer: {a:?} {b:?}"
@@ -484,7 +464,7 @@ async fn replicas_on_a_cluster_answer_every_node_and_one_can_leave() {
     // clients, each retries a refused connect once. NATS delivers at most once: a request a
     // server routes to the leaving replica just as it unsubscribes is lost, so each client
     // may lose the one request it has in flight, but no more, and its retry must succeed.
-    let before = first.authorizer.stats().allowed + second.authorizer.stats().allowed;
+    let before = warm_up + 15;
     let clients: Vec<JoinHandle<u64>> = urls
         .iter()
         .cycle()
@@ -504,10 +484,11 @@ async fn replicas_on_a_cluster_answer_every_node_and_one_can_leave() {
         })
         .collect();
     eventually("clients connecting", async || {
-        first.authorizer.stats().allowed + second.authorizer.stats().allowed >= before + 12
+        first.answered().allowed + second.answered().allowed >= before + 12
     })
     .await;
-    let leaving = Arc::clone(&first.authorizer);
+    // The leaving replica's metrics stay readable after it stopped.
+    let leaving = Arc::clone(&first.ops().metrics);
     first.stop().await;
     let mut lost = Vec::new();
     for client in clients {
@@ -519,23 +500,29 @@ async fn replicas_on_a_cluster_answer_every_node_and_one_can_leave() {
     );
     // No request was answered twice, and at most one per client — the one it had in flight as
     // the replica left — went unanswered. (A lost request does not always show as a failed
-    // connect: async-nats takes any first server message for success.)
+    // connect: async-nats takes any first server message for success.) An answer is counted
+    // just after it is sent, so the count is waited for.
     let connects = (urls.len() * CLIENTS_PER_NODE * CONNECTS_PER_CLIENT) as u64;
     let retries: u64 = lost.iter().sum();
-    let answered = leaving.stats().allowed + second.authorizer.stats().allowed - before;
     let in_flight_bound = lost.len() as u64;
+    let answered = || answered_in(&leaving.render()).allowed + second.answered().allowed - before;
+    eventually("every answer counted", async || {
+        answered() + in_flight_bound >= connects
+    })
+    .await;
+    let answered = answered();
     assert!(
         answered <= connects + retries && answered + in_flight_bound >= connects,
         "{answered} answers for {connects} connects and {retries} retries"
     );
 
     // Afterwards the remaining replica answers every node alone.
-    let remaining = second.authorizer.stats().allowed;
+    let remaining = second.settled().await.allowed;
     for url in &urls {
         connect(url, &token)
             .await
             .expect("admitted by the remaining replica");
     }
-    assert_eq!(second.authorizer.stats().allowed, remaining + 3);
+    Replica::wait_admitted_by(&[&second], remaining + 3).await;
     second.stop().await;
 }
