@@ -114,6 +114,33 @@ def check_config(name, documents, binary):
             fail(f"{name}: entra-callout check: {run.stdout}{run.stderr}")
 
 
+def check_stand_in():
+    """The stand-in renders what the official chart documents: the example above `config.merge`
+    in its values.yaml, and the cluster block its test/config_test.go expects."""
+    documented = {
+        "$include": "./my-config.conf",
+        "zzz$include": "./my-config-last.conf",
+        "server_name": "nats",
+        "authorization": {"token": "<< $TOKEN >>"},
+        "jetstream": {"max_memory_store": "<< 1GB >>"},
+    }
+    conf = nats_chart.render_conf({"config": {"merge": documented, "cluster": {"enabled": True}}})
+    expected = [
+        "include ./my-config.conf;",
+        '"token": $TOKEN',
+        '"routes": [\n      "nats://nats-0.nats-headless:6222",\n      "nats://nats-1.nats-headless:6222",\n'
+        '      "nats://nats-2.nats-headless:6222"\n    ]',
+        '"max_memory_store": 1GB',
+        '"server_name": "nats"',
+        "include ./my-config-last.conf;",
+    ]
+    positions = [conf.find(text) for text in expected]
+    if -1 in positions or positions != sorted(positions):
+        fail(f"nats chart stand-in: expected, in order, {expected}; rendered:\n{conf}")
+    else:
+        ok("nats chart stand-in: renders the chart's documented merge example and cluster routes")
+
+
 def check_nats_values(binary, nats_server):
     """examples/helm/nats-values.yaml as the official chart renders it, with real keys and the
     nats container's environment: `nats-server -t` must accept it."""
@@ -199,6 +226,7 @@ def main():
             reason = " ".join(str(err).split()) or type(err).__name__
             ok(f"invalid/{path.name}: rejected ({reason[:160]})")
 
+    check_stand_in()
     check_nats_values(args.binary, args.nats_server)
     end_to_end(chart, args.binary, args.nats_server)
 
