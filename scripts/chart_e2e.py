@@ -62,7 +62,9 @@ def make_keys(binary, base):
     (keys / "nats-box-password").write_text(
         subprocess.run(["sh", "-c", BOX_PASSWORD_COMMAND], check=True, capture_output=True, text=True).stdout
     )
-    return keys, {KEYS_SECRET: {p.name: p.read_text().strip() for p in keys.iterdir()}}
+    # As a secretKeyRef hands them to a container: the files' exact bytes (keys init ends its
+    # files with a newline).
+    return keys, {KEYS_SECRET: {p.name: p.read_text() for p in keys.iterdir()}}
 
 
 def key_values(keys):
