@@ -1,6 +1,7 @@
-"""Tests of charts/entra-callout, run by scripts/chart-test (see there)."""
+"""Tests of charts/entra-callout and examples/helm/nats-values.yaml, run by scripts/chart-test."""
 
 import argparse
+import os
 import pathlib
 import subprocess
 import sys
@@ -10,6 +11,9 @@ import helm_python
 import kubernetes_validate
 import yaml
 from helm_python.errors import HelmError
+
+import chart_e2e
+import nats_chart
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "entra-callout"
@@ -110,9 +114,84 @@ def check_config(name, documents, binary):
             fail(f"{name}: entra-callout check: {run.stdout}{run.stderr}")
 
 
+def check_stand_in():
+    """The stand-in renders what the official chart documents: the example above `config.merge`
+    in its values.yaml, and the cluster block its test/config_test.go expects."""
+    documented = {
+        "$include": "./my-config.conf",
+        "zzz$include": "./my-config-last.conf",
+        "server_name": "nats",
+        "authorization": {"token": "<< $TOKEN >>"},
+        "jetstream": {"max_memory_store": "<< 1GB >>"},
+    }
+    conf = nats_chart.render_conf({"config": {"merge": documented, "cluster": {"enabled": True}}})
+    expected = [
+        "include ./my-config.conf;",
+        '"token": $TOKEN',
+        '"routes": [\n      "nats://nats-0.nats-headless:6222",\n      "nats://nats-1.nats-headless:6222",\n'
+        '      "nats://nats-2.nats-headless:6222"\n    ]',
+        '"max_memory_store": 1GB',
+        '"server_name": "nats"',
+        "include ./my-config-last.conf;",
+    ]
+    positions = [conf.find(text) for text in expected]
+    if -1 in positions or positions != sorted(positions):
+        fail(f"nats chart stand-in: expected, in order, {expected}; rendered:\n{conf}")
+    else:
+        ok("nats chart stand-in: renders the chart's documented merge example and cluster routes")
+
+
+def check_nats_values(binary, nats_server):
+    """examples/helm/nats-values.yaml as the official chart renders it, with real keys and the
+    nats container's environment: `nats-server -t` must accept it."""
+    values = yaml.safe_load(nats_chart.VALUES_FILE.read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        base = pathlib.Path(tmp)
+        try:
+            keys, secrets = chart_e2e.make_keys(binary, base)
+            conf = nats_chart.render_conf(values, chart_e2e.key_values(keys))
+            env = nats_chart.pod_env(values.get("container", {}).get("env"), secrets)
+            box_env = nats_chart.pod_env(values.get("natsBox", {}).get("container", {}).get("env"), secrets)
+        except (nats_chart.Unmodeled, HelmError, KeyError) as err:
+            fail(f"nats-values.yaml: {err}")
+            return
+        path = base / "nats.conf"
+        path.write_text(conf)
+        run = subprocess.run(
+            [nats_server, "-t", "-c", str(path)], capture_output=True, text=True, env=dict(os.environ, **env)
+        )
+        if run.returncode == 0:
+            ok("nats-values.yaml: nats-server -t accepts the official chart's rendering")
+        else:
+            fail(f"nats-values.yaml: nats-server -t: {run.stdout}{run.stderr}\n{conf}")
+        # nats-box (and `helm test`, a nats-box pod) must authenticate as an auth user, never
+        # through the callout, with a password from the Secret.
+        user = box_env.get("NATS_USER")
+        auth_users = values["config"]["merge"]["authorization"]["auth_callout"]["auth_users"]
+        if values.get("natsBox", {}).get("enabled", True) and user not in auth_users:
+            fail(f"nats-values.yaml: nats-box user {user!r} is not in auth_users {auth_users}")
+        else:
+            ok(f"nats-values.yaml: nats-box connects as auth user {user!r}")
+
+
+def end_to_end(chart, binary, nats_server):
+    def render_checked(chart, values):
+        chart.validate_schema(values)
+        return render(chart, values)
+
+    try:
+        results = chart_e2e.run(binary, nats_server, chart, render_checked)
+    except Exception as err:  # noqa: BLE001 - any failure to come up is the test failing
+        fail(f"end to end: {err}")
+        return
+    for passed, message in results:
+        (ok if passed else fail)(f"end to end: {message}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", required=True)
+    parser.add_argument("--nats-server", required=True)
     parser.add_argument("--update", action="store_true", help="rewrite the golden files")
     args = parser.parse_args()
     chart = helm_python.Chart.load(str(CHART))
@@ -146,6 +225,10 @@ def main():
         except HelmError as err:
             reason = " ".join(str(err).split()) or type(err).__name__
             ok(f"invalid/{path.name}: rejected ({reason[:160]})")
+
+    check_stand_in()
+    check_nats_values(args.binary, args.nats_server)
+    end_to_end(chart, args.binary, args.nats_server)
 
     print(f"\n{len(failures)} failure(s)")
     return 1 if failures else 0

@@ -20,6 +20,8 @@ mod entra;
 mod faults;
 #[path = "integration/isolation.rs"]
 mod isolation;
+#[path = "integration/keys.rs"]
+mod keys;
 #[path = "integration/oidc.rs"]
 mod oidc;
 #[path = "integration/operator.rs"]

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_nats::{Auth, AuthError, ConnectOptions, Event, ServerError};
 use data_encoding::BASE64URL_NOPAD;
@@ -94,6 +95,42 @@ pub struct Connection {
     pub client: async_nats::Client,
     /// Server errors, lowercased.
     pub errors: mpsc::UnboundedReceiver<String>,
+}
+
+/// How long [`Connection::refusals`] listens for the server to refuse a publish. async-nats'
+/// `flush` only writes to the socket and nats-server answers an allowed publish with silence:
+/// a refusal (`-ERR 'Permissions Violation for Publish to "…"'`) is the only answer there is,
+/// and it arrives within a round trip, well inside this on any working network.
+pub const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
+impl Connection {
+    /// Flushes what was published, then listens up to [`REFUSAL_WAIT`] for the server to refuse
+    /// publishing to any of `subjects`; returns each refusal (empty: none refused). Other
+    /// server errors are printed as they arrive.
+    pub async fn refusals(&mut self, subjects: &[String]) -> anyhow::Result<Vec<String>> {
+        self.client.flush().await?;
+        let wanted: Vec<String> = subjects
+            .iter()
+            .map(|s| {
+                format!(
+                    "permissions violation for publish to \"{}\"",
+                    s.to_lowercase()
+                )
+            })
+            .collect();
+        let mut refused = Vec::new();
+        let deadline = tokio::time::Instant::now() + REFUSAL_WAIT;
+        while refused.len() < subjects.len() {
+            match tokio::time::timeout_at(deadline, self.errors.recv()).await {
+                Ok(Some(error)) if wanted.iter().any(|w| error.contains(w.as_str())) => {
+                    refused.push(error);
+                }
+                Ok(Some(error)) => eprintln!("server: {error}"),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Ok(refused)
+    }
 }
 
 /// Connects to `url`, presenting a token from `tokens` on every connect and reconnect.

@@ -22,21 +22,20 @@ async fn main() -> anyhow::Result<()> {
     // The policy lets it publish only under its own object id, which its token carries.
     let token = tokens.fetch().await.map_err(anyhow::Error::msg)?;
     let sender = common::claim(&token, "oid").ok_or_else(|| anyhow::anyhow!("token has no oid"))?;
-    let connection = common::connect(&common::nats_url(), "build-agent", &tokens, None).await?;
-    let mut errors = connection.errors;
+    let mut connection = common::connect(&common::nats_url(), "build-agent", &tokens, None).await?;
     let event = scenario::example_event(&tag);
     scenario::validate(&serde_json::to_vec(&event)?)?;
+    let subject = scenario::subject(PREFIX, &sender);
     scenario::publish(&connection.client, PREFIX, &sender, &event).await?;
-    // A refused publish is reported asynchronously; the flush above gave the server time to.
-    if let Ok(error) = errors.try_recv() {
-        anyhow::bail!("the server refused the event: {error}");
+    // The server answers an allowed publish with nothing and a refused one with an error.
+    if let Some(error) = connection
+        .refusals(std::slice::from_ref(&subject))
+        .await?
+        .first()
+    {
+        anyhow::bail!("refused by the server: {error}");
     }
-    println!(
-        "published {} for {}:{}",
-        scenario::subject(PREFIX, &sender),
-        event.image,
-        event.tag
-    );
+    println!("published {subject} for {}:{}", event.image, event.tag);
     connection.client.drain().await?;
     Ok(())
 }

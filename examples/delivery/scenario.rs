@@ -144,7 +144,8 @@ pub fn release(prefix: &str, subject: &str, payload: &[u8]) -> Result<Release, I
     })
 }
 
-/// Publishes `event` as `sender` and waits until the server has it.
+/// Publishes `event` as `sender` and flushes it to the socket (async-nats' flush does not wait
+/// for the server: see common::Connection::refusals for whether it was refused).
 pub async fn publish(
     client: &async_nats::Client,
     prefix: &str,

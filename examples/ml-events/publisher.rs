@@ -18,9 +18,9 @@ use scenario::{Metric, ModelOutput, PREFIX};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let tokens = common::TokenSource::from_env()?;
-    let connection = common::connect(&common::nats_url(), "ml-publisher", &tokens, None).await?;
-    common::print_errors(connection.errors);
-    let client = connection.client;
+    let mut connection =
+        common::connect(&common::nats_url(), "ml-publisher", &tokens, None).await?;
+    let client = connection.client.clone();
     println!(
         "publishing to {PREFIX}.ml.outputs.resnet50 and {PREFIX}.ml.metrics.job-17.loss; Ctrl-C stops"
     );
@@ -42,13 +42,24 @@ async fn main() -> anyhow::Result<()> {
         };
         scenario::publish_output(&client, PREFIX, &output).await?;
         scenario::publish_metric(&client, PREFIX, &metric).await?;
-        println!(
-            "published {} (score {:.2}) and loss {:.4}",
-            output.input_id, output.score, metric.value
-        );
+        let subjects = [
+            scenario::output_subject(PREFIX, &output.model),
+            scenario::metric_subject(PREFIX, &metric.job, &metric.name),
+        ];
+        // The server answers an allowed publish with nothing and a refused one with an error.
+        let refused = connection.refusals(&subjects).await?;
+        if refused.is_empty() {
+            println!(
+                "published {} (score {:.2}) and loss {:.4}",
+                output.input_id, output.score, metric.value
+            );
+        }
+        for error in refused {
+            println!("refused: {error}");
+        }
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
     client.drain().await?;

@@ -54,7 +54,8 @@ pub fn metric_subject(prefix: &str, job: &str, name: &str) -> String {
     format!("{prefix}.ml.metrics.{job}.{name}")
 }
 
-/// Publishes a model output and waits until the server has it.
+/// Publishes a model output and flushes it to the socket (async-nats' flush does not wait
+/// for the server: see common::Connection::refusals for whether it was refused).
 pub async fn publish_output(
     client: &async_nats::Client,
     prefix: &str,
@@ -69,7 +70,8 @@ pub async fn publish_output(
     Ok(())
 }
 
-/// Publishes a training metric and waits until the server has it.
+/// Publishes a training metric and flushes it to the socket (async-nats' flush does not wait
+/// for the server: see common::Connection::refusals for whether it was refused).
 pub async fn publish_metric(
     client: &async_nats::Client,
     prefix: &str,

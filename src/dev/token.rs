@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Map, Value, json};
 
 use crate::dev::DevError;
+use crate::duration::{DurationError, parse_duration};
 
 /// The DEV-ONLY signing key (PKCS#1 PEM with an explanatory preamble). It is public.
 const DEV_KEY_PEM: &str = include_str!("dev-only-signing-key.pem");
@@ -93,6 +94,43 @@ pub fn resolve_tenant(tenant: &str) -> Result<String, DevError> {
     } else {
         Err(DevError::Tenant(tenant.to_owned()))
     }
+}
+
+/// Why `dev token --ttl` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TtlError {
+    /// Zero or under a second: token lifetimes are whole seconds, so the token would be
+    /// expired when printed.
+    #[error("--ttl {0:?}: ttl must be at least 1s")]
+    TooShort(String),
+    /// Neither whole seconds nor a duration.
+    #[error("--ttl {input:?} is not a duration such as 90 (seconds), 15m or 1h30m: {source}")]
+    Invalid {
+        /// What was typed.
+        input: String,
+        /// Why the duration grammar refused it.
+        source: DurationError,
+    },
+}
+
+/// `dev token --ttl` as users type it, in whole seconds: a duration of the configuration
+/// grammar (`15m`, `1h30m`, `90s`) or bare seconds (`90`, which configuration files refuse
+/// because there a missing unit is more likely a mistake than on a command line).
+pub fn parse_ttl(input: &str) -> Result<u64, TtlError> {
+    let secs = if !input.is_empty() && input.bytes().all(|b| b.is_ascii_digit()) {
+        parse_duration(&format!("{input}s"))
+    } else {
+        parse_duration(input)
+    }
+    .map_err(|source| TtlError::Invalid {
+        input: input.to_owned(),
+        source,
+    })?
+    .as_secs();
+    if secs == 0 {
+        return Err(TtlError::TooShort(input.to_owned()));
+    }
+    Ok(secs)
 }
 
 /// Signs a made-up access token for `request`, valid from `now` for `request.ttl_secs`.
@@ -272,6 +310,33 @@ mod tests {
         oid: [7; 16],
         uti: [9; 16],
     };
+
+    #[test]
+    fn ttl_accepts_what_users_type_and_names_what_it_refuses() {
+        for (input, secs) in [
+            ("90", 90),
+            ("90s", 90),
+            ("15m", 900),
+            ("1h30m", 5400),
+            ("1h", 3600),
+        ] {
+            assert_eq!(parse_ttl(input), Ok(secs), "{input}");
+        }
+        for input in ["0s", "0", "500ms"] {
+            let err = parse_ttl(input).unwrap_err();
+            assert_eq!(err, TtlError::TooShort(input.into()));
+            assert_eq!(
+                err.to_string(),
+                format!("--ttl {input:?}: ttl must be at least 1s")
+            );
+        }
+        assert_eq!(
+            parse_ttl("1 hour").unwrap_err().to_string(),
+            "--ttl \"1 hour\" is not a duration such as 90 (seconds), 15m or 1h30m: \
+             duration `1 hour` contains an unexpected character"
+        );
+        assert!(matches!(parse_ttl(""), Err(TtlError::Invalid { .. })));
+    }
 
     fn request() -> TokenRequest {
         TokenRequest {

@@ -258,3 +258,27 @@ authorization {{
 "#
     )
 }
+
+/// Runs `nats-server -t` on `config` with `env` set: whether nats-server's parser accepts it
+/// (`Ok`), or its complaint (`Err`).
+pub fn test_config(config: &str, env: &[(String, String)]) -> Result<(), String> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("nats-server.conf");
+    std::fs::write(&path, config).expect("write config");
+    let output = std::process::Command::new(server_bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&path)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("run nats-server -t");
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
