@@ -35,7 +35,10 @@
 //! Violation` after at least the 2 s timeout), refusals (`Authorization Violation` sooner) and
 //! clients not back; and checks the issue's targets.
 //!
-//! Options: `--clients N` (default 2000), `--topology single,cluster`, `--cases
+//! Rows run in `--rounds` rounds (default 3), each round every topology and case in turn, so
+//! one run gives a range; targets count as met only when met in every round.
+//!
+//! Options: `--clients N` (default 2000), `--rounds R`, `--topology single,cluster`, `--cases
 //! static,null,ours`, `--deadline S` (10), `--retry-ms`, `--jitter-ms`, `--initial-concurrency
 //! N` (connects in flight while the clients first connect; default 64), `--no-xkey`,
 //! `--null-reconnect-ms`. Each client holds one socket: the open-files limit must exceed N (+
@@ -147,6 +150,7 @@ struct Options {
     initial_concurrency: usize,
     xkey: bool,
     null_reconnect: Duration,
+    rounds: usize,
 }
 
 impl Options {
@@ -161,6 +165,7 @@ impl Options {
             initial_concurrency: 64,
             xkey: true,
             null_reconnect: common::NULL_RECONNECT,
+            rounds: 3,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -168,6 +173,7 @@ impl Options {
             match arg.as_str() {
                 "--bench" => {}
                 "--clients" => options.clients = value()?.parse()?,
+                "--rounds" => options.rounds = value()?.parse()?,
                 "--deadline" => options.deadline = Duration::from_secs_f64(value()?.parse()?),
                 "--retry-ms" => options.retry = Duration::from_millis(value()?.parse()?),
                 "--jitter-ms" => options.jitter_ms = value()?.parse()?,
@@ -200,8 +206,8 @@ impl Options {
                 other => return Err(format!("unknown option {other}").into()),
             }
         }
-        if options.clients == 0 || options.initial_concurrency == 0 {
-            return Err("--clients and --initial-concurrency must be positive".into());
+        if options.clients == 0 || options.initial_concurrency == 0 || options.rounds == 0 {
+            return Err("--clients, --rounds and --initial-concurrency must be positive".into());
         }
         Ok(options)
     }
@@ -241,31 +247,33 @@ fn run() -> Result<(), Error> {
     let static_token = "s".repeat(tokens.first().map_or(64, String::len));
 
     let mut results = Vec::new();
-    for &topology in &options.topologies {
-        for &case in &options.cases {
-            let setup = Setup::start(
-                &nats_server,
-                topology,
-                case,
-                &options,
-                &issuer,
-                &static_token,
-            )?;
-            let payloads: Vec<Arc<Vec<u8>>> = match case {
-                Case::Static => {
-                    let line = Arc::new(connect_line(&static_token));
-                    vec![line; options.clients]
-                }
-                Case::Null | Case::Ours => {
-                    tokens.iter().map(|t| Arc::new(connect_line(t))).collect()
-                }
-            };
-            let result = runtime.block_on(storm(setup, payloads, &options))?;
-            println!("{}", result.line());
-            results.push(result);
+    for round in 1..=options.rounds {
+        for &topology in &options.topologies {
+            for &case in &options.cases {
+                let setup = Setup::start(
+                    &nats_server,
+                    topology,
+                    case,
+                    &options,
+                    &issuer,
+                    &static_token,
+                )?;
+                let payloads: Vec<Arc<Vec<u8>>> = match case {
+                    Case::Static => {
+                        let line = Arc::new(connect_line(&static_token));
+                        vec![line; options.clients]
+                    }
+                    Case::Null | Case::Ours => {
+                        tokens.iter().map(|t| Arc::new(connect_line(t))).collect()
+                    }
+                };
+                let result = runtime.block_on(storm(setup, payloads, &options))?;
+                println!("round {round}: {}", result.line());
+                results.push(result);
+            }
         }
     }
-    println!("{}", report(&results));
+    println!("{}", report(&results, options.rounds));
     println!("load average after: {}", load_average());
     drop(issuer);
     let broken: Vec<String> = results.iter().filter_map(|r| r.broken.clone()).collect();
@@ -919,60 +927,107 @@ impl StormResult {
     }
 }
 
-fn report(results: &[StormResult]) -> String {
-    let secs = |d: Option<Duration>| {
-        d.map_or_else(|| "–".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()))
-    };
-    let mut out = String::from(
-        "\n## Reconnect storm (times from the kill)\n\
+/// Median, min and max of some per-round durations, as `1.20 s [1.05–1.41]`.
+fn spread(values: &[Option<Duration>]) -> String {
+    let mut known: Vec<Duration> = values.iter().flatten().copied().collect();
+    if known.is_empty() {
+        return "–".to_owned();
+    }
+    known.sort_unstable();
+    let median = known.get(known.len() / 2).copied().unwrap_or_default();
+    let missing = values.len() - known.len();
+    let mut text = format!("{:.2} s", median.as_secs_f64());
+    if let (Some(min), Some(max)) = (known.first(), known.last())
+        && known.len() > 1
+    {
+        let _ = write!(text, " [{:.2}–{:.2}]", min.as_secs_f64(), max.as_secs_f64());
+    }
+    if missing > 0 {
+        let _ = write!(text, " (none in {missing} round(s))");
+    }
+    text
+}
+
+/// Whether a round of a row meets the issue's target for its topology.
+fn meets_target(r: &StormResult) -> bool {
+    let timeouts = r.log_timeouts.max(r.client_timeouts);
+    match r.topology {
+        Topology::Single => r.all_back().is_some_and(|t| t <= TARGET_ALL_BACK) && timeouts == 0,
+        Topology::Cluster => r.all_back().is_some() && timeouts == 0,
+    }
+}
+
+/// The summary: one line per topology and case over all rounds (medians, [min–max]; counts
+/// summed), then the targets, met only when met in every round.
+fn report(results: &[StormResult], rounds: usize) -> String {
+    let mut groups: Vec<((Topology, Case), Vec<&StormResult>)> = Vec::new();
+    for r in results {
+        let key = (r.topology, r.case);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, rows)) => rows.push(r),
+            None => groups.push((key, vec![r])),
+        }
+    }
+    let mut out = format!(
+        "\n## Reconnect storm: {rounds} round(s); times from the kill, median [min–max] over \
+         rounds; counts summed over rounds\n\
          | topology | case | clients | dropped | server ready | responder back | all back | p50 | p99 | not back | callout timeouts (log / clients) | refusals |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let mut verdicts = Vec::new();
-    for r in results {
+    for ((topology, case), rows) in &groups {
+        let collect = |f: &dyn Fn(&StormResult) -> Option<Duration>| -> Vec<Option<Duration>> {
+            rows.iter().map(|r| f(r)).collect()
+        };
+        let sum = |f: &dyn Fn(&StormResult) -> usize| -> usize { rows.iter().map(|r| f(r)).sum() };
+        let clients = rows.first().map_or(0, |r| r.clients);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
-            r.topology.name(),
-            r.case.name(),
-            r.clients,
-            r.dropped,
-            secs(r.server_ready),
-            if r.case == Case::Static {
+            "| {} | {} | {clients} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
+            topology.name(),
+            case.name(),
+            sum(&|r| r.dropped),
+            spread(&collect(&|r| r.server_ready)),
+            if *case == Case::Static {
                 "–".to_owned()
             } else {
-                secs(r.responder_back)
+                spread(&collect(&|r| r.responder_back))
             },
-            secs(r.all_back()),
-            secs(r.percentile(0.5)),
-            secs(r.percentile(0.99)),
-            r.dropped - r.back.len(),
-            r.log_timeouts,
-            r.client_timeouts,
-            r.refusals,
+            spread(&collect(&StormResult::all_back)),
+            spread(&collect(&|r| r.percentile(0.5))),
+            spread(&collect(&|r| r.percentile(0.99))),
+            sum(&|r| r.dropped - r.back.len()),
+            sum(&|r| r.log_timeouts),
+            sum(&|r| r.client_timeouts),
+            sum(&|r| r.refusals),
         );
-        let timeouts = r.log_timeouts.max(r.client_timeouts);
-        match r.topology {
-            Topology::Single => verdicts.push(format!(
-                "{:<4} single/{}: {} clients all back within {:.1} s, no callout timeout: {}, {} timeouts{}",
-                if r.all_back().is_some_and(|t| t <= TARGET_ALL_BACK) && timeouts == 0 { "met" } else { "MISS" },
-                r.case.name(),
-                r.clients,
-                TARGET_ALL_BACK.as_secs_f64(),
-                secs(r.all_back()),
-                timeouts,
-                if r.clients < TARGET_CLIENTS { format!(" (only {} clients: not the target's load)", r.clients) } else { String::new() },
-            )),
-            Topology::Cluster => verdicts.push(format!(
-                "{:<4} cluster/{}: a node restart costs no client a callout timeout: {} timeouts, {} not back",
-                if timeouts == 0 && r.all_back().is_some() { "met" } else { "MISS" },
-                r.case.name(),
-                timeouts,
-                r.dropped - r.back.len(),
-            )),
-        }
+        let met = rows.iter().filter(|r| meets_target(r)).count();
+        let timeouts = sum(&|r| r.log_timeouts.max(r.client_timeouts));
+        let what = match topology {
+            Topology::Single => format!(
+                "{clients} clients all back within {:.1} s, no callout timeout",
+                TARGET_ALL_BACK.as_secs_f64()
+            ),
+            Topology::Cluster => "a node restart costs no client a callout timeout".to_owned(),
+        };
+        verdicts.push(format!(
+            "{:<4} {}/{}: {what}: met in {met}/{} round(s); all back {}; {timeouts} timeouts{}",
+            if met == rows.len() { "met" } else { "MISS" },
+            topology.name(),
+            case.name(),
+            rows.len(),
+            spread(&collect(&StormResult::all_back)),
+            if clients < TARGET_CLIENTS {
+                format!(" (only {clients} clients: not the target's load)")
+            } else {
+                String::new()
+            },
+        ));
     }
-    let _ = writeln!(out, "\n## Targets");
+    let _ = writeln!(
+        out,
+        "\n## Targets (the static and null rows are references: what the floor reaches)"
+    );
     for v in verdicts {
         let _ = writeln!(out, "{v}");
     }
