@@ -41,7 +41,9 @@
 //! Options: `--clients N` (default 2000), `--rounds R`, `--topology single,cluster`, `--cases
 //! static,null,ours`, `--deadline S` (10), `--retry-ms`, `--jitter-ms`, `--initial-concurrency
 //! N` (connects in flight while the clients first connect; default 64), `--no-xkey`,
-//! `--null-reconnect-ms`. Each client holds one socket: the open-files limit must exceed N (+
+//! `--null-reconnect-ms`, `--outage-ms D` (the killed server starts again only D ms after the
+//! kill, default 0: a slower restart, during which responders back off while clients keep
+//! retrying every 100–150 ms). Each client holds one socket: the open-files limit must exceed N (+
 //! some); the benchmark raises its soft limit to the hard one (`prlimit`, once) when needed,
 //! else asks for `ulimit -n`. Every loop is bounded by a count or a deadline.
 
@@ -151,6 +153,7 @@ struct Options {
     xkey: bool,
     null_reconnect: Duration,
     rounds: usize,
+    outage: Duration,
 }
 
 impl Options {
@@ -166,6 +169,7 @@ impl Options {
             xkey: true,
             null_reconnect: common::NULL_RECONNECT,
             rounds: 3,
+            outage: Duration::ZERO,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -174,6 +178,7 @@ impl Options {
                 "--bench" => {}
                 "--clients" => options.clients = value()?.parse()?,
                 "--rounds" => options.rounds = value()?.parse()?,
+                "--outage-ms" => options.outage = Duration::from_millis(value()?.parse()?),
                 "--deadline" => options.deadline = Duration::from_secs_f64(value()?.parse()?),
                 "--retry-ms" => options.retry = Duration::from_millis(value()?.parse()?),
                 "--jitter-ms" => options.jitter_ms = value()?.parse()?,
@@ -225,11 +230,13 @@ fn run() -> Result<(), Error> {
         version(&nats_server)
     );
     println!(
-        "{} clients, retry every {} ms + jitter <= {} ms, deadline {:.0} s after the kill, xkey {}",
+        "{} clients, retry every {} ms + jitter <= {} ms, deadline {:.0} s after the kill, \
+         server down {} ms before its restart, xkey {}",
         options.clients,
         options.retry.as_millis(),
         options.jitter_ms,
         options.deadline.as_secs_f64(),
+        options.outage.as_millis(),
         if options.xkey { "on" } else { "off" }
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -605,7 +612,10 @@ async fn storm(
     let bin = setup.nats_server.clone();
     let conf = node.conf.clone();
     let log = restarted_log.clone();
+    let outage = options.outage;
     let (proc, server_ready) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        // A restart that takes longer (a pod rescheduled, a machine rebooting) stays down longer.
+        std::thread::sleep(outage);
         let (proc, _) = spawn_nats(&bin, &conf, &log, true)?;
         Ok((proc, kill_at.elapsed()))
     })
