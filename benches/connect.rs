@@ -36,8 +36,9 @@
 //!
 //! Options: `--connections N` per measurement and concurrency (default 2000), `--concurrency
 //! 1,32` (default), `--rounds R` (default 5), `--identities N` (default 100000; 0 skips that
-//! phase), `--warmup N` (default 300), `--null-verify` (the null callout also verifies the
-//! request's signature and claims, `nats_jwt::open_request`, to price that check). Every loop
+//! phase), `--warmup N` (default 300), `--null-verify` (adds (v)/(w): the null callouts again,
+//! with and without xkey, on their own nats-servers, verifying the request's signature and
+//! claims first with `nats_jwt::open_request` — what that check costs, in the same rounds). Every loop
 //! is bounded by these counts and every socket read by a timeout.
 
 mod common;
@@ -249,20 +250,17 @@ fn run() -> Result<(), Error> {
     let environment = runtime.block_on(Environment::start(&dev(true)))?;
     let plain = runtime.block_on(Environment::start(&dev(false)))?;
     let null_dir = tempfile::tempdir()?;
-    let null = NullPair::start(
-        &nats_server,
-        &environment,
-        true,
-        options.null_verify,
-        null_dir.path(),
-    )?;
-    let null_plain = NullPair::start(
-        &nats_server,
-        &plain,
-        false,
-        options.null_verify,
-        null_dir.path(),
-    )?;
+    let null = NullPair::start(&nats_server, &environment, true, false, null_dir.path())?;
+    let null_plain = NullPair::start(&nats_server, &plain, false, false, null_dir.path())?;
+    // With --null-verify: the same null callouts plus the request checks, in the same rounds.
+    let verifying = if options.null_verify {
+        Some((
+            NullPair::start(&nats_server, &environment, true, true, null_dir.path())?,
+            NullPair::start(&nats_server, &plain, false, true, null_dir.path())?,
+        ))
+    } else {
+        None
+    };
     let addr_of = |env: &Environment| -> Result<SocketAddr, Error> {
         Ok(env.nats_url().trim_start_matches("nats://").parse()?)
     };
@@ -278,27 +276,35 @@ fn run() -> Result<(), Error> {
         null_callout: null.responder.pid(),
         null_plain_server: null_plain.server.pid(),
         null_plain_callout: null_plain.responder.pid(),
+        // 0 when absent: those cases are then never measured.
+        verify_server: verifying.as_ref().map_or(0, |(v, _)| v.server.pid()),
+        verify_callout: verifying.as_ref().map_or(0, |(v, _)| v.responder.pid()),
+        verify_plain_server: verifying.as_ref().map_or(0, |(_, w)| w.server.pid()),
+        verify_plain_callout: verifying.as_ref().map_or(0, |(_, w)| w.responder.pid()),
     };
 
     println!(
         "processes: static nats-server {}, callout nats-server {}, entra-callout serve {} (log: {}), \
-         null nats-server {}, null callout {}{}; without xkey: nats-server {}, entra-callout serve {}, \
-         null nats-server {}, null callout {}",
+         null nats-server {}, null callout {}; without xkey: nats-server {}, entra-callout serve {}, \
+         null nats-server {}, null callout {}{}",
         pids.static_server,
         pids.callout_server,
         pids.service,
         environment.dir().join("entra-callout.log").display(),
         pids.null_server,
         pids.null_callout,
-        if options.null_verify {
-            " (verifying requests)"
-        } else {
-            ""
-        },
         pids.plain_server,
         pids.plain_service,
         pids.null_plain_server,
         pids.null_plain_callout,
+        if options.null_verify {
+            format!(
+                "; verifying null callouts {} (xkey), {} (plain)",
+                pids.verify_callout, pids.verify_plain_callout
+            )
+        } else {
+            String::new()
+        },
     );
 
     // Warm-up: connections, threads and code paths of every server and responder.
@@ -309,7 +315,11 @@ fn run() -> Result<(), Error> {
         &repeat(&static_payload, options.warmup),
         4,
     )?;
-    for addr in [callout_addr, plain_addr, null.addr, null_plain.addr] {
+    let mut addrs = vec![callout_addr, plain_addr, null.addr, null_plain.addr];
+    if let Some((v, w)) = &verifying {
+        addrs.extend([v.addr, w.addr]);
+    }
+    for addr in addrs {
         measure(addr, &warm_payloads, 4)?;
     }
 
@@ -323,19 +333,29 @@ fn run() -> Result<(), Error> {
                 .iter()
                 .map(|t| connect_line(t))
                 .collect();
-            let runs = [
+            let mut runs = vec![
                 (
                     Case::Static,
                     static_server.addr,
                     repeat(&static_payload, options.connections),
                 ),
                 (Case::Null, null.addr, cold.clone()),
+            ];
+            if let Some((v, _)) = &verifying {
+                runs.push((Case::VerifyNull, v.addr, cold.clone()));
+            }
+            runs.extend([
                 (Case::Cold, callout_addr, cold.clone()),
                 (Case::Warm, callout_addr, cold.clone()),
                 (Case::NullPlain, null_plain.addr, cold.clone()),
+            ]);
+            if let Some((_, w)) = &verifying {
+                runs.push((Case::VerifyNullPlain, w.addr, cold.clone()));
+            }
+            runs.extend([
                 (Case::ColdPlain, plain_addr, cold.clone()),
                 (Case::WarmPlain, plain_addr, cold),
-            ];
+            ]);
             for (case, addr, payloads) in runs {
                 let (server, service) = case.pids(&pids);
                 let before = Cpu::read(server, service)?;
@@ -373,6 +393,7 @@ fn run() -> Result<(), Error> {
     println!("load average after: {}", load_average());
     drop(null);
     drop(null_plain);
+    drop(verifying);
     drop(environment);
     drop(plain);
     drop(static_server);
@@ -399,6 +420,10 @@ enum Case {
     Warm,
     /// The null callout without xkey: the reference of (d) and (e).
     NullPlain,
+    /// `--null-verify`: (n) plus the request checks of `nats_jwt::open_request`.
+    VerifyNull,
+    /// `--null-verify`: (m) plus the request checks.
+    VerifyNullPlain,
     /// (b) without xkey.
     ColdPlain,
     /// (c) without xkey.
@@ -413,6 +438,8 @@ impl Case {
             Self::Cold => "(b) callout, cold",
             Self::Warm => "(c) callout, warm",
             Self::NullPlain => "(m) null, no xkey",
+            Self::VerifyNull => "(v) null + verify",
+            Self::VerifyNullPlain => "(w) null+verify, no xkey",
             Self::ColdPlain => "(d) no xkey, cold",
             Self::WarmPlain => "(e) no xkey, warm",
         }
@@ -426,7 +453,8 @@ impl Case {
     fn null(self) -> Option<Case> {
         match self {
             Self::Cold | Self::Warm => Some(Self::Null),
-            Self::ColdPlain | Self::WarmPlain => Some(Self::NullPlain),
+            Self::ColdPlain | Self::WarmPlain | Self::VerifyNullPlain => Some(Self::NullPlain),
+            Self::VerifyNull => Some(Self::Null),
             Self::Static | Self::Null | Self::NullPlain => None,
         }
     }
@@ -448,6 +476,8 @@ impl Case {
             Self::Cold | Self::Warm => (p.callout_server, Some(p.service)),
             Self::NullPlain => (p.null_plain_server, Some(p.null_plain_callout)),
             Self::ColdPlain | Self::WarmPlain => (p.plain_server, Some(p.plain_service)),
+            Self::VerifyNull => (p.verify_server, Some(p.verify_callout)),
+            Self::VerifyNullPlain => (p.verify_plain_server, Some(p.verify_plain_callout)),
         }
     }
 }
@@ -771,9 +801,11 @@ fn report(
     let order = [
         Case::Static,
         Case::Null,
+        Case::VerifyNull,
         Case::Cold,
         Case::Warm,
         Case::NullPlain,
+        Case::VerifyNullPlain,
         Case::ColdPlain,
         Case::WarmPlain,
     ];
@@ -857,10 +889,20 @@ fn report(
     let show = |s: Option<Spread>| s.map_or_else(|| "–".to_owned(), |s| s.ratio());
     let mut verdicts = Vec::new();
     for &c in &options.concurrency {
-        for case in [Case::Cold, Case::Warm, Case::ColdPlain, Case::WarmPlain] {
+        for case in [
+            Case::VerifyNull,
+            Case::Cold,
+            Case::Warm,
+            Case::VerifyNullPlain,
+            Case::ColdPlain,
+            Case::WarmPlain,
+        ] {
             let Some(null) = case.null() else { continue };
             let p50_ratio = ratios(case, null, c, &p50);
             let rate_ratio = ratios(case, null, c, &rate);
+            if p50_ratio.is_none() && rate_ratio.is_none() {
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "| {}/{} | {c} | {} | {} | {} |",
@@ -870,6 +912,10 @@ fn report(
                 show(ratios(case, null, c, &p99)),
                 show(rate_ratio),
             );
+            // What verifying costs the null callout: a measurement, no target.
+            if matches!(case, Case::VerifyNull | Case::VerifyNullPlain) {
+                continue;
+            }
             let (p50_max, rate_min, what) = if case.is_warm() {
                 (TARGET_NULL_P50_WARM, TARGET_NULL_RATE_WARM, "warm")
             } else {
@@ -1054,6 +1100,10 @@ struct Pids {
     null_callout: u32,
     null_plain_server: u32,
     null_plain_callout: u32,
+    verify_server: u32,
+    verify_callout: u32,
+    verify_plain_server: u32,
+    verify_plain_callout: u32,
 }
 
 /// CPU time (user + system, clock ticks) of a case's nats-server, its responder (0 for static
