@@ -1,28 +1,47 @@
-//! End-to-end connect benchmark: how much the callout costs a connecting client, measured side
-//! by side in one run against the limit — the same nats-server authenticating by itself.
+//! End-to-end connect benchmark: how much the callout costs a connecting client, measured in
+//! one run against two yardsticks — the same nats-server authenticating by itself (static
+//! token), and the same nats-server configuration answered by a **null callout** (the least any
+//! responder must do; `common/mod.rs`).
 //!
 //! `cargo bench --bench connect [-- OPTIONS]` starts, on loopback:
-//! * (a) a nats-server with a static token (`authorization { token: ... }`): the limit;
+//! * (a) a nats-server with a static token (`authorization { token: ... }`);
 //! * the callout environment of `entra-callout dev` (product code, `src/dev`): a nats-server
 //!   with `auth_callout` (xkey-sealed requests), the Entra-shaped dev issuer in this process,
 //!   and `entra-callout serve` as a child process with the example policies;
-//! * the same environment without xkey (`entra-callout dev --no-xkey`), idle while the others
-//!   are measured;
+//! * (n) a second nats-server started from the very file that environment wrote
+//!   (`nats-server.conf`: same accounts, same callout issuer and xkey, same limits), answered
+//!   by the null callout — this binary re-executed as a separate process, connecting as the
+//!   callout user with the environment's password and signing with its issuer and xkey seeds;
+//! * the same environment and null pair without xkey (`entra-callout dev --no-xkey`).
 //!
-//! and measures new-connection latency (p50, p90, p99) and connections per second at each
-//! concurrency for (a), (b) the callout with every token new (a verified-token cache miss: key
-//! lookup and RS256 signature check), (c) the callout with the same tokens again (a cache hit:
-//! the claims are checked and the policies evaluated, the signature is not), and (d)/(e) as
-//! (b)/(c) without xkey, which shows what sealing costs (no targets apply to them). A
-//! connection is one raw TCP client speaking the NATS protocol — TCP connect, read INFO, send
-//! CONNECT with the token and PING, read PONG — then closed; no client library is involved. It
-//! then prints the ratios to (a), the CPU each process spent per connection, the service's peak
-//! RSS, and the service's RSS after `--identities` distinct identities connected (tokens minted
-//! while connecting), and checks the issue's targets.
+//! Why a second nats-server for the null callout rather than stopping the service while it
+//! answers: both responders stay connected and warm for the whole run, so rounds can
+//! interleave them without restarts, and neither server routes requests to a responder of the
+//! other; the servers are the same binary with the same configuration file, and whichever pair
+//! is idle costs no CPU while the other is measured. Each row's CPU is read from its own
+//! nats-server and responder (`/proc/<pid>/stat`).
+//!
+//! It measures new-connection latency (p50, p90, p99) and connections per second at each
+//! concurrency for (a), (n) the null callout, (b) the callout with every token new (a
+//! verified-token cache miss: key lookup and RS256 signature check), (c) the callout with the
+//! same tokens again (a cache hit: claims checked, policies evaluated, no signature check), and
+//! (m)/(d)/(e) as (n)/(b)/(c) without xkey. For the null callout cold and warm are the same
+//! work: (n) is the reference of both (b) and (c). The cases run in **interleaved rounds**:
+//! each round measures every case at every concurrency in turn, so slow drifts of a shared
+//! machine land on all of them, and the ratios come out per round, reported as the median and
+//! the min–max over rounds. A connection is one raw TCP client speaking the NATS protocol — TCP
+//! connect, read INFO, send CONNECT with the token and PING, read PONG — then closed; no client
+//! library is involved. Then the service's peak RSS, its RSS after `--identities` distinct
+//! identities connected (tokens minted while connecting), and the issue's targets as met/MISS.
 //!
 //! Options: `--connections N` per measurement and concurrency (default 2000), `--concurrency
-//! 1,32` (default), `--identities N` (default 100000; 0 skips that phase), `--warmup N`
-//! (default 300). Every loop is bounded by these counts and every socket read by a timeout.
+//! 1,32` (default), `--rounds R` (default 5), `--identities N` (default 100000; 0 skips that
+//! phase), `--warmup N` (default 300), `--null-verify` (adds (v)/(w): the null callouts again,
+//! with and without xkey, on their own nats-servers, verifying the request's signature and
+//! claims first with `nats_jwt::open_request` — what that check costs, in the same rounds). Every loop
+//! is bounded by these counts and every socket read by a timeout.
+
+mod common;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -35,6 +54,7 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{Error, NullOptions, Proc, spawn_nats, spawn_null};
 use entra_callout::dev::token::{self, Randomness, TokenRequest};
 use entra_callout::dev::{DevOptions, Environment, find_nats_server};
 use entra_callout::telemetry::unix_now;
@@ -42,15 +62,22 @@ use entra_callout::telemetry::unix_now;
 /// Longest a connection may take before it counts as failed.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The issue's targets.
+/// The targets against static auth (the first benchmark's).
 const TARGET_P50_RATIO: f64 = 1.25;
 const TARGET_RATE_RATIO: f64 = 0.8;
 const TARGET_RSS_MIB: f64 = 64.0;
 const TARGET_IDENTITIES: usize = 100_000;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+/// The targets against the null callout (issue 18): warm p50 at c=1 and conn/s at c=32.
+const TARGET_NULL_P50_WARM: f64 = 1.10;
+const TARGET_NULL_RATE_WARM: f64 = 0.93;
+/// Cold "within 1.15×": p50 at most 1.15× the null's, conn/s at least 1/1.15 of it.
+const TARGET_NULL_COLD: f64 = 1.15;
 
 fn main() -> ExitCode {
+    if let Some(code) = common::null_main() {
+        return code;
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -64,8 +91,10 @@ fn main() -> ExitCode {
 struct Options {
     connections: usize,
     concurrency: Vec<usize>,
+    rounds: usize,
     identities: usize,
     warmup: usize,
+    null_verify: bool,
 }
 
 impl Options {
@@ -73,8 +102,10 @@ impl Options {
         let mut options = Self {
             connections: 2000,
             concurrency: vec![1, 32],
+            rounds: 5,
             identities: TARGET_IDENTITIES,
             warmup: 300,
+            null_verify: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -83,8 +114,10 @@ impl Options {
                 // cargo bench passes `--bench` to every harness = false target.
                 "--bench" => {}
                 "--connections" => options.connections = value()?.parse()?,
+                "--rounds" => options.rounds = value()?.parse()?,
                 "--identities" => options.identities = value()?.parse()?,
                 "--warmup" => options.warmup = value()?.parse()?,
+                "--null-verify" => options.null_verify = true,
                 "--concurrency" => {
                     options.concurrency = value()?
                         .split(',')
@@ -94,10 +127,68 @@ impl Options {
                 other => return Err(format!("unknown option {other}").into()),
             }
         }
-        if options.connections == 0 || options.concurrency.contains(&0) {
-            return Err("--connections and --concurrency must be positive".into());
+        if options.connections == 0 || options.rounds == 0 || options.concurrency.contains(&0) {
+            return Err("--connections, --rounds and --concurrency must be positive".into());
         }
         Ok(options)
+    }
+}
+
+/// A nats-server started from an environment's own configuration file, answered by the null
+/// callout.
+struct NullPair {
+    server: Proc,
+    responder: Proc,
+    addr: SocketAddr,
+}
+
+impl NullPair {
+    fn start(
+        bin: &Path,
+        env: &Environment,
+        xkey: bool,
+        verify: bool,
+        dir: &Path,
+    ) -> Result<Self, Error> {
+        let tag = if xkey { "xkey" } else { "plain" };
+        let (server, port) = spawn_nats(
+            bin,
+            &env.dir().join("nats-server.conf"),
+            &dir.join(format!("null-{tag}-nats-server.log")),
+            false,
+        )?;
+        let log = dir.join(format!("null-{tag}-callout.log"));
+        let mut responder = spawn_null(
+            &NullOptions {
+                urls: format!("nats://127.0.0.1:{port}"),
+                keys: env.dir().join("keys"),
+                xkey,
+                verify,
+                reconnect: common::NULL_RECONNECT,
+            },
+            &log,
+        )?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Ready once a connection is admitted (the null callout admits any token).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let probe = connect_line("probe");
+        loop {
+            if connect_once(addr, &probe).is_ok() {
+                break;
+            }
+            if responder.child.try_wait()?.is_some() || Instant::now() > deadline {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(
+                    format!("the null callout ({tag}) did not answer; its log:\n{text}").into(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self {
+            server,
+            responder,
+            addr,
+        })
     }
 }
 
@@ -117,7 +208,8 @@ fn run() -> Result<(), Error> {
     writeln!(
         out,
         "client: raw TCP, NATS protocol by hand (CONNECT + PING, wait for PONG), one blocking \
-         thread per concurrent client"
+         thread per concurrent client; {} interleaved round(s)",
+        options.rounds
     )?;
     print!("{out}");
 
@@ -126,9 +218,10 @@ fn run() -> Result<(), Error> {
         .enable_all()
         .build()?;
 
-    // Tokens first, so minting does not compete with the measurements.
+    // Tokens first, so minting does not compete with the measurements: every round and
+    // concurrency gets its own new tokens for the cold case.
     let now = unix_now();
-    let cold_count = options.connections * options.concurrency.len();
+    let cold_count = options.connections * options.concurrency.len() * options.rounds;
     let started = Instant::now();
     let mut tokens = mint_tokens(cold_count + options.warmup, now)?;
     let per_token = started.elapsed() / u32::try_from(tokens.len().max(1))?;
@@ -155,8 +248,19 @@ fn run() -> Result<(), Error> {
         xkey,
     };
     let environment = runtime.block_on(Environment::start(&dev(true)))?;
-    // The same without xkey, to show what sealing costs; it idles while the others are measured.
     let plain = runtime.block_on(Environment::start(&dev(false)))?;
+    let null_dir = tempfile::tempdir()?;
+    let null = NullPair::start(&nats_server, &environment, true, false, null_dir.path())?;
+    let null_plain = NullPair::start(&nats_server, &plain, false, false, null_dir.path())?;
+    // With --null-verify: the same null callouts plus the request checks, in the same rounds.
+    let verifying = if options.null_verify {
+        Some((
+            NullPair::start(&nats_server, &environment, true, true, null_dir.path())?,
+            NullPair::start(&nats_server, &plain, false, true, null_dir.path())?,
+        ))
+    } else {
+        None
+    };
     let addr_of = |env: &Environment| -> Result<SocketAddr, Error> {
         Ok(env.nats_url().trim_start_matches("nats://").parse()?)
     };
@@ -168,20 +272,42 @@ fn run() -> Result<(), Error> {
         service: environment.service_pid(),
         plain_server: plain.nats_server_pid(),
         plain_service: plain.service_pid(),
+        null_server: null.server.pid(),
+        null_callout: null.responder.pid(),
+        null_plain_server: null_plain.server.pid(),
+        null_plain_callout: null_plain.responder.pid(),
+        // 0 when absent: those cases are then never measured.
+        verify_server: verifying.as_ref().map_or(0, |(v, _)| v.server.pid()),
+        verify_callout: verifying.as_ref().map_or(0, |(v, _)| v.responder.pid()),
+        verify_plain_server: verifying.as_ref().map_or(0, |(_, w)| w.server.pid()),
+        verify_plain_callout: verifying.as_ref().map_or(0, |(_, w)| w.responder.pid()),
     };
 
     println!(
-        "processes: static nats-server {}, callout nats-server {}, entra-callout serve {} (log: {}); \
-         without xkey: nats-server {}, entra-callout serve {}",
+        "processes: static nats-server {}, callout nats-server {}, entra-callout serve {} (log: {}), \
+         null nats-server {}, null callout {}; without xkey: nats-server {}, entra-callout serve {}, \
+         null nats-server {}, null callout {}{}",
         pids.static_server,
         pids.callout_server,
         pids.service,
         environment.dir().join("entra-callout.log").display(),
+        pids.null_server,
+        pids.null_callout,
         pids.plain_server,
         pids.plain_service,
+        pids.null_plain_server,
+        pids.null_plain_callout,
+        if options.null_verify {
+            format!(
+                "; verifying null callouts {} (xkey), {} (plain)",
+                pids.verify_callout, pids.verify_plain_callout
+            )
+        } else {
+            String::new()
+        },
     );
 
-    // Warm-up: connections, threads and code paths of both servers and the service.
+    // Warm-up: connections, threads and code paths of every server and responder.
     let static_payload = vec![connect_line(&static_token)];
     let warm_payloads: Vec<Vec<u8>> = warm_tokens.iter().map(|t| connect_line(t)).collect();
     measure(
@@ -189,40 +315,62 @@ fn run() -> Result<(), Error> {
         &repeat(&static_payload, options.warmup),
         4,
     )?;
-    measure(callout_addr, &warm_payloads, 4)?;
-    measure(plain_addr, &warm_payloads, 4)?;
+    let mut addrs = vec![callout_addr, plain_addr, null.addr, null_plain.addr];
+    if let Some((v, w)) = &verifying {
+        addrs.extend([v.addr, w.addr]);
+    }
+    for addr in addrs {
+        measure(addr, &warm_payloads, 4)?;
+    }
 
     let mut results = Vec::new();
-    for (i, &concurrency) in options.concurrency.iter().enumerate() {
-        let cold: Vec<Vec<u8>> = tokens
-            .get(i * options.connections..(i + 1) * options.connections)
-            .ok_or("not enough tokens")?
-            .iter()
-            .map(|t| connect_line(t))
-            .collect();
-        let runs = [
-            (
-                Case::Static,
-                static_server.addr,
-                repeat(&static_payload, options.connections),
-            ),
-            (Case::Cold, callout_addr, cold.clone()),
-            (Case::Warm, callout_addr, cold.clone()),
-            (Case::ColdPlain, plain_addr, cold.clone()),
-            (Case::WarmPlain, plain_addr, cold),
-        ];
-        for (case, addr, payloads) in runs {
-            let before = pids.cpu()?;
-            let measured = measure(addr, &payloads, concurrency)?;
-            let after = pids.cpu()?;
-            let row = Row {
-                case,
-                concurrency,
-                measured,
-                cpu: after.since(&before),
-            };
-            println!("{}", row.line());
-            results.push(row);
+    for round in 0..options.rounds {
+        for (i, &concurrency) in options.concurrency.iter().enumerate() {
+            let slot = round * options.concurrency.len() + i;
+            let cold: Vec<Vec<u8>> = tokens
+                .get(slot * options.connections..(slot + 1) * options.connections)
+                .ok_or("not enough tokens")?
+                .iter()
+                .map(|t| connect_line(t))
+                .collect();
+            let mut runs = vec![
+                (
+                    Case::Static,
+                    static_server.addr,
+                    repeat(&static_payload, options.connections),
+                ),
+                (Case::Null, null.addr, cold.clone()),
+            ];
+            if let Some((v, _)) = &verifying {
+                runs.push((Case::VerifyNull, v.addr, cold.clone()));
+            }
+            runs.extend([
+                (Case::Cold, callout_addr, cold.clone()),
+                (Case::Warm, callout_addr, cold.clone()),
+                (Case::NullPlain, null_plain.addr, cold.clone()),
+            ]);
+            if let Some((_, w)) = &verifying {
+                runs.push((Case::VerifyNullPlain, w.addr, cold.clone()));
+            }
+            runs.extend([
+                (Case::ColdPlain, plain_addr, cold.clone()),
+                (Case::WarmPlain, plain_addr, cold),
+            ]);
+            for (case, addr, payloads) in runs {
+                let (server, service) = case.pids(&pids);
+                let before = Cpu::read(server, service)?;
+                let measured = measure(addr, &payloads, concurrency)?;
+                let after = Cpu::read(server, service)?;
+                let row = Row {
+                    case,
+                    concurrency,
+                    round,
+                    measured,
+                    cpu: after.since(&before),
+                };
+                println!("{}", row.line());
+                results.push(row);
+            }
         }
     }
     let peak = memory(pids.service)?;
@@ -243,6 +391,9 @@ fn run() -> Result<(), Error> {
     let report = report(&options, &results, peak, identities.as_ref());
     println!("{report}");
     println!("load average after: {}", load_average());
+    drop(null);
+    drop(null_plain);
+    drop(verifying);
     drop(environment);
     drop(plain);
     drop(static_server);
@@ -259,13 +410,21 @@ fn run() -> Result<(), Error> {
     Ok(())
 }
 
-/// The three things measured.
+/// What is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Case {
     Static,
+    /// The null callout, xkey: the reference of (b) and (c).
+    Null,
     Cold,
     Warm,
-    /// (b) without xkey: not a target, shows what sealing costs.
+    /// The null callout without xkey: the reference of (d) and (e).
+    NullPlain,
+    /// `--null-verify`: (n) plus the request checks of `nats_jwt::open_request`.
+    VerifyNull,
+    /// `--null-verify`: (m) plus the request checks.
+    VerifyNullPlain,
+    /// (b) without xkey.
     ColdPlain,
     /// (c) without xkey.
     WarmPlain,
@@ -275,16 +434,51 @@ impl Case {
     fn label(self) -> &'static str {
         match self {
             Self::Static => "(a) static token",
+            Self::Null => "(n) null callout",
             Self::Cold => "(b) callout, cold",
             Self::Warm => "(c) callout, warm",
+            Self::NullPlain => "(m) null, no xkey",
+            Self::VerifyNull => "(v) null + verify",
+            Self::VerifyNullPlain => "(w) null+verify, no xkey",
             Self::ColdPlain => "(d) no xkey, cold",
             Self::WarmPlain => "(e) no xkey, warm",
         }
     }
 
-    /// Whether the issue's targets apply: they are for the recommended, sealed set-up.
-    fn has_targets(self) -> bool {
+    fn short(self) -> &'static str {
+        &self.label()[..3]
+    }
+
+    /// The null row this one is compared with (for the null rows themselves, none).
+    fn null(self) -> Option<Case> {
+        match self {
+            Self::Cold | Self::Warm => Some(Self::Null),
+            Self::ColdPlain | Self::WarmPlain | Self::VerifyNullPlain => Some(Self::NullPlain),
+            Self::VerifyNull => Some(Self::Null),
+            Self::Static | Self::Null | Self::NullPlain => None,
+        }
+    }
+
+    fn is_warm(self) -> bool {
+        matches!(self, Self::Warm | Self::WarmPlain)
+    }
+
+    /// Whether the targets against static auth apply: they are for the sealed set-up.
+    fn has_static_targets(self) -> bool {
         matches!(self, Self::Cold | Self::Warm)
+    }
+
+    /// The nats-server and the responder whose CPU this case spends.
+    fn pids(self, p: &Pids) -> (u32, Option<u32>) {
+        match self {
+            Self::Static => (p.static_server, None),
+            Self::Null => (p.null_server, Some(p.null_callout)),
+            Self::Cold | Self::Warm => (p.callout_server, Some(p.service)),
+            Self::NullPlain => (p.null_plain_server, Some(p.null_plain_callout)),
+            Self::ColdPlain | Self::WarmPlain => (p.plain_server, Some(p.plain_service)),
+            Self::VerifyNull => (p.verify_server, Some(p.verify_callout)),
+            Self::VerifyNullPlain => (p.verify_plain_server, Some(p.verify_plain_callout)),
+        }
     }
 }
 
@@ -315,6 +509,7 @@ impl Measured {
 struct Row {
     case: Case,
     concurrency: usize,
+    round: usize,
     measured: Measured,
     cpu: Cpu,
 }
@@ -325,8 +520,9 @@ impl Row {
         let n = m.latencies.len().max(1) as f64;
         let per = |ticks: u64| ticks_to_secs(ticks) * 1e6 / n;
         let mut line = format!(
-            "{:<20} c={:<3} n={:<6} p50 {:>7.0} µs  p90 {:>7.0} µs  p99 {:>7.0} µs  {:>7.0} conn/s  \
-             cpu/conn: nats-server {:>4.0} µs, service {:>4.0} µs, client {:>4.0} µs",
+            "r{:<2} {:<19} c={:<3} n={:<6} p50 {:>7.0} µs  p90 {:>7.0} µs  p99 {:>7.0} µs  \
+             {:>7.0} conn/s  cpu/conn: nats-server {:>4.0} µs, responder {:>4.0} µs, client {:>4.0} µs",
+            self.round + 1,
             self.case.label(),
             self.concurrency,
             m.latencies.len(),
@@ -334,15 +530,8 @@ impl Row {
             micros(m.percentile(0.90)),
             micros(m.percentile(0.99)),
             m.rate(),
-            per(match self.case {
-                Case::Static => self.cpu.static_server,
-                Case::Cold | Case::Warm => self.cpu.callout_server,
-                Case::ColdPlain | Case::WarmPlain => self.cpu.plain_server,
-            }),
-            per(match self.case {
-                Case::ColdPlain | Case::WarmPlain => self.cpu.plain_service,
-                _ => self.cpu.service,
-            }),
+            per(self.cpu.server),
+            per(self.cpu.service),
             per(self.cpu.client),
         );
         if m.failures > 0 {
@@ -557,61 +746,244 @@ fn take(rx: &Mutex<Receiver<Result<String, String>>>) -> Option<Result<String, S
     rx.lock().ok()?.recv().ok()
 }
 
-/// The summary: the table by case and concurrency, ratios, memory, and the targets.
+/// Median, min and max of some per-round figures.
+#[derive(Clone, Copy)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(values: &[f64]) -> Option<Self> {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let mid = n / 2;
+        let median = if n % 2 == 1 {
+            v[mid]
+        } else {
+            f64::midpoint(v[mid - 1], v[mid])
+        };
+        Some(Self {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+
+    /// `1.05x [0.98–1.12]`, or just the figure for one round.
+    fn ratio(&self) -> String {
+        if (self.max - self.min).abs() < 5e-3 {
+            format!("{:.2}x", self.median)
+        } else {
+            format!("{:.2}x [{:.2}–{:.2}]", self.median, self.min, self.max)
+        }
+    }
+}
+
+/// The summary: rows by case and concurrency (medians over rounds), the ratios to the null
+/// callout and to static auth per round, memory, and the targets.
 fn report(
     options: &Options,
     rows: &[Row],
     peak: Memory,
     identities: Option<&Identities>,
 ) -> String {
-    let by: HashMap<(Case, usize), &Row> =
-        rows.iter().map(|r| ((r.case, r.concurrency), r)).collect();
+    let by: HashMap<(Case, usize, usize), &Row> = rows
+        .iter()
+        .map(|r| ((r.case, r.concurrency, r.round), r))
+        .collect();
+    let rounds = options.rounds;
+    let order = [
+        Case::Static,
+        Case::Null,
+        Case::VerifyNull,
+        Case::Cold,
+        Case::Warm,
+        Case::NullPlain,
+        Case::VerifyNullPlain,
+        Case::ColdPlain,
+        Case::WarmPlain,
+    ];
+    // A figure of `case` at `c` in every round.
+    let per_round = |case: Case, c: usize, f: &dyn Fn(&Row) -> f64| -> Vec<f64> {
+        (0..rounds)
+            .filter_map(|r| by.get(&(case, c, r)).map(|row| f(row)))
+            .collect()
+    };
+    // A ratio of `case` to `base` at `c`, round by round.
+    let ratios = |case: Case, base: Case, c: usize, f: &dyn Fn(&Row) -> f64| -> Option<Spread> {
+        let values: Vec<f64> = (0..rounds)
+            .filter_map(|r| {
+                let row = by.get(&(case, c, r))?;
+                let base = by.get(&(base, c, r))?;
+                Some(f(row) / f(base).max(1e-9))
+            })
+            .collect();
+        Spread::of(&values)
+    };
+    let p50 = |row: &Row| micros(row.measured.percentile(0.5));
+    let p90 = |row: &Row| micros(row.measured.percentile(0.9));
+    let p99 = |row: &Row| micros(row.measured.percentile(0.99));
+    let rate = |row: &Row| row.measured.rate();
+
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n## Ratios against (a), the same nats-server authenticating by itself"
+        "\n## Rows: medians over {rounds} round(s); conn/s with its min–max; CPU per connection \
+         over all rounds"
     );
-    let mut verdicts = Vec::new();
+    let _ = writeln!(
+        out,
+        "| case | c | p50 | p90 | p99 | conn/s | CPU/conn: nats-server | responder | client |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for &c in &options.concurrency {
-        let Some(base) = by.get(&(Case::Static, c)) else {
-            continue;
-        };
-        for case in [Case::Cold, Case::Warm, Case::ColdPlain, Case::WarmPlain] {
-            let Some(row) = by.get(&(case, c)) else {
+        for case in order {
+            let Some(conn) = Spread::of(&per_round(case, c, &rate)) else {
                 continue;
             };
-            let ratio = |q: f64| {
-                micros(row.measured.percentile(q)) / micros(base.measured.percentile(q)).max(1e-9)
+            let median = |f: &dyn Fn(&Row) -> f64| {
+                Spread::of(&per_round(case, c, f)).map_or(0.0, |s| s.median)
             };
-            let rate = row.measured.rate() / base.measured.rate().max(1e-9);
+            let (mut server, mut service, mut client, mut n) = (0, 0, 0, 0usize);
+            for r in 0..rounds {
+                if let Some(row) = by.get(&(case, c, r)) {
+                    server += row.cpu.server;
+                    service += row.cpu.service;
+                    client += row.cpu.client;
+                    n += row.measured.latencies.len();
+                }
+            }
+            let per = |ticks: u64| ticks_to_secs(ticks) * 1e6 / n.max(1) as f64;
+            let responder = if case == Case::Static {
+                "–".to_owned()
+            } else {
+                format!("{:.0} µs", per(service))
+            };
             let _ = writeln!(
                 out,
-                "{}/(a) c={c:<3} p50 {:.2}x  p90 {:.2}x  p99 {:.2}x  conn/s {:.2}x",
-                &case.label()[..3],
-                ratio(0.5),
-                ratio(0.9),
-                ratio(0.99),
-                rate
+                "| {} | {c} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} [{:.0}–{:.0}] | {:.0} µs | {responder} | {:.0} µs |",
+                case.label(),
+                median(&p50),
+                median(&p90),
+                median(&p99),
+                conn.median,
+                conn.min,
+                conn.max,
+                per(server),
+                per(client),
             );
-            if !case.has_targets() {
+        }
+    }
+
+    let _ = writeln!(
+        out,
+        "\n## Ratios, round by round: median [min–max] over {rounds} round(s)\n\
+         | ratio | c | p50 | p99 | conn/s |\n| --- | --- | --- | --- | --- |"
+    );
+    let show = |s: Option<Spread>| s.map_or_else(|| "–".to_owned(), |s| s.ratio());
+    let mut verdicts = Vec::new();
+    for &c in &options.concurrency {
+        for case in [
+            Case::VerifyNull,
+            Case::Cold,
+            Case::Warm,
+            Case::VerifyNullPlain,
+            Case::ColdPlain,
+            Case::WarmPlain,
+        ] {
+            let Some(null) = case.null() else { continue };
+            let p50_ratio = ratios(case, null, c, &p50);
+            let rate_ratio = ratios(case, null, c, &rate);
+            if p50_ratio.is_none() && rate_ratio.is_none() {
                 continue;
             }
-            verdicts.push(verdict(
-                &format!(
-                    "{} c={c}: connect p50 <= {TARGET_P50_RATIO}x static",
-                    case.label()
-                ),
-                ratio(0.5) <= TARGET_P50_RATIO,
-                &format!("{:.2}x", ratio(0.5)),
-            ));
-            if c >= 32 {
+            let _ = writeln!(
+                out,
+                "| {}/{} | {c} | {} | {} | {} |",
+                case.short(),
+                null.short(),
+                show(p50_ratio),
+                show(ratios(case, null, c, &p99)),
+                show(rate_ratio),
+            );
+            // What verifying costs the null callout: a measurement, no target.
+            if matches!(case, Case::VerifyNull | Case::VerifyNullPlain) {
+                continue;
+            }
+            let (p50_max, rate_min, what) = if case.is_warm() {
+                (TARGET_NULL_P50_WARM, TARGET_NULL_RATE_WARM, "warm")
+            } else {
+                (TARGET_NULL_COLD, 1.0 / TARGET_NULL_COLD, "cold")
+            };
+            if c == 1
+                && let Some(s) = p50_ratio
+            {
+                verdicts.push(verdict(
+                    &format!(
+                        "{} c=1 ({what}): p50 <= {p50_max:.2}x null {}",
+                        case.label(),
+                        null.short()
+                    ),
+                    s.median <= p50_max,
+                    &s.ratio(),
+                ));
+            }
+            if c >= 32
+                && let Some(s) = rate_ratio
+            {
+                verdicts.push(verdict(
+                    &format!(
+                        "{} c={c} ({what}): conn/s >= {rate_min:.2}x null {}",
+                        case.label(),
+                        null.short()
+                    ),
+                    s.median >= rate_min,
+                    &s.ratio(),
+                ));
+            }
+        }
+    }
+    for &c in &options.concurrency {
+        for case in order.into_iter().filter(|&case| case != Case::Static) {
+            let p50_ratio = ratios(case, Case::Static, c, &p50);
+            let rate_ratio = ratios(case, Case::Static, c, &rate);
+            let _ = writeln!(
+                out,
+                "| {}/(a) | {c} | {} | {} | {} |",
+                case.short(),
+                show(p50_ratio),
+                show(ratios(case, Case::Static, c, &p99)),
+                show(rate_ratio),
+            );
+            if !case.has_static_targets() {
+                continue;
+            }
+            if let Some(s) = p50_ratio {
+                verdicts.push(verdict(
+                    &format!(
+                        "{} c={c}: connect p50 <= {TARGET_P50_RATIO}x static",
+                        case.label()
+                    ),
+                    s.median <= TARGET_P50_RATIO,
+                    &s.ratio(),
+                ));
+            }
+            if c >= 32
+                && let Some(s) = rate_ratio
+            {
                 verdicts.push(verdict(
                     &format!(
                         "{} c={c}: conn/s >= {TARGET_RATE_RATIO}x static",
                         case.label()
                     ),
-                    rate >= TARGET_RATE_RATIO,
-                    &format!("{rate:.2}x"),
+                    s.median >= TARGET_RATE_RATIO,
+                    &s.ratio(),
                 ));
             }
         }
@@ -641,7 +1013,10 @@ fn report(
             ));
         }
     }
-    let _ = writeln!(out, "\n## Targets");
+    let _ = writeln!(
+        out,
+        "\n## Targets (on the median over rounds; the range shows how far one round may stray)"
+    );
     for v in verdicts {
         let _ = writeln!(out, "{v}");
     }
@@ -721,39 +1096,37 @@ struct Pids {
     service: u32,
     plain_server: u32,
     plain_service: u32,
+    null_server: u32,
+    null_callout: u32,
+    null_plain_server: u32,
+    null_plain_callout: u32,
+    verify_server: u32,
+    verify_callout: u32,
+    verify_plain_server: u32,
+    verify_plain_callout: u32,
 }
 
-/// CPU time (user + system, clock ticks) of each process.
+/// CPU time (user + system, clock ticks) of a case's nats-server, its responder (0 for static
+/// auth) and this process (the clients).
 struct Cpu {
-    static_server: u64,
-    callout_server: u64,
+    server: u64,
     service: u64,
-    plain_server: u64,
-    plain_service: u64,
     client: u64,
 }
 
-impl Pids {
-    fn cpu(&self) -> Result<Cpu, Error> {
+impl Cpu {
+    fn read(server: u32, service: Option<u32>) -> Result<Cpu, Error> {
         Ok(Cpu {
-            static_server: cpu_ticks(&self.static_server.to_string())?,
-            callout_server: cpu_ticks(&self.callout_server.to_string())?,
-            service: cpu_ticks(&self.service.to_string())?,
-            plain_server: cpu_ticks(&self.plain_server.to_string())?,
-            plain_service: cpu_ticks(&self.plain_service.to_string())?,
+            server: cpu_ticks(&server.to_string())?,
+            service: service.map_or(Ok(0), |pid| cpu_ticks(&pid.to_string()))?,
             client: cpu_ticks("self")?,
         })
     }
-}
 
-impl Cpu {
     fn since(&self, before: &Cpu) -> Cpu {
         Cpu {
-            static_server: self.static_server.saturating_sub(before.static_server),
-            callout_server: self.callout_server.saturating_sub(before.callout_server),
+            server: self.server.saturating_sub(before.server),
             service: self.service.saturating_sub(before.service),
-            plain_server: self.plain_server.saturating_sub(before.plain_server),
-            plain_service: self.plain_service.saturating_sub(before.plain_service),
             client: self.client.saturating_sub(before.client),
         }
     }
