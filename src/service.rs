@@ -214,17 +214,23 @@ pub fn display_urls(urls: &[async_nats::ServerAddr]) -> String {
         .join(", ")
 }
 
-/// The wait before reconnect attempt `attempts`: async-nats' doubling backoff, capped at
-/// [`MAX_RECONNECT_DELAY`]. Its default cap (4 s) would keep every client of a restarted
-/// nats-server locked out for seconds after it is back; an attempt a second costs nothing.
+/// The wait before reconnect attempt `attempts` (1-based): none for the first, then a short
+/// fixed interval. The service must be back on the bus before its clients: a client that gets
+/// back first has its authorization request sent to nobody and waits out nats-server's callout
+/// timeout (`cargo bench --bench storm` measures it). Client libraries wait 100 ms or more,
+/// with jitter, between attempts; one process trying every [`RECONNECT_INTERVAL`] costs
+/// nothing, and async-nats restores the subscription first thing on reconnect.
 fn reconnect_delay(attempts: usize) -> Duration {
-    let doublings = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
-    Duration::from_millis(2_u64.saturating_pow(doublings)).min(MAX_RECONNECT_DELAY)
+    if attempts <= 1 {
+        Duration::ZERO
+    } else {
+        RECONNECT_INTERVAL
+    }
 }
 
-/// Upper bound on the wait between reconnect attempts, so the service answers again within
-/// about a second of nats-server coming back.
-pub const MAX_RECONNECT_DELAY: Duration = Duration::from_millis(750);
+/// The wait between reconnect attempts after the first, so the service answers again within
+/// milliseconds of nats-server coming back.
+pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Subscribes to the request subject in `queue_group` and waits until the server has the
 /// subscription, so requests are routed to this replica from the moment this returns.
