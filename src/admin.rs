@@ -27,6 +27,13 @@ use tracing::{info, warn};
 
 use crate::metrics::{Metrics, MetricsError};
 
+/// The admin HTTP listener (`/livez`, `/readyz`, `/metrics`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+}
+
 /// How often histogram samples are folded into their buckets.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 

@@ -22,10 +22,11 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminError, AdminServer, NotReady, Ops};
 use crate::callout::Authorizer;
-use crate::config::{Config, NatsSettings};
+use crate::config::Config;
 use crate::metrics::MetricsError;
 use crate::oidc::{Verifier, VerifierError};
 use crate::reload::Reloader;
+use crate::service::NatsSettings;
 use crate::service::{self, LoopSettings, ServiceError};
 
 /// First wait before retrying to load signing keys that did not load at start.
@@ -98,7 +99,14 @@ pub fn start(
     let keys = tokio::spawn(load_keys(Arc::clone(&verifier), until(stopped.clone())));
     let refresh = verifier.spawn_refresh(until(stopped.clone()));
 
-    let settings = LoopSettings::from_config(&config);
+    let settings = LoopSettings {
+        queue_group: config.nats.queue_group.clone(),
+        max_concurrency: config.callout.max_concurrency,
+        max_queued: config.callout.max_queued,
+        queue_timeout: config.callout.queue_timeout,
+        drain_timeout: config.callout.drain_timeout,
+        audit_subject: config.audit.subject.clone(),
+    };
     ops.metrics.set_policy_rules(config.policies.len());
     let authorizer = Arc::new(Authorizer::from_config(
         &config.callout,

@@ -15,12 +15,58 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::accounts::{Signers, UserIssuer};
-use crate::config::CalloutSettings;
 use crate::deny::DenyReason;
 use crate::identity::Identity;
 use crate::nats_jwt::{self, Claims, JwtError, Permission, Request, ResponsePermission, User};
 use crate::oidc::{TokenDigest, Verification, Verifier, token_digest};
 use crate::policy::{Grant, PolicySet};
+
+/// Keys and limits of the callout.
+pub struct CalloutSettings {
+    /// The issuer account key pair (`SA...`): signs responses, and in config mode user JWTs.
+    pub issuer: crate::nats_jwt::Signer,
+    /// The mode and every signing key, for `Authorizer::with_signers`.
+    pub signers: Signers,
+    /// The service's curve key (`SX...`), when the server encrypts requests.
+    pub xkey: Option<nkeys::XKey>,
+    /// Upper bound on the lifetime of a minted user JWT.
+    pub max_ttl: Duration,
+    /// How many requests are handled at once.
+    pub max_concurrency: usize,
+    /// How many more may wait for a slot before requests are refused as `overloaded`.
+    pub max_queued: usize,
+    /// How long a request may wait for a slot before it is refused as `overloaded`.
+    pub queue_timeout: Duration,
+    /// Clock skew tolerated on the request's `exp`.
+    pub request_leeway: Duration,
+    /// How long SIGTERM waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// How many verified tokens are remembered by SHA-256 (0 disables the cache).
+    pub token_cache_size: u64,
+    /// nats-server's `authorization.timeout`, as the operator configured it.
+    pub server_timeout: Duration,
+    /// How long a request waits for a key fetch it needs; below `server_timeout`.
+    pub key_wait: Duration,
+}
+
+impl fmt::Debug for CalloutSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CalloutSettings")
+            .field("issuer", &self.issuer.public_key())
+            .field("signers", &self.signers)
+            .field("xkey", &self.xkey.as_ref().map(nkeys::XKey::public_key))
+            .field("max_ttl", &self.max_ttl)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("max_queued", &self.max_queued)
+            .field("queue_timeout", &self.queue_timeout)
+            .field("request_leeway", &self.request_leeway)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("token_cache_size", &self.token_cache_size)
+            .field("server_timeout", &self.server_timeout)
+            .field("key_wait", &self.key_wait)
+            .finish()
+    }
+}
 
 /// The longest user name we put into a minted JWT; longer display names are cut.
 const MAX_NAME_LEN: usize = 256;

@@ -7,24 +7,27 @@
 //! appear in errors.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_saphyr::{DefaultMessageFormatter, MessageFormatter, Spanned};
+use serde_saphyr::Spanned;
 
 use crate::accounts::{AccountKey, Mode, Signers};
-use crate::diagnostic::Diagnostic;
+use crate::admin::AdminSettings;
+use crate::callout::CalloutSettings;
+use crate::diagnostic::{Diagnostic, yaml_problem};
 use crate::duration::parse_duration;
 use crate::oidc::{
-    GraphCredential, GraphSettings, GroupsOverage, PrincipalRule, ProviderSettings, SecretString,
-    SettingsError, Tenants, Verifier, VerifierError, Versions,
+    GraphCredential, GraphSettings, GroupsOverage, PrincipalRule, ProviderSettings, SettingsError,
+    Tenants, Verifier, VerifierError, Versions,
 };
 use crate::policy::{CompileOptions, PolicyErrors, PolicySet};
 use crate::reload::ReloadSettings;
+use crate::secret::Secret;
+use crate::service::{AuditSettings, NatsAuth, NatsSettings};
+use crate::telemetry::{LogFormat, LogSettings};
 
 /// Default NATS URL: a local nats-server.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -74,145 +77,6 @@ pub struct Config {
     /// Problems that do not stop the service, such as secret files others can read; `check`
     /// prints them and `serve` logs them.
     pub warnings: Vec<Diagnostic>,
-}
-
-/// The admin HTTP listener (`/livez`, `/readyz`, `/metrics`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AdminSettings {
-    /// Address to listen on.
-    pub listen: SocketAddr,
-}
-
-/// Audit trail settings.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AuditSettings {
-    /// NATS subject every decision's audit event is published to, if any.
-    pub subject: Option<String>,
-}
-
-/// How the service connects to nats-server.
-#[derive(Debug)]
-pub struct NatsSettings {
-    /// Server URLs (comma-separated in the file).
-    pub urls: Vec<async_nats::ServerAddr>,
-    /// The service's own credentials.
-    pub auth: NatsAuth,
-    /// Queue group for `$SYS.REQ.USER.AUTH`, shared by all replicas.
-    pub queue_group: String,
-    /// The account requests arrive in; users are never placed there.
-    pub callout_account: String,
-    /// The server's system account; users are never placed there.
-    pub system_account: String,
-}
-
-/// The service's credentials for its own NATS connection.
-pub enum NatsAuth {
-    /// User name and password (config mode).
-    UserPassword {
-        /// User name, one of the server's `auth_users`.
-        user: String,
-        /// The password.
-        password: Secret,
-    },
-    /// An nkey seed (`SU...`).
-    Nkey(Secret),
-    /// A `.creds` file: user JWT and seed (operator mode).
-    Credentials(PathBuf),
-    /// No credentials (only for servers that need none; unusual with callouts).
-    None,
-}
-
-impl fmt::Debug for NatsAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::UserPassword { user, .. } => write!(f, "UserPassword({user}, <redacted>)"),
-            Self::Nkey(_) => f.write_str("Nkey(<redacted>)"),
-            Self::Credentials(path) => write!(f, "Credentials({})", path.display()),
-            Self::None => f.write_str("None"),
-        }
-    }
-}
-
-/// A secret string whose value never reaches `Debug` or `Display`.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret value. Call only where the value is handed to the library that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// Keys and limits of the callout.
-pub struct CalloutSettings {
-    /// The issuer account key pair (`SA...`): signs responses, and in config mode user JWTs.
-    pub issuer: crate::nats_jwt::Signer,
-    /// The mode and every signing key, for `Authorizer::with_signers`.
-    pub signers: Signers,
-    /// The service's curve key (`SX...`), when the server encrypts requests.
-    pub xkey: Option<nkeys::XKey>,
-    /// Upper bound on the lifetime of a minted user JWT.
-    pub max_ttl: Duration,
-    /// How many requests are handled at once.
-    pub max_concurrency: usize,
-    /// How many more may wait for a slot before requests are refused as `overloaded`.
-    pub max_queued: usize,
-    /// How long a request may wait for a slot before it is refused as `overloaded`.
-    pub queue_timeout: Duration,
-    /// Clock skew tolerated on the request's `exp`.
-    pub request_leeway: Duration,
-    /// How long SIGTERM waits for in-flight requests.
-    pub drain_timeout: Duration,
-    /// How many verified tokens are remembered by SHA-256 (0 disables the cache).
-    pub token_cache_size: u64,
-    /// nats-server's `authorization.timeout`, as the operator configured it.
-    pub server_timeout: Duration,
-    /// How long a request waits for a key fetch it needs; below `server_timeout`.
-    pub key_wait: Duration,
-}
-
-impl fmt::Debug for CalloutSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CalloutSettings")
-            .field("issuer", &self.issuer.public_key())
-            .field("signers", &self.signers)
-            .field("xkey", &self.xkey.as_ref().map(nkeys::XKey::public_key))
-            .field("max_ttl", &self.max_ttl)
-            .field("max_concurrency", &self.max_concurrency)
-            .field("max_queued", &self.max_queued)
-            .field("queue_timeout", &self.queue_timeout)
-            .field("request_leeway", &self.request_leeway)
-            .field("drain_timeout", &self.drain_timeout)
-            .field("token_cache_size", &self.token_cache_size)
-            .field("server_timeout", &self.server_timeout)
-            .field("key_wait", &self.key_wait)
-            .finish()
-    }
-}
-
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Logging settings.
-#[derive(Clone, Debug)]
-pub struct LogSettings {
-    /// Output format.
-    pub format: LogFormat,
-    /// A `tracing` filter directive such as `info` or `entra_callout=debug`.
-    pub level: String,
 }
 
 /// Everything wrong with a configuration, in file order.
@@ -538,25 +402,6 @@ impl Config {
             }),
         }
     }
-}
-
-/// Turns a serde-saphyr error into a located problem without its source snippet.
-pub(crate) fn yaml_problem(file: &str, err: &serde_saphyr::Error) -> Diagnostic {
-    let (line, column) = err.location().map_or((0, 0), |l| (l.line(), l.column()));
-    Diagnostic {
-        file: file.to_owned(),
-        line,
-        column,
-        message: yaml_message(err),
-    }
-}
-
-/// The message of a serde-saphyr error without its location prefix and source snippet.
-pub(crate) fn yaml_message(err: &serde_saphyr::Error) -> String {
-    DefaultMessageFormatter
-        .format_message(err.without_snippet())
-        .escape_debug()
-        .to_string()
 }
 
 struct Validator<'a> {
@@ -1074,9 +919,7 @@ impl Validator<'_> {
                 );
                 return None;
             }
-            (Some((secret, _)), None) => {
-                GraphCredential::ClientSecret(SecretString::new(secret.expose().to_owned()))
-            }
+            (Some((secret, _)), None) => GraphCredential::ClientSecret(secret),
             (None, Some(file)) => {
                 // Read when a token is requested (it rotates); relative to the config file.
                 GraphCredential::FederatedTokenFile(self.base.join(&file.value))
@@ -1282,7 +1125,7 @@ impl Validator<'_> {
                 match std::fs::read_to_string(&path) {
                     Ok(text) => {
                         self.warn_if_shared(&f, &path, what);
-                        Some((Secret(text.trim().to_owned()), Loc::of(&f)))
+                        Some((Secret::new(text.trim().to_owned()), Loc::of(&f)))
                     }
                     Err(err) => {
                         self.problem(&f, format!("{what} file {}: {err}", path.display()));
@@ -1292,7 +1135,7 @@ impl Validator<'_> {
             }
             (None, Some(e)) => match self.env.var(&e.value) {
                 Some(value) if !value.trim().is_empty() => {
-                    Some((Secret(value.trim().to_owned()), Loc::of(&e)))
+                    Some((Secret::new(value.trim().to_owned()), Loc::of(&e)))
                 }
                 _ => {
                     self.problem(

@@ -1,6 +1,9 @@
-//! A located problem in a configuration or policy file: `file:line:column: message`.
+//! A located problem in a configuration or policy file (`file:line:column: message`), YAML
+//! errors turned into one, and error chains printed with each cause once.
 
 use std::fmt;
+
+use serde_saphyr::{DefaultMessageFormatter, MessageFormatter};
 
 /// One problem in an input file, located precisely enough for an editor to jump to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +33,25 @@ impl fmt::Display for Diagnostic {
 }
 
 impl std::error::Error for Diagnostic {}
+
+/// Turns a serde-saphyr error into a located problem without its source snippet.
+pub(crate) fn yaml_problem(file: &str, err: &serde_saphyr::Error) -> Diagnostic {
+    let (line, column) = err.location().map_or((0, 0), |l| (l.line(), l.column()));
+    Diagnostic {
+        file: file.to_owned(),
+        line,
+        column,
+        message: yaml_message(err),
+    }
+}
+
+/// The message of a serde-saphyr error without its location prefix and source snippet.
+pub(crate) fn yaml_message(err: &serde_saphyr::Error) -> String {
+    DefaultMessageFormatter
+        .format_message(err.without_snippet())
+        .escape_debug()
+        .to_string()
+}
 
 /// `error: cause: cause` on one line, each cause once. Many errors (ours, async-nats', reqwest's)
 /// already put their cause into their own message *and* return it from `source()`; walking the

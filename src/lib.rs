@@ -50,6 +50,7 @@ pub mod nats_jwt;
 pub mod oidc;
 pub mod policy;
 pub mod reload;
+pub mod secret;
 pub mod service;
 pub mod telemetry;
 pub mod tools;

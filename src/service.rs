@@ -20,7 +20,9 @@
 //! On shutdown readiness drops, the subscription is drained — requests nats-server already
 //! delivered to us are still answered — and requests in flight get a grace period.
 
+use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,10 +32,60 @@ use tracing::{debug, info, warn};
 
 use crate::admin::Ops;
 use crate::callout::{AuditEvent, Authorizer, Handled};
-use crate::config::{Config, NatsAuth, NatsSettings};
 use crate::deny::DenyReason;
 use crate::nats_jwt::{AUTH_REQUEST_SUBJECT, XKEY_HEADER};
+use crate::secret::Secret;
 use crate::telemetry::unix_now;
+
+/// Audit trail settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// NATS subject every decision's audit event is published to, if any.
+    pub subject: Option<String>,
+}
+
+/// How the service connects to nats-server.
+#[derive(Debug)]
+pub struct NatsSettings {
+    /// Server URLs (comma-separated in the file).
+    pub urls: Vec<async_nats::ServerAddr>,
+    /// The service's own credentials.
+    pub auth: NatsAuth,
+    /// Queue group for `$SYS.REQ.USER.AUTH`, shared by all replicas.
+    pub queue_group: String,
+    /// The account requests arrive in; users are never placed there.
+    pub callout_account: String,
+    /// The server's system account; users are never placed there.
+    pub system_account: String,
+}
+
+/// The service's credentials for its own NATS connection.
+pub enum NatsAuth {
+    /// User name and password (config mode).
+    UserPassword {
+        /// User name, one of the server's `auth_users`.
+        user: String,
+        /// The password.
+        password: Secret,
+    },
+    /// An nkey seed (`SU...`).
+    Nkey(Secret),
+    /// A `.creds` file: user JWT and seed (operator mode).
+    Credentials(PathBuf),
+    /// No credentials (only for servers that need none; unusual with callouts).
+    None,
+}
+
+impl fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UserPassword { user, .. } => write!(f, "UserPassword({user}, <redacted>)"),
+            Self::Nkey(_) => f.write_str("Nkey(<redacted>)"),
+            Self::Credentials(path) => write!(f, "Credentials({})", path.display()),
+            Self::None => f.write_str("None"),
+        }
+    }
+}
 
 /// Errors that stop the service (or, for [`ServiceError::Connect`], one connection attempt).
 ///
@@ -91,20 +143,6 @@ struct Context {
     slots: Arc<Semaphore>,
     queue_timeout: Duration,
     audit_subject: Option<async_nats::Subject>,
-}
-
-impl LoopSettings {
-    /// The settings `config` asks for.
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            queue_group: config.nats.queue_group.clone(),
-            max_concurrency: config.callout.max_concurrency,
-            max_queued: config.callout.max_queued,
-            queue_timeout: config.callout.queue_timeout,
-            drain_timeout: config.callout.drain_timeout,
-            audit_subject: config.audit.subject.clone(),
-        }
-    }
 }
 
 /// Connects to NATS with the service's own credentials: one attempt at every server, then

@@ -17,7 +17,24 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::callout::AUDIT_LIST_FIELDS;
-use crate::config::{LogFormat, LogSettings};
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Clone, Debug)]
+pub struct LogSettings {
+    /// Output format.
+    pub format: LogFormat,
+    /// A `tracing` filter directive such as `info` or `entra_callout=debug`.
+    pub level: String,
+}
 
 /// Installs the global `tracing` subscriber. `RUST_LOG`, when set, overrides the configured level.
 pub fn init(settings: &LogSettings) {

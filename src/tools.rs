@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use serde_saphyr::Spanned;
 
-use crate::config::yaml_problem;
 use crate::diagnostic::Diagnostic;
+use crate::diagnostic::yaml_problem;
 use crate::identity::Identity;
 use crate::oidc::{ProviderSettings, Tenants, TokenError, identity_from_unverified_claims};
 use crate::policy::{Explanation, Grant, Permissions, PolicySet};

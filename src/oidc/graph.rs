@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::keys::read_capped;
-use super::settings::{GraphCredential, GraphSettings, SecretString, is_lowercase_guid};
+use super::settings::{GraphCredential, GraphSettings, Secret, is_lowercase_guid};
 use crate::identity::PrincipalKind;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,7 +41,7 @@ pub(crate) struct GraphClient {
     /// Base of `{base}/{tenant}/oauth2/v2.0/token`.
     token_base: String,
     http: reqwest::Client,
-    app_tokens: Cache<String, Expiring<Arc<SecretString>>>,
+    app_tokens: Cache<String, Expiring<Arc<Secret>>>,
     groups: Cache<(String, String), Expiring<Arc<Vec<String>>>>,
 }
 
@@ -227,7 +227,7 @@ impl GraphClient {
     }
 
     /// The client-credentials grant in `tenant` for Graph's `.default` scope.
-    async fn app_token(&self, tenant: &str) -> Result<Expiring<Arc<SecretString>>, GraphError> {
+    async fn app_token(&self, tenant: &str) -> Result<Expiring<Arc<Secret>>, GraphError> {
         let url = format!("{}/{tenant}/oauth2/v2.0/token", self.token_base);
         let scope = format!("{}/.default", self.settings.graph_url());
         let mut form = vec![
@@ -273,7 +273,7 @@ impl GraphClient {
         let token: TokenResponse = self.json_body(&url, response, "token response").await?;
         let lifetime = Duration::from_secs(token.expires_in.unwrap_or(300));
         Ok(Expiring {
-            value: Arc::new(SecretString::new(token.access_token)),
+            value: Arc::new(Secret::new(token.access_token)),
             ttl: lifetime
                 .saturating_sub(APP_TOKEN_MARGIN)
                 .max(Duration::from_secs(1)),
@@ -283,7 +283,7 @@ impl GraphClient {
     async fn post_json<T: for<'de> Deserialize<'de>>(
         &self,
         url: &str,
-        token: &SecretString,
+        token: &Secret,
         body: &'static str,
     ) -> Result<T, Arc<GraphError>> {
         self.post_json_inner(url, token, body)
@@ -294,7 +294,7 @@ impl GraphClient {
     async fn post_json_inner<T: for<'de> Deserialize<'de>>(
         &self,
         url: &str,
-        token: &SecretString,
+        token: &Secret,
         body: &'static str,
     ) -> Result<T, GraphError> {
         let parsed = Url::parse(url).map_err(|_| GraphError::Document {

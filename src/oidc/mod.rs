@@ -34,7 +34,7 @@ pub use settings::{
     ClaimPath, DEFAULT_GRAPH_URL, DEFAULT_KEY_REFRESH_INTERVAL, DEFAULT_LEEWAY_SECS,
     DEFAULT_LOGIN_HOST, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_STS_HOST,
     DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL, EntraSettings, GraphCredential, GraphSettings,
-    GroupsOverage, OidcSettings, PrincipalRule, ProviderKind, ProviderSettings, SecretString,
+    GroupsOverage, OidcSettings, PrincipalRule, ProviderKind, ProviderSettings, Secret,
     SettingsError, Tenants, TokenVersion, Versions,
 };
 pub use verified::{DEFAULT_TOKEN_CACHE_SIZE, TokenDigest, token_digest};

@@ -5,7 +5,6 @@
 //! (GUID tenants, at least one audience, https endpoints, an asymmetric algorithm allow-list) is
 //! checked here, once, so the verification path never has to re-check it.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +12,8 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use reqwest::Url;
+
+pub use crate::secret::Secret;
 
 /// Where Entra's global cloud issues v2 tokens and publishes metadata.
 pub const DEFAULT_LOGIN_HOST: &str = "login.microsoftonline.com";
@@ -135,15 +136,11 @@ pub struct GraphSettings {
 #[derive(Clone, Debug)]
 pub enum GraphCredential {
     /// A client secret.
-    ClientSecret(SecretString),
+    ClientSecret(Secret),
     /// A file holding a federated token (workload identity), re-read on every token request
     /// because the platform rotates it.
     FederatedTokenFile(PathBuf),
 }
-
-/// A secret whose value never reaches `Debug` output.
-#[derive(Clone)]
-pub struct SecretString(String);
 
 /// Generic OIDC settings.
 #[derive(Clone, Debug)]
@@ -698,24 +695,6 @@ impl GraphSettings {
     /// The Graph base URL, without a trailing slash.
     pub fn graph_url(&self) -> &str {
         &self.graph_url
-    }
-}
-
-impl SecretString {
-    /// Wraps a secret value.
-    pub fn new(value: String) -> Self {
-        Self(value)
-    }
-
-    /// The value; call only where it is handed to the request that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
     }
 }
 
@@ -1355,7 +1334,7 @@ mod tests {
             settings().with_key_refresh_interval(Duration::ZERO),
             Err(SettingsError::RefreshIntervalZero { .. })
         ));
-        let secret = GraphCredential::ClientSecret(SecretString::new("hunter2".into()));
+        let secret = GraphCredential::ClientSecret(Secret::new("hunter2".into()));
         assert!(!format!("{secret:?}").contains("hunter2"));
     }
 }

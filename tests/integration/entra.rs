@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use entra_callout::deny::DenyReason;
 use entra_callout::identity::PrincipalKind;
 use entra_callout::oidc::{
-    DEFAULT_LEEWAY_SECS, GraphCredential, GraphSettings, GroupsOverage, ProviderSettings,
-    SecretString, Tenants, TokenError, Verifier, VerifierError, Versions, token_digest,
+    DEFAULT_LEEWAY_SECS, GraphCredential, GraphSettings, GroupsOverage, ProviderSettings, Secret,
+    Tenants, TokenError, Verifier, VerifierError, Versions, token_digest,
 };
 
 use crate::support::graph::{GRAPH_CLIENT_ID, GRAPH_CLIENT_SECRET, TestGraph};
@@ -632,7 +632,7 @@ fn resolving(issuer: &TestIssuer, graph: &TestGraph, credential: GraphCredential
 }
 
 fn secret() -> GraphCredential {
-    GraphCredential::ClientSecret(SecretString::new(GRAPH_CLIENT_SECRET.into()))
+    GraphCredential::ClientSecret(Secret::new(GRAPH_CLIENT_SECRET.into()))
 }
 
 fn overage(issuer: &TestIssuer, overrides: Value) -> String {
@@ -720,7 +720,7 @@ async fn graph_failures_refuse_with_groups_unresolved() {
     );
 
     // A wrong secret: the token endpoint refuses.
-    let wrong = GraphCredential::ClientSecret(SecretString::new("wrong".into()));
+    let wrong = GraphCredential::ClientSecret(Secret::new("wrong".into()));
     let verifier = resolving(&issuer, &graph, wrong);
     let error = verifier
         .verify(&overage(&issuer, json!({})), now())
