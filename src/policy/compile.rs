@@ -18,6 +18,7 @@ use serde_saphyr::{DefaultMessageFormatter, Location, MessageFormatter, Spanned}
 
 use super::eval::Responses;
 use super::ident::{Field, canonical, is_guid};
+use super::jetstream::{self, JetStreamGrant, RoleJetStream};
 use super::model::{
     Document, Outline, RawBinding, RawKind, RawPermissions, RawResponses, RawRole, RawTenant,
     RawWhen, SpannedList,
@@ -107,6 +108,8 @@ pub(super) struct Binding {
     pub(super) subscribe: Templates,
     pub(super) responses: Option<Responses>,
     pub(super) max_ttl: Option<Duration>,
+    /// The JetStream grants of its roles and the subjects they became (also in the templates).
+    pub(super) jetstream: Vec<JetStreamGrant>,
 }
 
 /// Conditions on the token; all must hold, and a non-empty list holds when any value is present.
@@ -273,6 +276,7 @@ struct Role {
     queues: Vec<(RoleTemplate, RoleTemplate)>,
     responses: Option<Responses>,
     max_ttl: Option<Duration>,
+    jetstream: Option<RoleJetStream>,
 }
 
 #[derive(Debug, Default)]
@@ -294,6 +298,7 @@ impl Role {
             .flatten()
             .chain(self.queues.iter().flat_map(|(s, g)| [s, g]))
             .flat_map(RoleTemplate::placeholders)
+            .chain(self.jetstream.iter().flat_map(RoleJetStream::placeholders))
     }
 }
 
@@ -715,7 +720,28 @@ impl<'a> Compiler<'a> {
                 queues.push((s, g));
             }
         }
-        if publish.allow.is_empty() && subscribe.allow.is_empty() && queues.is_empty() {
+        let jetstream =
+            raw.jetstream
+                .as_ref()
+                .and_then(|js| match jetstream::compile_role(js, absolute) {
+                    Ok(js) => Some(js),
+                    Err(problems) => {
+                        for (at, message) in problems {
+                            self.err(si, at, message);
+                        }
+                        None
+                    }
+                });
+        let has_jetstream = jetstream.as_ref().is_some_and(|j| !j.is_empty())
+            || raw
+                .jetstream
+                .as_ref()
+                .is_some_and(|j| !(j.value.streams.is_empty() && j.value.kv.is_empty()));
+        if publish.allow.is_empty()
+            && subscribe.allow.is_empty()
+            && queues.is_empty()
+            && !has_jetstream
+        {
             let nothing_written = raw.publish.as_ref().is_none_or(|p| p.allow.is_empty())
                 && raw.subscribe.as_ref().is_none_or(|s| {
                     s.allow.is_empty() && s.queues.as_ref().is_none_or(|q| q.value.is_empty())
@@ -725,7 +751,7 @@ impl<'a> Compiler<'a> {
                     si,
                     raw.name.referenced,
                     format!(
-                        "role `{}` allows nothing: neither `publish.allow`, `subscribe.allow` nor `subscribe.queues` has a subject",
+                        "role `{}` allows nothing: neither `publish.allow`, `subscribe.allow`, `subscribe.queues` nor `jetstream` has a subject",
                         escape(&raw.name.value)
                     ),
                 );
@@ -760,6 +786,7 @@ impl<'a> Compiler<'a> {
             queues,
             responses,
             max_ttl,
+            jetstream,
         })
     }
 
@@ -957,6 +984,9 @@ impl<'a> Compiler<'a> {
                     );
                 }
             }
+            if let Some(js) = &role.jetstream {
+                self.check_jetstream_binding(si, r, &name, js, tenant, project, tenants);
+            }
             bound.push(role);
             role_names.push(Arc::clone(&role.name));
         }
@@ -976,7 +1006,14 @@ impl<'a> Compiler<'a> {
         let mut subscribe = Templates::default();
         let mut responses: Option<Responses> = None;
         let mut max_ttl: Option<Duration> = None;
+        let mut js_grants = Vec::new();
         for role in &bound {
+            if let Some(js) = &role.jetstream {
+                let (p, s, views) = jetstream::instantiate(js, prefix, &tenant.name, project_name);
+                publish.allow.extend(p);
+                subscribe.allow.extend(s);
+                js_grants.extend(views);
+            }
             publish
                 .allow
                 .extend(role.publish.allow.iter().map(|t| place(role, t)));
@@ -1009,7 +1046,60 @@ impl<'a> Compiler<'a> {
             subscribe,
             responses,
             max_ttl,
+            jetstream: js_grants,
         })
+    }
+
+    /// JetStream grants need a prefix that derives unambiguous names, and `manage` an account
+    /// of the tenant's own (a stream's subjects are in the create request's payload).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the binding's parts, as `binding` has them at hand"
+    )]
+    fn check_jetstream_binding(
+        &mut self,
+        si: usize,
+        role_ref: &Spanned<String>,
+        binding: &str,
+        js: &RoleJetStream,
+        tenant: Option<&Tenant>,
+        project: Option<usize>,
+        tenants: &[Option<Tenant>],
+    ) {
+        let Some(tenant) = tenant else { return };
+        let prefix = project
+            .and_then(|p| tenant.projects.get(p))
+            .map_or(tenant.prefix.as_str(), |p| p.prefix.as_str());
+        if let Some(problem) = jetstream::prefix_problem(prefix) {
+            self.err(
+                si,
+                role_ref.referenced,
+                format!(
+                    "binding `{binding}` grants JetStream role `{}`, but its {problem}",
+                    escape(&role_ref.value)
+                ),
+            );
+        }
+        if js.manages {
+            let sharing: Vec<&str> = tenants
+                .iter()
+                .flatten()
+                .filter(|t| t.account == tenant.account && t.name != tenant.name)
+                .map(|t| &*t.name)
+                .collect();
+            if !sharing.is_empty() {
+                self.err(
+                    si,
+                    role_ref.referenced,
+                    format!(
+                        "binding `{binding}` grants role `{}`, which may `manage` streams or buckets, but account `{}` is shared with tenant {}: a stream's subjects are in the create request's payload, which permissions cannot see, so a manager could capture another tenant's subjects; create them out of band, or give the tenant an account of its own",
+                        escape(&role_ref.value),
+                        tenant.account,
+                        sharing.join(", ")
+                    ),
+                );
+            }
+        }
     }
 
     fn conditions(
