@@ -16,6 +16,8 @@ mod entra;
 mod faults;
 #[path = "integration/isolation.rs"]
 mod isolation;
+#[path = "integration/jetstream.rs"]
+mod jetstream;
 #[path = "integration/oidc.rs"]
 mod oidc;
 #[path = "integration/operator.rs"]

@@ -391,6 +391,9 @@ fn consume(
 }
 
 fn stream_manage(out: &mut Subjects, stream: &SubjectTemplate) {
+    // Account info: clients read the account's limits before creating a bucket. It tells
+    // account-wide usage, harmless here because `manage` needs an account of the tenant's own.
+    out.publish(SubjectTemplate::literal("$JS.API.INFO"));
     for verb in [
         "STREAM.CREATE",
         "STREAM.UPDATE",

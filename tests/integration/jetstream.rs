@@ -1,0 +1,736 @@
+//! JetStream grants against a real JetStream-enabled nats-server (config mode), driven through
+//! async-nats' own JetStream API: each grant works with exactly the subjects the policy
+//! compiler emits, and a tenant sharing the account with another can reach none of the other's
+//! streams, consumers or buckets. The README's JetStream subject table is what these prove.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::{Event, HeaderMap, ServerError};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::support::issuer::{AUDIENCE, OTHER_TENANT, TENANT, TestIssuer};
+use crate::support::nats::{NatsServer, config_mode_jetstream};
+use crate::support::service::Replica;
+
+/// Two tenants in one account, the same project name, the same role.
+const POLICY: &str = r#"
+version: 1
+tenants:
+  - { name: contoso, entra_tenants: [CONTOSO_TID], account: APP, projects: [{ name: web }] }
+  - { name: fabrikam, entra_tenants: [FABRIKAM_TID], account: APP, projects: [{ name: web }] }
+roles:
+  - name: deployer
+    jetstream:
+      streams:
+        - name: image-ready
+          subjects: ["deploy.image-ready.>"]
+          read: true
+          publish: true
+          consume: { durable: [deployer], filter: ["deploy.image-ready.v1.>"] }
+        - name: outputs
+          subjects: ["ml.outputs.>"]
+          consume: { ephemeral: true }
+      kv:
+        - { bucket: config, get: true, put: true, delete: true, watch: true }
+bindings:
+  - { name: contoso-deployers, tenant: contoso, project: web, roles: [deployer], when: { app_roles: [Deployer] } }
+  - { name: fabrikam-deployers, tenant: fabrikam, project: web, roles: [deployer], when: { app_roles: [Deployer] } }
+"#;
+
+/// One tenant with an account of its own, whose admin may create its streams and buckets.
+const MANAGE_POLICY: &str = r#"
+version: 1
+tenants:
+  - { name: contoso, entra_tenants: [CONTOSO_TID], account: OTHER, projects: [{ name: web }] }
+roles:
+  - name: admin
+    jetstream:
+      streams: [{ name: image-ready, subjects: ["deploy.image-ready.>"], manage: true }]
+      kv: [{ bucket: config, manage: true }]
+bindings:
+  - { name: contoso-admins, tenant: contoso, project: web, roles: [admin], when: { app_roles: [Admin] } }
+"#;
+
+const CONTOSO_STREAM: &str = "contoso_web_image-ready";
+const FABRIKAM_STREAM: &str = "fabrikam_web_image-ready";
+const CONTOSO_OID: &str = "3d1c0b2a-0000-4000-8000-00000000c0c0";
+const FABRIKAM_OID: &str = "7e6f5a4b-0000-4000-8000-00000000fafa";
+
+struct Stack {
+    contoso: TestIssuer,
+    fabrikam: TestIssuer,
+    server: NatsServer,
+    replica: Replica,
+    _store: tempfile::TempDir,
+}
+
+impl Stack {
+    async fn start(policy: &str) -> Self {
+        let contoso = TestIssuer::start_for(TENANT).await;
+        let fabrikam = TestIssuer::start_for(OTHER_TENANT).await;
+        let account = nkeys::KeyPair::new_account();
+        let store = tempfile::tempdir().unwrap();
+        let server = NatsServer::start(&config_mode_jetstream(&account.public_key(), store.path()));
+        let dir = server.dir().to_path_buf();
+        std::fs::write(dir.join("issuer.nk"), account.seed().unwrap()).unwrap();
+        std::fs::write(dir.join("nats-password"), "pwd").unwrap();
+        let policy = policy
+            .replace("CONTOSO_TID", TENANT)
+            .replace("FABRIKAM_TID", OTHER_TENANT);
+        std::fs::write(dir.join("policies.yaml"), policy).unwrap();
+        let config = format!(
+            "nats:\n  url: {url}\n  user: auth\n  password_file: nats-password\n\
+             callout:\n  issuer_seed_file: issuer.nk\n  drain_timeout: 5s\n\
+             providers:\n\
+             \x20 - name: contoso\n    kind: entra\n    tenant: {TENANT}\n    audiences: [\"{AUDIENCE}\"]\n    authority: {a}\n\
+             \x20 - name: fabrikam\n    kind: entra\n    tenant: {OTHER_TENANT}\n    audiences: [\"{AUDIENCE}\"]\n    authority: {b}\n\
+             policies: policies.yaml\n",
+            url = server.url(),
+            a = contoso.authority(),
+            b = fabrikam.authority(),
+        );
+        let config_path = dir.join("entra-callout.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let replica = Replica::start(&config_path).await;
+        Self {
+            contoso,
+            fabrikam,
+            server,
+            replica,
+            _store: store,
+        }
+    }
+
+    /// The operator's connection (user `ops` in `APP`, past the callout).
+    async fn ops(&self) -> jetstream::Context {
+        let client = async_nats::ConnectOptions::with_user_and_password("ops".into(), "ops".into())
+            .connect(self.server.url())
+            .await
+            .expect("ops connects");
+        jetstream::new(client)
+    }
+
+    /// Creates both tenants' streams and buckets out of band, as the README says an operator
+    /// does for tenants that share an account.
+    async fn create_out_of_band(&self) {
+        let ops = self.ops().await;
+        for tenant in ["contoso", "fabrikam"] {
+            ops.create_stream(stream::Config {
+                name: format!("{tenant}_web_image-ready"),
+                subjects: vec![format!("{tenant}.web.deploy.image-ready.>")],
+                allow_direct: true,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .expect("ops creates the stream");
+            ops.create_key_value(kv::Config {
+                bucket: format!("{tenant}_web_config"),
+                history: 5,
+                ..Default::default()
+            })
+            .await
+            .expect("ops creates the bucket");
+            ops.create_stream(stream::Config {
+                name: format!("{tenant}_web_outputs"),
+                subjects: vec![format!("{tenant}.web.ml.outputs.>")],
+                ..Default::default()
+            })
+            .await
+            .expect("ops creates the outputs stream");
+        }
+    }
+
+    async fn stop(self) {
+        self.replica.stop().await;
+    }
+}
+
+/// A client of one tenant, with the private inbox JetStream grants require, recording the
+/// permission errors the server sends it.
+struct Client {
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    errors: mpsc::UnboundedReceiver<String>,
+}
+
+async fn connect(url: &str, token: &str, oid: &str) -> Client {
+    let (tx, errors) = mpsc::unbounded_channel();
+    let nats = async_nats::ConnectOptions::with_token(token.to_owned())
+        .custom_inbox_prefix(format!("_INBOX.{oid}"))
+        .request_timeout(Some(Duration::from_secs(2)))
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let Event::ServerError(ServerError::Other(text)) = event {
+                    let _ = tx.send(text.to_lowercase());
+                }
+            }
+        })
+        .connect(url)
+        .await
+        .expect("a deployer is admitted");
+    // Refused requests are never answered: a short timeout keeps the refusals quick.
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build(nats.clone());
+    Client { nats, js, errors }
+}
+
+impl Client {
+    /// Waits (bounded) for the server's permission error naming `subject` for a publish.
+    async fn refused(&mut self, subject: &str) {
+        let want = format!(
+            "permissions violation for publish to \"{}\"",
+            subject.to_lowercase()
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let err = tokio::time::timeout_at(deadline, self.errors.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no permission error for {subject} within 5 s"))
+                .expect("error channel open");
+            if err.contains(&want) {
+                return;
+            }
+        }
+    }
+
+    /// Publishes a request to `subject` (which it may not) and waits for the refusal.
+    async fn refused_request(&mut self, subject: &str, payload: Value) {
+        let inbox = self.nats.new_inbox();
+        self.nats
+            .publish_with_reply(subject.to_owned(), inbox, payload.to_string().into())
+            .await
+            .unwrap();
+        self.nats.flush().await.unwrap();
+        self.refused(subject).await;
+    }
+
+    /// A raw JetStream API request; the JSON answer.
+    async fn api(&self, subject: &str, payload: Value) -> Value {
+        let answer = self
+            .nats
+            .request(subject.to_owned(), payload.to_string().into())
+            .await
+            .unwrap_or_else(|e| panic!("{subject}: {e}"));
+        serde_json::from_slice(&answer.payload).unwrap()
+    }
+
+    /// No permission error arrived.
+    fn assert_no_errors(&mut self) {
+        if let Ok(err) = self.errors.try_recv() {
+            panic!("unexpected server error: {err}");
+        }
+    }
+}
+
+fn deployer(issuer: &TestIssuer, oid: &str) -> String {
+    issuer.app_token(json!({ "roles": ["Deployer"], "oid": oid, "sub": oid }))
+}
+
+async fn contoso_client(stack: &Stack) -> Client {
+    let token = deployer(&stack.contoso, CONTOSO_OID);
+    connect(&stack.server.url(), &token, CONTOSO_OID).await
+}
+
+async fn fabrikam_client(stack: &Stack) -> Client {
+    let token = deployer(&stack.fabrikam, FABRIKAM_OID);
+    connect(&stack.server.url(), &token, FABRIKAM_OID).await
+}
+
+fn pull_config(durable: &str, filter: &str) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(durable.to_owned()),
+        filter_subject: filter.to_owned(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn each_grant_works_with_exactly_its_subjects() {
+    let stack = Stack::start(POLICY).await;
+    stack.create_out_of_band().await;
+    let mut c = contoso_client(&stack).await;
+
+    // read: stream info.
+    let stream = c.js.get_stream(CONTOSO_STREAM).await.expect("stream info");
+    assert_eq!(stream.cached_info().config.name, CONTOSO_STREAM);
+
+    // publish, with the image digest as Nats-Msg-Id: the duplicate is recognised.
+    let subject = "contoso.web.deploy.image-ready.v1.app";
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "sha256:1111");
+    for expect_duplicate in [false, true] {
+        let ack =
+            c.js.publish_with_headers(subject, headers.clone(), "image 1".into())
+                .await
+                .expect("publish")
+                .await
+                .expect("publish acknowledged");
+        assert_eq!(ack.duplicate, expect_duplicate);
+        assert_eq!(ack.sequence, 1);
+    }
+
+    // read: direct get of the last message on a subject.
+    let last = stream
+        .direct_get_last_for_subject(subject)
+        .await
+        .expect("direct get");
+    assert_eq!(&last.payload[..], b"image 1");
+
+    // consume: create the durable with its filter (the 2.10+ subject carrying both), fetch, ack.
+    let consumer = stream
+        .create_consumer(pull_config(
+            "deployer",
+            "contoso.web.deploy.image-ready.v1.>",
+        ))
+        .await
+        .expect("durable consumer created");
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .expect("fetch");
+    let message = batch.next().await.expect("one message").expect("message");
+    assert_eq!(&message.payload[..], b"image 1");
+    message
+        .double_ack()
+        .await
+        .expect("ack confirmed by the server");
+
+    // A restarted deployer finds its consumer with nothing pending.
+    let mut again: consumer::PullConsumer = stream
+        .get_consumer("deployer")
+        .await
+        .expect("consumer info");
+    let info = again.info().await.expect("consumer info");
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+
+    // kv: put, get, and a watch through a named ordered consumer with the key as its filter.
+    let bucket =
+        c.js.get_key_value("contoso_web_config")
+            .await
+            .expect("bucket");
+    bucket.put("release", "v1".into()).await.expect("put");
+    let value = bucket.get("release").await.expect("get");
+    assert_eq!(value.as_deref(), Some(&b"v1"[..]));
+    let kv_stream =
+        c.js.get_stream("KV_contoso_web_config")
+            .await
+            .expect("bucket stream info");
+    let watcher = kv_stream
+        .create_consumer(consumer::push::OrderedConfig {
+            name: Some("watch-release".to_owned()),
+            deliver_subject: c.nats.new_inbox(),
+            filter_subject: "$KV.contoso_web_config.release".to_owned(),
+            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .expect("watch consumer created");
+    let mut updates = watcher.messages().await.expect("watch");
+    let first = tokio::time::timeout(Duration::from_secs(5), updates.next())
+        .await
+        .expect("the current value within 5 s")
+        .expect("watch open")
+        .expect("update");
+    assert_eq!(&first.payload[..], b"v1");
+    bucket.put("release", "v2".into()).await.expect("put");
+    let second = tokio::time::timeout(Duration::from_secs(5), updates.next())
+        .await
+        .expect("the update within 5 s")
+        .expect("watch open")
+        .expect("update");
+    assert_eq!(&second.payload[..], b"v2");
+    bucket.delete("release").await.expect("delete");
+
+    // consume ephemeral: a late reader replays a stream from the start through a consumer of
+    // its own naming (the create subject still carries the name and the filter).
+    let ops = stack.ops().await;
+    for n in 1..=3 {
+        ops.publish(format!("contoso.web.ml.outputs.m{n}"), n.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let outputs = c.js.get_stream("contoso_web_outputs").await;
+    assert!(
+        outputs.is_err(),
+        "`consume` alone does not include stream info"
+    );
+    c.refused("$JS.API.STREAM.INFO.contoso_web_outputs").await;
+    let replay =
+        c.js.create_consumer_on_stream(
+            consumer::pull::Config {
+                name: Some(format!("replay-{CONTOSO_OID}")),
+                filter_subject: "contoso.web.ml.outputs.>".to_owned(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            },
+            "contoso_web_outputs",
+        )
+        .await
+        .expect("ephemeral consumer created");
+    let replayed: Vec<String> = replay
+        .fetch()
+        .max_messages(3)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .expect("fetch")
+        .take(3)
+        .map(|m| String::from_utf8_lossy(&m.expect("message").payload).into_owned())
+        .collect()
+        .await;
+    assert_eq!(replayed, ["1", "2", "3"]);
+
+    c.assert_no_errors();
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn another_tenant_in_the_same_account_is_refused_everything() {
+    let stack = Stack::start(POLICY).await;
+    stack.create_out_of_band().await;
+    let mut c = contoso_client(&stack).await;
+    // Contoso's durable consumer and a message in its stream exist.
+    let ack =
+        c.js.publish("contoso.web.deploy.image-ready.v1.app", "secret".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    assert_eq!(ack.stream, CONTOSO_STREAM);
+    let stream = c.js.get_stream(CONTOSO_STREAM).await.unwrap();
+    stream
+        .create_consumer(pull_config(
+            "deployer",
+            "contoso.web.deploy.image-ready.v1.>",
+        ))
+        .await
+        .unwrap();
+    let bucket = c.js.get_key_value("contoso_web_config").await.unwrap();
+    bucket.put("release", "v1".into()).await.unwrap();
+    c.assert_no_errors();
+
+    let mut f = fabrikam_client(&stack).await;
+    // Its own stream works, so the refusals below are about the names, not the grant.
+    f.js.get_stream(FABRIKAM_STREAM).await.expect("own stream");
+
+    // Stream info, through the client API.
+    assert!(f.js.get_stream(CONTOSO_STREAM).await.is_err());
+    f.refused(&format!("$JS.API.STREAM.INFO.{CONTOSO_STREAM}"))
+        .await;
+
+    // Consumer create on the other's stream, with any filter, and with the legacy forms.
+    for filter in [
+        "contoso.web.deploy.image-ready.v1.>",
+        "fabrikam.web.deploy.image-ready.v1.>",
+        ">",
+    ] {
+        let subject = format!("$JS.API.CONSUMER.CREATE.{CONTOSO_STREAM}.deployer.{filter}");
+        f.refused_request(
+            &subject,
+            json!({ "stream_name": CONTOSO_STREAM, "config": { "durable_name": "deployer", "filter_subject": filter } }),
+        )
+        .await;
+    }
+    for subject in [
+        format!("$JS.API.CONSUMER.CREATE.{CONTOSO_STREAM}"),
+        format!("$JS.API.CONSUMER.DURABLE.CREATE.{CONTOSO_STREAM}.deployer"),
+    ] {
+        f.refused_request(
+            &subject,
+            json!({ "stream_name": CONTOSO_STREAM, "config": {} }),
+        )
+        .await;
+    }
+
+    // Fetch, consumer info and ack on the other's consumer.
+    f.refused_request(
+        &format!("$JS.API.CONSUMER.MSG.NEXT.{CONTOSO_STREAM}.deployer"),
+        json!({ "batch": 1 }),
+    )
+    .await;
+    f.refused_request(
+        &format!("$JS.API.CONSUMER.INFO.{CONTOSO_STREAM}.deployer"),
+        json!({}),
+    )
+    .await;
+    f.refused_request(
+        &format!("$JS.ACK.{CONTOSO_STREAM}.deployer.1.1.1.0.0"),
+        json!(null),
+    )
+    .await;
+
+    // Direct get, by subject and by sequence.
+    f.refused_request(
+        &format!("$JS.API.DIRECT.GET.{CONTOSO_STREAM}.contoso.web.deploy.image-ready.v1.app"),
+        json!(null),
+    )
+    .await;
+    f.refused_request(
+        &format!("$JS.API.DIRECT.GET.{CONTOSO_STREAM}"),
+        json!({ "seq": 1 }),
+    )
+    .await;
+    f.refused_request(
+        &format!("$JS.API.STREAM.MSG.GET.{CONTOSO_STREAM}"),
+        json!({ "seq": 1 }),
+    )
+    .await;
+
+    // The other's bucket: bind (stream info), get, put, watch.
+    assert!(f.js.get_key_value("contoso_web_config").await.is_err());
+    f.refused("$JS.API.STREAM.INFO.KV_contoso_web_config").await;
+    f.refused_request(
+        "$JS.API.DIRECT.GET.KV_contoso_web_config.$KV.contoso_web_config.release",
+        json!(null),
+    )
+    .await;
+    f.refused_request("$KV.contoso_web_config.release", json!("overwritten"))
+        .await;
+    f.refused_request(
+        "$JS.API.CONSUMER.CREATE.KV_contoso_web_config.w.$KV.contoso_web_config.release",
+        json!({ "stream_name": "KV_contoso_web_config", "config": { "name": "w", "filter_subject": "$KV.contoso_web_config.release" } }),
+    )
+    .await;
+
+    // Nothing reached contoso's data: the message is still pending for its consumer, the
+    // bucket holds the value it put.
+    let mut consumer: consumer::PullConsumer = stream.get_consumer("deployer").await.unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!((info.num_pending, info.num_ack_pending), (1, 0));
+    assert_eq!(
+        bucket.get("release").await.unwrap().as_deref(),
+        Some(&b"v1"[..])
+    );
+    c.assert_no_errors();
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_consumer_whose_filter_leaves_the_grant_is_refused() {
+    let stack = Stack::start(POLICY).await;
+    stack.create_out_of_band().await;
+    let mut c = contoso_client(&stack).await;
+    let stream = c.js.get_stream(CONTOSO_STREAM).await.unwrap();
+
+    // Wider than the grant's filter (still inside the stream), or no filter at all: the
+    // subject carries the filter, so the server refuses the publish.
+    for filter in [
+        "contoso.web.deploy.image-ready.>",
+        "contoso.web.deploy.image-ready.v2.>",
+    ] {
+        assert!(
+            stream
+                .create_consumer(pull_config("deployer", filter))
+                .await
+                .is_err(),
+            "{filter}"
+        );
+        c.refused(&format!(
+            "$JS.API.CONSUMER.CREATE.{CONTOSO_STREAM}.deployer.{filter}"
+        ))
+        .await;
+    }
+    assert!(
+        stream
+            .create_consumer(pull_config("deployer", ""))
+            .await
+            .is_err()
+    );
+    c.refused(&format!(
+        "$JS.API.CONSUMER.CREATE.{CONTOSO_STREAM}.deployer"
+    ))
+    .await;
+    // Another consumer name with the granted filter.
+    assert!(
+        stream
+            .create_consumer(pull_config(
+                "intruder",
+                "contoso.web.deploy.image-ready.v1.>"
+            ))
+            .await
+            .is_err()
+    );
+    c.refused(&format!(
+        "$JS.API.CONSUMER.CREATE.{CONTOSO_STREAM}.intruder.contoso.web.deploy.image-ready.v1.>"
+    ))
+    .await;
+
+    // A forged request: the granted subject, a wider filter in the payload. nats-server
+    // compares the two and refuses (10131); a payload with `filter_subjects` instead is refused
+    // too, so the payload cannot smuggle a filter past the subject.
+    let granted = format!(
+        "$JS.API.CONSUMER.CREATE.{CONTOSO_STREAM}.deployer.contoso.web.deploy.image-ready.v1.>"
+    );
+    for (config, code) in [
+        (
+            json!({ "durable_name": "deployer", "ack_policy": "explicit", "filter_subject": "contoso.web.deploy.>" }),
+            10131,
+        ),
+        (
+            json!({ "durable_name": "deployer", "ack_policy": "explicit", "filter_subjects": ["contoso.web.deploy.>"] }),
+            10137,
+        ),
+        (
+            json!({ "durable_name": "deployer", "ack_policy": "explicit" }),
+            10131,
+        ),
+    ] {
+        let answer = c
+            .api(
+                &granted,
+                json!({ "stream_name": CONTOSO_STREAM, "config": config }),
+            )
+            .await;
+        assert_eq!(answer["error"]["err_code"], code, "{config}: {answer}");
+    }
+    // The durable created by the granted subject and a matching payload works.
+    let answer = c
+        .api(
+            &granted,
+            json!({ "stream_name": CONTOSO_STREAM, "config": { "durable_name": "deployer", "ack_policy": "explicit", "filter_subject": "contoso.web.deploy.image-ready.v1.>" } }),
+        )
+        .await;
+    assert_eq!(answer["name"], "deployer", "{answer}");
+    // A durable name in the payload other than the subject's is refused by the server.
+    let answer = c
+        .api(
+            &granted,
+            json!({ "stream_name": CONTOSO_STREAM, "config": { "durable_name": "other", "ack_policy": "explicit", "filter_subject": "contoso.web.deploy.image-ready.v1.>" } }),
+        )
+        .await;
+    assert_eq!(answer["error"]["err_code"], 10017, "{answer}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn an_ack_for_another_stream_is_refused() {
+    let stack = Stack::start(POLICY).await;
+    stack.create_out_of_band().await;
+    // Fabrikam has a message waiting for its own consumer.
+    let mut f = fabrikam_client(&stack).await;
+    f.js.publish("fabrikam.web.deploy.image-ready.v1.app", "theirs".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let f_stream = f.js.get_stream(FABRIKAM_STREAM).await.unwrap();
+    let f_consumer = f_stream
+        .create_consumer(pull_config(
+            "deployer",
+            "fabrikam.web.deploy.image-ready.v1.>",
+        ))
+        .await
+        .unwrap();
+    let mut batch = f_consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    let theirs = batch.next().await.unwrap().unwrap();
+    let their_ack = theirs.reply.clone().expect("an ack subject").to_string();
+    assert!(
+        their_ack.starts_with(&format!("$JS.ACK.{FABRIKAM_STREAM}.deployer.")),
+        "{their_ack}"
+    );
+
+    // Contoso, which knows fabrikam's ack subject, cannot ack (or nak, or term) it.
+    let mut c = contoso_client(&stack).await;
+    for body in ["+ACK", "-NAK", "+TERM"] {
+        c.nats
+            .publish(their_ack.clone(), body.into())
+            .await
+            .unwrap();
+        c.nats.flush().await.unwrap();
+        c.refused(&their_ack).await;
+    }
+    // Still unacknowledged: fabrikam acks it itself.
+    let mut info_consumer: consumer::PullConsumer =
+        f_stream.get_consumer("deployer").await.unwrap();
+    assert_eq!(info_consumer.info().await.unwrap().num_ack_pending, 1);
+    theirs
+        .double_ack()
+        .await
+        .expect("fabrikam acks its own message");
+    assert_eq!(info_consumer.info().await.unwrap().num_ack_pending, 0);
+    f.assert_no_errors();
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn clients_kv_watch_helpers_use_the_legacy_create_form_and_are_refused() {
+    // async-nats 0.51's `Store::watch` (like nats-py's `kv.watch`) creates an unnamed ordered
+    // consumer on `$JS.API.CONSUMER.CREATE.KV_<bucket>`, whose filter is only in the payload.
+    // That form is never granted; watchers name their consumer (see the README).
+    let stack = Stack::start(POLICY).await;
+    stack.create_out_of_band().await;
+    let mut c = contoso_client(&stack).await;
+    let bucket = c.js.get_key_value("contoso_web_config").await.unwrap();
+    assert!(bucket.watch("release").await.is_err());
+    c.refused("$JS.API.CONSUMER.CREATE.KV_contoso_web_config")
+        .await;
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn an_admin_with_manage_creates_its_streams_and_buckets_and_no_one_elses() {
+    let stack = Stack::start(MANAGE_POLICY).await;
+    let token = stack
+        .contoso
+        .app_token(json!({ "roles": ["Admin"], "oid": CONTOSO_OID, "sub": CONTOSO_OID }));
+    let mut admin = connect(&stack.server.url(), &token, CONTOSO_OID).await;
+    admin
+        .js
+        .create_stream(stream::Config {
+            name: CONTOSO_STREAM.to_owned(),
+            subjects: vec!["contoso.web.deploy.image-ready.>".to_owned()],
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .expect("stream created");
+    admin
+        .js
+        .create_key_value(kv::Config {
+            bucket: "contoso_web_config".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("bucket created");
+    admin.assert_no_errors();
+    // A name outside its prefix is refused.
+    assert!(
+        admin
+            .js
+            .create_stream(stream::Config {
+                name: "fabrikam_web_image-ready".to_owned(),
+                subjects: vec!["fabrikam.web.>".to_owned()],
+                ..Default::default()
+            })
+            .await
+            .is_err()
+    );
+    admin
+        .refused("$JS.API.STREAM.CREATE.fabrikam_web_image-ready")
+        .await;
+    admin
+        .js
+        .delete_stream(CONTOSO_STREAM)
+        .await
+        .expect("stream deleted");
+    stack.stop().await;
+}
