@@ -734,3 +734,101 @@ async fn an_admin_with_manage_creates_its_streams_and_buckets_and_no_one_elses()
         .expect("stream deleted");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_push_consumers_deliver_subject_is_not_checked_a_documented_limit() {
+    // The deliver subject of a push consumer is in the create payload, which permissions
+    // cannot see, and nats-server does not check it against the creator's permissions: a
+    // holder of `consume` can have its own stream's messages delivered onto any subject of the
+    // account, another tenant's included. It reads nothing it could not read already, but it
+    // can inject; the message keeps its original subject. The README says so; if a server
+    // starts refusing this, this test fails and the README should change.
+    let stack = Stack::start(POLICY).await;
+    stack.create_out_of_band().await;
+    let c = contoso_client(&stack).await;
+    let ops = stack.ops().await;
+    let target = "fabrikam.web.deploy.image-ready.v1.injected";
+    let mut fabrikam_side = ops.client().subscribe(target).await.unwrap();
+    ops.client().flush().await.unwrap();
+    c.js.publish(
+        "contoso.web.deploy.image-ready.v1.app",
+        "from contoso".into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let granted = format!(
+        "$JS.API.CONSUMER.CREATE.{CONTOSO_STREAM}.deployer.contoso.web.deploy.image-ready.v1.>"
+    );
+    let answer = c
+        .api(
+            &granted,
+            json!({ "stream_name": CONTOSO_STREAM, "config": { "durable_name": "deployer", "ack_policy": "explicit", "filter_subject": "contoso.web.deploy.image-ready.v1.>", "deliver_subject": target } }),
+        )
+        .await;
+    assert_eq!(answer["config"]["deliver_subject"], target, "{answer}");
+    let injected = tokio::time::timeout(Duration::from_secs(5), fabrikam_side.next())
+        .await
+        .expect("delivered within 5 s")
+        .expect("subscription open");
+    assert_eq!(
+        injected.subject.as_str(),
+        "contoso.web.deploy.image-ready.v1.app"
+    );
+    assert_eq!(&injected.payload[..], b"from contoso");
+    stack.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Python with nats-py 2.15.0: set ENTRA_CALLOUT_PYTHON and run with --ignored"]
+async fn nats_py_uses_the_same_subjects() {
+    let python = std::env::var("ENTRA_CALLOUT_PYTHON")
+        .expect("ENTRA_CALLOUT_PYTHON names a Python with nats-py 2.15.0");
+    let stack = Stack::start(POLICY).await;
+    stack.create_out_of_band().await;
+    let token = deployer(&stack.contoso, CONTOSO_OID);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/jetstream_check.py"
+    );
+    let url = stack.server.url();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .args([script, &url, &token, CONTOSO_OID])
+            .output()
+            .expect("run python")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let got: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(
+        got,
+        json!({
+            "stream_info": "ok",
+            "publish": "duplicate=false,true",
+            "direct_get": "py",
+            "durable_by_name": "py",
+            // Refused requests are never answered: nats-py times out.
+            "durable_legacy": "TimeoutError",
+            "kv_put_get": "py-1",
+            "kv_watch_helper": "TimeoutError",
+            "other_stream_info": "TimeoutError",
+            "other_bucket": "TimeoutError",
+            // ...because the server refused exactly these publishes (nats-py reports them lowercased).
+            "errors": [
+                "nats: permissions violation for publish to \"$js.api.consumer.durable.create.contoso_web_image-ready.deployer\"",
+                "nats: permissions violation for publish to \"$js.api.consumer.create.kv_contoso_web_config\"",
+                "nats: permissions violation for publish to \"$js.api.stream.info.fabrikam_web_image-ready\"",
+                "nats: permissions violation for publish to \"$js.api.stream.info.kv_fabrikam_web_config\"",
+            ],
+        })
+    );
+    stack.stop().await;
+}
