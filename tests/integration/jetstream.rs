@@ -832,3 +832,189 @@ async fn nats_py_uses_the_same_subjects() {
     );
     stack.stop().await;
 }
+
+/// Operator mode: the tenants' accounts carry JetStream limits in their JWTs.
+mod operator_mode {
+    use std::time::Duration;
+
+    use async_nats::jetstream::{consumer, kv, stream};
+    use futures_util::StreamExt;
+    use serde::Serialize;
+    use serde_json::{Value, json};
+
+    use entra_callout::nats_config::{self, Resolver};
+    use entra_callout::nats_jwt::{self, CLAIM_VERSION, Claims, IssuerKind, NatsClaim, Signer};
+
+    use super::{CONTOSO_OID, connect, pull_config};
+    use crate::support::issuer::{AUDIENCE, OTHER_TENANT, TENANT, TestIssuer};
+    use crate::support::nats::NatsServer;
+    use crate::support::operator;
+    use crate::support::service::Replica;
+
+    /// Each tenant in an account of its own, so each may `manage` its streams and buckets.
+    const POLICY: &str = r#"
+version: 1
+tenants:
+  - { name: contoso, entra_tenants: [CONTOSO_TID], account: APP, projects: [{ name: web }] }
+  - { name: fabrikam, entra_tenants: [FABRIKAM_TID], account: OTHER, projects: [{ name: web }] }
+roles:
+  - name: deployer
+    jetstream:
+      streams:
+        - name: image-ready
+          subjects: ["deploy.image-ready.>"]
+          read: true
+          publish: true
+          consume: { durable: [deployer], filter: ["deploy.image-ready.v1.>"] }
+          manage: true
+      kv:
+        - { bucket: config, get: true, put: true, manage: true }
+bindings:
+  - { name: contoso-deployers, tenant: contoso, project: web, roles: [deployer], when: { app_roles: [Deployer] } }
+  - { name: fabrikam-deployers, tenant: fabrikam, project: web, roles: [deployer], when: { app_roles: [Deployer] } }
+"#;
+
+    /// An account claim as JSON, so JetStream limits (which the service never writes) can be
+    /// added to what `nats-config` renders.
+    #[derive(Default, Serialize)]
+    #[serde(transparent)]
+    struct RawAccount(Value);
+
+    impl NatsClaim for RawAccount {
+        const TYPE: &'static str = nats_jwt::ACCOUNT_TYPE;
+        const ISSUER: IssuerKind = IssuerKind::Operator;
+
+        fn claim_type(&self) -> &str {
+            self.0["type"].as_str().unwrap_or_default()
+        }
+
+        fn version(&self) -> i64 {
+            self.0["version"].as_i64().unwrap_or_default()
+        }
+
+        fn stamp(&mut self) {
+            self.0["type"] = json!(nats_jwt::ACCOUNT_TYPE);
+            self.0["version"] = json!(CLAIM_VERSION);
+        }
+    }
+
+    /// `nats-config --mode operator`'s server configuration with JetStream on, and the target
+    /// accounts' JWTs re-signed with unlimited JetStream storage.
+    fn server_config(keys: &entra_callout::keys::OperatorKeys, store: &std::path::Path) -> String {
+        let now = entra_callout::telemetry::unix_now();
+        let mut text = operator::server_config(keys, &Resolver::Memory, |_| {});
+        let (_, jwts) = nats_config::operator_jwts(keys, now).unwrap();
+        let signer = Signer::new(keys.operator.clone()).unwrap();
+        for name in ["APP", "OTHER"] {
+            let original = jwts.iter().find(|a| a.name == name).unwrap();
+            let claims = nats_config::target_claims(keys, name).unwrap();
+            let mut nats = serde_json::to_value(&claims.nats).unwrap();
+            nats["limits"]["mem_storage"] = json!(-1);
+            nats["limits"]["disk_storage"] = json!(-1);
+            nats["limits"]["streams"] = json!(-1);
+            nats["limits"]["consumer"] = json!(-1);
+            let mut with_js = Claims::with_subject(claims.base.sub.clone(), RawAccount(nats));
+            with_js.base.name = name.to_owned();
+            let jwt = nats_jwt::encode(&mut with_js, &signer, now).unwrap();
+            assert!(text.contains(&original.jwt));
+            text = text.replace(&original.jwt, &jwt);
+        }
+        format!(
+            "{text}\njetstream {{ store_dir: \"{}\" }}\n",
+            store.display()
+        )
+    }
+
+    #[tokio::test]
+    async fn each_grant_works_in_operator_mode_and_manage_makes_the_stream() {
+        let issuer = TestIssuer::start_for_tenants(&[TENANT, OTHER_TENANT]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = operator::init(&dir.path().join("keys"), &["APP", "OTHER"]);
+        let server = NatsServer::start(&server_config(&keys, &dir.path().join("js")));
+        let policy = POLICY
+            .replace("CONTOSO_TID", TENANT)
+            .replace("FABRIKAM_TID", OTHER_TENANT);
+        std::fs::write(dir.path().join("policies.yaml"), policy).unwrap();
+        let providers = format!(
+            "providers:\n  - name: entra\n    kind: entra\n    tenants: [{TENANT}, {OTHER_TENANT}]\n    \
+             audiences: [\"{AUDIENCE}\"]\n    authority: {}\n",
+            issuer.authority()
+        );
+        let config_path = dir.path().join("entra-callout.yaml");
+        std::fs::write(
+            &config_path,
+            operator::service_config(&keys, &server.url(), &providers),
+        )
+        .unwrap();
+        let replica = Replica::start(&config_path).await;
+
+        let token = issuer
+            .app_token(json!({ "roles": ["Deployer"], "oid": CONTOSO_OID, "sub": CONTOSO_OID }));
+        let mut c = connect(&server.url(), &token, CONTOSO_OID).await;
+        // manage: the admin creates its stream and bucket.
+        let created =
+            c.js.create_stream(stream::Config {
+                name: "contoso_web_image-ready".to_owned(),
+                subjects: vec!["contoso.web.deploy.image-ready.>".to_owned()],
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .expect("stream created");
+        let bucket =
+            c.js.create_key_value(kv::Config {
+                bucket: "contoso_web_config".to_owned(),
+                ..Default::default()
+            })
+            .await
+            .expect("bucket created");
+        // publish, read, consume, ack; put and get.
+        c.js.publish("contoso.web.deploy.image-ready.v1.app", "image".into())
+            .await
+            .unwrap()
+            .await
+            .expect("acknowledged");
+        let last = created
+            .direct_get_last_for_subject("contoso.web.deploy.image-ready.v1.app")
+            .await
+            .expect("direct get");
+        assert_eq!(&last.payload[..], b"image");
+        let consumer = created
+            .create_consumer(pull_config(
+                "deployer",
+                "contoso.web.deploy.image-ready.v1.>",
+            ))
+            .await
+            .expect("durable created");
+        let message = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .unwrap()
+            .next()
+            .await
+            .expect("one message")
+            .unwrap();
+        message.double_ack().await.expect("acked");
+        bucket.put("release", "v1".into()).await.expect("put");
+        assert_eq!(
+            bucket.get("release").await.unwrap().as_deref(),
+            Some(&b"v1"[..])
+        );
+        // A consumer with a wider filter is refused here too.
+        assert!(
+            created
+                .create_consumer(pull_config("deployer", "contoso.web.deploy.>"))
+                .await
+                .is_err()
+        );
+        c.refused("$JS.API.CONSUMER.CREATE.contoso_web_image-ready.deployer.contoso.web.deploy.>")
+            .await;
+        let mut info: consumer::PullConsumer = created.get_consumer("deployer").await.unwrap();
+        assert_eq!(info.info().await.unwrap().num_ack_pending, 0);
+        c.assert_no_errors();
+        replica.stop().await;
+    }
+}
