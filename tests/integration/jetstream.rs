@@ -833,6 +833,79 @@ async fn nats_py_uses_the_same_subjects() {
     stack.stop().await;
 }
 
+#[test]
+fn explain_shows_the_jetstream_grants_of_the_shipped_policies_and_their_subjects() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = || std::process::Command::new(env!("CARGO_BIN_EXE_entra-callout"));
+    let out = bin()
+        .args(["keys", "init"])
+        .arg(dir.path().join("keys"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "nats:\n  user: auth\n  password_file: keys/nats-password\n\
+             callout:\n  issuer_seed_file: keys/issuer.nk\n\
+             providers:\n  - name: contoso\n    kind: entra\n    tenant: {TENANT}\n    audiences: [\"{AUDIENCE}\"]\n\
+             policies: {}\n",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/policies")
+        ),
+    )
+    .unwrap();
+    // The delivery scenario's deployment trigger.
+    let claims = dir.path().join("claims.json");
+    std::fs::write(
+        &claims,
+        json!({ "idtyp": "app", "oid": "2c7d9e4f-1a3b-4c5d-8e6f-7a8b9c0d1e2f" }).to_string(),
+    )
+    .unwrap();
+    let run = |json: bool| {
+        let mut cmd = bin();
+        cmd.args(["explain", "--config"])
+            .arg(&config)
+            .arg("--claims")
+            .arg(&claims);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = run(false);
+    for line in [
+        "         jetstream stream contoso_web_image-ready: read, consume durable [deployer], filter [contoso.web.deploy.image-ready.v1.*]",
+        "           publish   $JS.API.STREAM.INFO.contoso_web_image-ready, $JS.API.DIRECT.GET.contoso_web_image-ready.contoso.web.deploy.image-ready.v1.*, \
+         $JS.API.CONSUMER.CREATE.contoso_web_image-ready.deployer.contoso.web.deploy.image-ready.v1.*, $JS.API.CONSUMER.INFO.contoso_web_image-ready.deployer, \
+         $JS.API.CONSUMER.MSG.NEXT.contoso_web_image-ready.deployer, $JS.ACK.contoso_web_image-ready.deployer.>, $JS.FC.contoso_web_image-ready.deployer.*",
+        "           subscribe _INBOX.{oid}.>",
+        "  subscribe  allow _INBOX.2c7d9e4f-1a3b-4c5d-8e6f-7a8b9c0d1e2f.>, contoso.web.deploy.image-ready.v1.* deployer-web",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    let parsed: Value = serde_json::from_str(&run(true)).unwrap();
+    let trigger = parsed["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "web-deploy-trigger")
+        .unwrap();
+    assert_eq!(
+        trigger["jetstream"][0]["grant"],
+        "stream contoso_web_image-ready: read, consume durable [deployer], filter [contoso.web.deploy.image-ready.v1.*]"
+    );
+    assert_eq!(
+        trigger["jetstream"][0]["subscribe"],
+        json!(["_INBOX.{oid}.>"])
+    );
+}
+
 /// Operator mode: the tenants' accounts carry JetStream limits in their JWTs.
 mod operator_mode {
     use std::time::Duration;
