@@ -736,6 +736,70 @@ async fn an_admin_with_manage_creates_its_streams_and_buckets_and_no_one_elses()
 }
 
 #[tokio::test]
+async fn a_push_consumer_answers_flow_control_on_its_granted_subject() {
+    // nats-server asks a push consumer with flow control to answer on
+    // `$JS.FC.<stream>.<consumer>.<id>` once about 2 MB wait undelivered-to-the-app; the grant's
+    // `$JS.FC.S.C.*` must cover that reply or delivery stalls. The operator's connection watches
+    // the replies go by.
+    let stack = Stack::start(POLICY).await;
+    stack.create_out_of_band().await;
+    let ops = stack.ops().await;
+    let mut replies = ops
+        .client()
+        .subscribe(format!("$JS.FC.{CONTOSO_STREAM}.>"))
+        .await
+        .unwrap();
+    ops.client().flush().await.unwrap();
+    let chunk = vec![b'x'; 200 * 1024];
+    const COUNT: usize = 40;
+    for n in 0..COUNT {
+        ops.publish(
+            format!("contoso.web.deploy.image-ready.v1.m{n}"),
+            chunk.clone().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let mut c = contoso_client(&stack).await;
+    let stream = c.js.get_stream(CONTOSO_STREAM).await.unwrap();
+    let consumer = stream
+        .create_consumer(consumer::push::Config {
+            durable_name: Some("deployer".to_owned()),
+            deliver_subject: c.nats.new_inbox(),
+            filter_subject: "contoso.web.deploy.image-ready.v1.>".to_owned(),
+            ack_policy: consumer::AckPolicy::None,
+            flow_control: true,
+            idle_heartbeat: Duration::from_secs(5),
+            ..Default::default()
+        })
+        .await
+        .expect("push consumer created");
+    let mut messages = consumer.messages().await.unwrap();
+    for n in 0..COUNT {
+        tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {n} within 10 s"))
+            .expect("open")
+            .expect("message");
+    }
+    let reply = tokio::time::timeout(Duration::from_secs(5), replies.next())
+        .await
+        .expect("a flow control reply was seen")
+        .expect("open");
+    let prefix = format!("$JS.FC.{CONTOSO_STREAM}.deployer.");
+    let rest = reply.subject.as_str().strip_prefix(&prefix);
+    assert!(
+        rest.is_some_and(|id| !id.is_empty() && !id.contains('.')),
+        "{}",
+        reply.subject
+    );
+    c.assert_no_errors();
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn a_push_consumers_deliver_subject_is_not_checked_a_documented_limit() {
     // The deliver subject of a push consumer is in the create payload, which permissions
     // cannot see, and nats-server does not check it against the creator's permissions: a
