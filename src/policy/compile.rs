@@ -212,6 +212,7 @@ pub fn compile(sources: &[PolicySource], opts: &CompileOptions) -> Result<Policy
         broken_tenants: Vec::new(),
         broken_roles: Vec::new(),
         errors: Vec::new(),
+        consumers: Vec::new(),
     };
     let mut raw_tenants = Vec::new();
     let mut raw_roles = Vec::new();
@@ -311,6 +312,8 @@ struct Compiler<'a> {
     broken_roles: Vec<String>,
     /// Problems with the index of the source they are in, for sorting.
     errors: Vec<(usize, Diagnostic)>,
+    /// JetStream consumers granted so far: account, consumer, binding, where it was bound.
+    consumers: Vec<(Arc<str>, jetstream::ConsumerUse, String, usize, Location)>,
 }
 
 impl<'a> Compiler<'a> {
@@ -941,6 +944,7 @@ impl<'a> Compiler<'a> {
         }
         let mut bound: Vec<&Role> = Vec::new();
         let mut role_names = Vec::new();
+        let mut role_refs = Vec::new();
         for r in &raw.roles.value {
             let Some(&ri) = role_by_name.get(r.value.as_str()) else {
                 if self.broken_roles.contains(&r.value) {
@@ -988,6 +992,7 @@ impl<'a> Compiler<'a> {
                 self.check_jetstream_binding(si, r, &name, js, tenant, project, tenants);
             }
             bound.push(role);
+            role_refs.push(r.referenced);
             role_names.push(Arc::clone(&role.name));
         }
 
@@ -1007,12 +1012,15 @@ impl<'a> Compiler<'a> {
         let mut responses: Option<Responses> = None;
         let mut max_ttl: Option<Duration> = None;
         let mut js_grants = Vec::new();
-        for role in &bound {
+        for (role, at) in bound.iter().zip(&role_refs) {
             if let Some(js) = &role.jetstream {
-                let (p, s, views) = jetstream::instantiate(js, prefix, &tenant.name, project_name);
-                publish.allow.extend(p);
-                subscribe.allow.extend(s);
-                js_grants.extend(views);
+                let i = jetstream::instantiate(js, prefix, &tenant.name, project_name);
+                publish.allow.extend(i.publish);
+                subscribe.allow.extend(i.subscribe);
+                js_grants.extend(i.views);
+                for c in i.consumers {
+                    self.shared_consumer(si, &name, at, &tenant.account, c);
+                }
             }
             publish
                 .allow
@@ -1048,6 +1056,44 @@ impl<'a> Compiler<'a> {
             max_ttl,
             jetstream: js_grants,
         })
+    }
+
+    /// Two bindings reaching one JetStream consumer must give it the same filters: whoever may
+    /// fetch from a consumer reads what its filter lets through, whatever filter they were
+    /// granted themselves.
+    fn shared_consumer(
+        &mut self,
+        si: usize,
+        binding: &str,
+        at: &Location,
+        account: &Arc<str>,
+        c: jetstream::ConsumerUse,
+    ) {
+        let clash = self
+            .consumers
+            .iter()
+            .find(|(a, other, b, _, _)| a == account && b != binding && c.conflicts_with(other));
+        if let Some((_, other, b, other_si, other_at)) = clash {
+            let message = format!(
+                "binding `{binding}` may use consumer `{}` of stream `{}` with filters [{}], but binding `{b}` ({}:{}:{}) may use {} with filters [{}]: a consumer is shared by everyone who may fetch from or ack through it, so give both the same filters or distinct consumer names (`ephemeral` reaches every consumer of the stream)",
+                c.consumer,
+                c.stream,
+                c.filters.join(", "),
+                self.file(*other_si),
+                other_at.line(),
+                other_at.column(),
+                if other.consumer == "*" {
+                    "any consumer".to_owned()
+                } else {
+                    format!("consumer `{}`", other.consumer)
+                },
+                other.filters.join(", ")
+            );
+            self.err(si, *at, message);
+            return;
+        }
+        self.consumers
+            .push((Arc::clone(account), c, binding.to_owned(), si, *at));
     }
 
     /// JetStream grants need a prefix that derives unambiguous names, and `manage` an account

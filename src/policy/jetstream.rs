@@ -128,6 +128,35 @@ pub struct JetStreamGrant {
 /// A problem with a JetStream grant, located in its file.
 pub(super) type Problem = (Location, String);
 
+/// A consumer a binding may create, fetch from and ack through (`*`: any, for `ephemeral`),
+/// with the filters it may give it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct ConsumerUse {
+    pub(super) stream: String,
+    pub(super) consumer: String,
+    pub(super) filters: Vec<String>,
+}
+
+impl ConsumerUse {
+    /// Whether two bindings' grants reach one consumer with different filters. Fetching and
+    /// acking go through the consumer whatever filter it was created with, so the binding with
+    /// the narrower grant could read past it (or ack the other's messages); `*` reaches every
+    /// consumer of the stream.
+    pub(super) fn conflicts_with(&self, other: &ConsumerUse) -> bool {
+        self.stream == other.stream
+            && (self.consumer == other.consumer || self.consumer == "*" || other.consumer == "*")
+            && self.filters != other.filters
+    }
+}
+
+/// What a role's JetStream grants became under one binding.
+pub(super) struct Instance {
+    pub(super) publish: Vec<SubjectTemplate>,
+    pub(super) subscribe: Vec<SubjectTemplate>,
+    pub(super) views: Vec<JetStreamGrant>,
+    pub(super) consumers: Vec<ConsumerUse>,
+}
+
 impl RoleJetStream {
     /// Every placeholder used, for the checks a binding makes.
     pub(super) fn placeholders(&self) -> impl Iterator<Item = &Placeholder> {
@@ -437,11 +466,7 @@ pub(super) fn instantiate(
     prefix: &str,
     tenant: &str,
     project: Option<&str>,
-) -> (
-    Vec<SubjectTemplate>,
-    Vec<SubjectTemplate>,
-    Vec<JetStreamGrant>,
-) {
+) -> Instance {
     let inbox = RoleTemplate::parse(INBOX, Kind::Absolute)
         .map(|t| t.instantiate(None, tenant, project))
         .ok();
@@ -450,6 +475,7 @@ pub(super) fn instantiate(
     let mut publish = Vec::new();
     let mut subscribe = Vec::new();
     let mut views = Vec::new();
+    let mut consumers = Vec::new();
     let mut finish = |what: String, mut s: Subjects| {
         s.subscribe.extend(inbox.clone());
         views.push(JetStreamGrant {
@@ -477,6 +503,17 @@ pub(super) fn instantiate(
             said.push("publish".to_owned());
         }
         let durable: Vec<SubjectTemplate> = g.durable.iter().map(local).collect();
+        let mut sorted: Vec<String> = filters.iter().map(ToString::to_string).collect();
+        sorted.sort();
+        sorted.dedup();
+        let star = SubjectTemplate::literal("*");
+        for d in durable.iter().chain(g.ephemeral.then_some(&star)) {
+            consumers.push(ConsumerUse {
+                stream: stream.to_string(),
+                consumer: d.to_string(),
+                filters: sorted.clone(),
+            });
+        }
         for d in &durable {
             consume(&mut s, &stream, d, &filters);
         }
@@ -485,7 +522,7 @@ pub(super) fn instantiate(
             said.push(format!("consume durable [{}]", names.join(", ")));
         }
         if g.ephemeral {
-            consume(&mut s, &stream, &SubjectTemplate::literal("*"), &filters);
+            consume(&mut s, &stream, &star, &filters);
             said.push("consume ephemeral".to_owned());
         }
         if !filters.is_empty() {
@@ -502,6 +539,14 @@ pub(super) fn instantiate(
         let bucket = derived(prefix, &local(&b.name));
         let mut s = Subjects::default();
         kv(&mut s, &bucket, b.get, b.write, b.watch);
+        if b.watch {
+            let (stream, keys) = kv_parts(&bucket);
+            consumers.push(ConsumerUse {
+                stream: stream.to_string(),
+                consumer: "*".to_owned(),
+                filters: vec![keys.to_string()],
+            });
+        }
         if b.manage {
             stream_manage(&mut s, &kv_parts(&bucket).0);
         }
@@ -516,7 +561,12 @@ pub(super) fn instantiate(
         .collect();
         finish(format!("kv bucket {bucket}: {}", said.join(", ")), s);
     }
-    (publish, subscribe, views)
+    Instance {
+        publish,
+        subscribe,
+        views,
+        consumers,
+    }
 }
 
 /// The subjects a policy test's JetStream operation publishes to, from server names:
@@ -782,6 +832,54 @@ bindings:
             true,
         );
         assert!(e.contains("stream `s` needs `subjects`"), "{e}");
+    }
+
+    #[test]
+    fn bindings_sharing_a_consumer_must_give_it_the_same_filters() {
+        let doc = |a: &str, b: &str| {
+            format!(
+                "version: 1
+tenants:
+  - {{ name: acme, entra_tenants: [72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41], account: APP, projects: [{{ name: web }}] }}
+roles:
+  - {{ name: a, jetstream: {{ streams: [{{ name: s, subjects: [x.>], consume: {a} }}] }} }}
+  - {{ name: b, jetstream: {{ streams: [{{ name: s, subjects: [x.>], consume: {b} }}] }} }}
+bindings:
+  - {{ name: one, tenant: acme, project: web, roles: [a], when: {{ app_roles: [A] }} }}
+  - {{ name: two, tenant: acme, project: web, roles: [b], when: {{ app_roles: [B] }} }}
+"
+            )
+        };
+        let narrow = "{ durable: [c], filter: [x.narrow.>] }";
+        // The same consumer with other filters, or any consumer next to a narrower one.
+        for (a, b, other) in [
+            (narrow, "{ durable: [c] }", "consumer `c`"),
+            (narrow, "{ ephemeral: true }", "consumer `c`"),
+            (
+                "{ ephemeral: true, filter: [x.narrow.>] }",
+                "{ durable: [d] }",
+                "any consumer",
+            ),
+        ] {
+            let e = compile_text(&doc(a, b)).unwrap_err();
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(
+                e[0].starts_with("p.yaml:9:54: binding `two` may use consumer")
+                    && e[0].contains("but binding `one` (p.yaml:8:54)")
+                    && e[0].contains(&format!(
+                        "may use {other} with filters [acme.web.x.narrow.>]"
+                    )),
+                "{a} / {b}: {e:?}"
+            );
+        }
+        // The same filters, or distinct consumers: fine.
+        for (a, b) in [
+            (narrow, narrow),
+            (narrow, "{ durable: [d] }"),
+            ("{ ephemeral: true }", "{ ephemeral: true }"),
+        ] {
+            assert!(compile_text(&doc(a, b)).is_ok(), "{a} / {b}");
+        }
     }
 
     #[test]

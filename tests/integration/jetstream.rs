@@ -800,6 +800,52 @@ async fn a_push_consumer_answers_flow_control_on_its_granted_subject() {
 }
 
 #[tokio::test]
+async fn fetching_reads_what_the_consumers_filter_lets_through_not_the_grants() {
+    // Why two bindings reaching one consumer must give it the same filters (a load error
+    // otherwise): the grant's filter is enforced when the consumer is created, not when it is
+    // fetched from. Here the operator made `deployer` wider than the deployer's grant.
+    let stack = Stack::start(POLICY).await;
+    stack.create_out_of_band().await;
+    let ops = stack.ops().await;
+    ops.create_consumer_on_stream(
+        pull_config("deployer", "contoso.web.deploy.image-ready.>"),
+        CONTOSO_STREAM,
+    )
+    .await
+    .unwrap();
+    ops.publish("contoso.web.deploy.image-ready.v2.app", "v2".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut c = contoso_client(&stack).await;
+    let consumer: consumer::PullConsumer =
+        c.js.get_stream(CONTOSO_STREAM)
+            .await
+            .unwrap()
+            .get_consumer("deployer")
+            .await
+            .unwrap();
+    let message = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap()
+        .next()
+        .await
+        .expect("one message")
+        .unwrap();
+    assert_eq!(
+        message.subject.as_str(),
+        "contoso.web.deploy.image-ready.v2.app"
+    );
+    c.assert_no_errors();
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn a_push_consumers_deliver_subject_is_not_checked_a_documented_limit() {
     // The deliver subject of a push consumer is in the create payload, which permissions
     // cannot see, and nats-server does not check it against the creator's permissions: a
