@@ -896,6 +896,81 @@ bindings:
         );
     }
 
+    const TWO_TENANTS: &str = "
+version: 1
+tenants:
+  - { name: ta, entra_tenants: [72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41], account: APP, projects: [{ name: p1 }] }
+  - { name: tb, entra_tenants: [0b9e7c2a-4d1f-4e8b-a3c6-9f2d5e8b1a07], account: APP, projects: [{ name: p1 }] }
+roles:
+  - name: js
+    jetstream:
+      streams:
+        - name: \"s-{oid}\"
+          subjects: [\"u.{oid}.>\", \"t.{claim:team}.*\"]
+          read: true
+          publish: true
+          consume: { durable: [\"c-{claim:team}\"], ephemeral: true }
+      kv:
+        - { bucket: \"kv-{claim:team}\", get: true, put: true, watch: true }
+bindings:
+  - { name: a, tenant: ta, project: p1, roles: [js], when: { everyone: true } }
+  - { name: b, tenant: tb, roles: [js], when: { everyone: true } }
+";
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Whatever the token's values, every JetStream subject minted names only the token's
+        /// own tenant's streams and buckets, and every filter lies under its own prefix.
+        #[test]
+        fn minted_jetstream_subjects_name_only_the_own_tenants_streams(
+            b_tenant in proptest::bool::ANY,
+            oid in "[a-zA-Z0-9_.*> -]{0,10}",
+            team in "[a-zA-Z0-9_.*> -]{0,10}",
+        ) {
+            let set = compile_text(TWO_TENANTS).unwrap();
+            let mut id = testutil::identity();
+            if b_tenant {
+                id.tenant = Some("0b9e7c2a-4d1f-4e8b-a3c6-9f2d5e8b1a07".to_owned());
+            }
+            id.object_id = Some(oid.clone());
+            id.claims.insert("team".into(), json!(team));
+            let Ok(g) = set.evaluate(&id, 0) else { return Ok(()) };
+            let (names, subjects) = if b_tenant { ("tb_", "tb.") } else { ("ta_p1_", "ta.p1.") };
+            for s in &g.publish.allow {
+                let rest = s
+                    .strip_prefix("$JS.API.STREAM.INFO.")
+                    .or_else(|| s.strip_prefix("$JS.API.DIRECT.GET."))
+                    .or_else(|| s.strip_prefix("$JS.API.CONSUMER.CREATE."))
+                    .or_else(|| s.strip_prefix("$JS.API.CONSUMER.INFO."))
+                    .or_else(|| s.strip_prefix("$JS.API.CONSUMER.MSG.NEXT."))
+                    .or_else(|| s.strip_prefix("$JS.ACK."))
+                    .or_else(|| s.strip_prefix("$JS.FC."))
+                    .or_else(|| s.strip_prefix("$KV."));
+                match rest {
+                    Some(rest) => {
+                        let rest = rest.strip_prefix("KV_").unwrap_or(rest);
+                        proptest::prop_assert!(rest.starts_with(names), "{s}");
+                        let mut tokens = rest.split('.');
+                        let stream = tokens.next().unwrap_or_default();
+                        // The name holds the separator only where the prefix put it.
+                        proptest::prop_assert_eq!(stream.matches('_').count(), names.matches('_').count(), "{}", s);
+                        if s.starts_with("$JS.API.CONSUMER.CREATE.") || s.starts_with("$JS.API.DIRECT.GET.") {
+                            let filter: Vec<&str> = tokens.skip(usize::from(s.contains("CREATE"))).collect();
+                            let filter = filter.join(".");
+                            proptest::prop_assert!(
+                                filter.starts_with(subjects) || filter.starts_with(&format!("$KV.{names}")),
+                                "{s}"
+                            );
+                        }
+                    }
+                    None => proptest::prop_assert!(s.starts_with(subjects), "{s}"),
+                }
+            }
+            proptest::prop_assert_eq!(&g.subscribe.allow, &vec![format!("_INBOX.{oid}.>")]);
+        }
+    }
+
     #[test]
     fn policy_test_operations_are_the_compiled_subjects() {
         assert_eq!(
