@@ -193,9 +193,18 @@ fn name(raw: &Spanned<String>, what: &str, problems: &mut Vec<Problem>) -> Optio
     }
 }
 
-fn subjects(list: &SpannedList, what: &str, problems: &mut Vec<Problem>) -> Vec<RoleTemplate> {
+/// `field` (`subjects` or `filter`) of a stream grant; `what` names its subjects in errors.
+fn subjects(
+    list: &SpannedList,
+    field: &str,
+    what: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<RoleTemplate> {
     if list.value.is_empty() {
-        problems.push((list.referenced, format!("`{what}` is empty; list subjects")));
+        problems.push((
+            list.referenced,
+            format!("`{field}` is empty and would allow nothing; list subjects"),
+        ));
     }
     let mut out = Vec::new();
     for s in &list.value {
@@ -210,7 +219,7 @@ fn subjects(list: &SpannedList, what: &str, problems: &mut Vec<Problem>) -> Vec<
     out
 }
 
-/// Checks the `jetstream:` block of a role (`at` is the role's name, for whole-block problems).
+/// Checks the `jetstream:` block of a role; `absolute` roles may not have one.
 pub(super) fn compile_role(
     raw: &Spanned<RawJetStream>,
     absolute: bool,
@@ -235,7 +244,7 @@ pub(super) fn compile_role(
             ));
             continue;
         };
-        let stream_subjects = subjects(list, "stream", &mut problems);
+        let stream_subjects = subjects(list, "subjects", "stream", &mut problems);
         let (mut durable, mut ephemeral, mut filters) = (Vec::new(), false, Vec::new());
         if let Some(c) = &s.consume {
             if let Some(list) = &c.value.durable {
@@ -252,7 +261,7 @@ pub(super) fn compile_role(
             }
             match &c.value.filter {
                 Some(list) => {
-                    let parsed = subjects(list, "filter", &mut problems);
+                    let parsed = subjects(list, "filter", "filter", &mut problems);
                     for (f, raw_f) in parsed.iter().zip(&list.value) {
                         let inside = stream_subjects
                             .iter()
