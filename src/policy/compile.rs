@@ -212,7 +212,7 @@ pub fn compile(sources: &[PolicySource], opts: &CompileOptions) -> Result<Policy
         broken_tenants: Vec::new(),
         broken_roles: Vec::new(),
         errors: Vec::new(),
-        consumers: Vec::new(),
+        consumers: jetstream::Consumers::default(),
     };
     let mut raw_tenants = Vec::new();
     let mut raw_roles = Vec::new();
@@ -312,8 +312,8 @@ struct Compiler<'a> {
     broken_roles: Vec<String>,
     /// Problems with the index of the source they are in, for sorting.
     errors: Vec<(usize, Diagnostic)>,
-    /// JetStream consumers granted so far: account, consumer, binding, where it was bound.
-    consumers: Vec<(Arc<str>, jetstream::ConsumerUse, String, usize, Location)>,
+    /// JetStream consumers granted so far, to keep bindings that share one consistent.
+    consumers: jetstream::Consumers,
 }
 
 impl<'a> Compiler<'a> {
@@ -988,8 +988,19 @@ impl<'a> Compiler<'a> {
                     );
                 }
             }
-            if let Some(js) = &role.jetstream {
-                self.check_jetstream_binding(si, r, &name, js, tenant, project, tenants);
+            if let (Some(js), Some(t)) = (&role.jetstream, tenant) {
+                let prefix = project
+                    .and_then(|p| t.projects.get(p))
+                    .map_or(t.prefix.as_str(), |p| p.prefix.as_str());
+                let sharing: Vec<&str> = (tenants.iter().flatten())
+                    .filter(|o| o.account == t.account && o.name != t.name)
+                    .map(|o| &*o.name)
+                    .collect();
+                let shared = (&*t.account, &sharing[..]);
+                let problems = jetstream::binding_problems(js, &name, &r.value, prefix, shared);
+                for message in problems {
+                    self.err(si, r.referenced, message);
+                }
             }
             bound.push(role);
             role_refs.push(r.referenced);
@@ -1019,7 +1030,10 @@ impl<'a> Compiler<'a> {
                 subscribe.allow.extend(i.subscribe);
                 js_grants.extend(i.views);
                 for c in i.consumers {
-                    self.shared_consumer(si, &name, at, &tenant.account, c);
+                    let place = format!("{}:{}:{}", self.file(si), at.line(), at.column());
+                    if let Err(message) = self.consumers.claim(&tenant.account, &name, place, c) {
+                        self.err(si, *at, message);
+                    }
                 }
             }
             publish
@@ -1056,96 +1070,6 @@ impl<'a> Compiler<'a> {
             max_ttl,
             jetstream: js_grants,
         })
-    }
-
-    /// Two bindings reaching one JetStream consumer must give it the same filters: whoever may
-    /// fetch from a consumer reads what its filter lets through, whatever filter they were
-    /// granted themselves.
-    fn shared_consumer(
-        &mut self,
-        si: usize,
-        binding: &str,
-        at: &Location,
-        account: &Arc<str>,
-        c: jetstream::ConsumerUse,
-    ) {
-        let clash = self
-            .consumers
-            .iter()
-            .find(|(a, other, b, _, _)| a == account && b != binding && c.conflicts_with(other));
-        if let Some((_, other, b, other_si, other_at)) = clash {
-            let message = format!(
-                "binding `{binding}` may use consumer `{}` of stream `{}` with filters [{}], but binding `{b}` ({}:{}:{}) may use {} with filters [{}]: a consumer is shared by everyone who may fetch from or ack through it, so give both the same filters or distinct consumer names (`ephemeral` reaches every consumer of the stream)",
-                c.consumer,
-                c.stream,
-                c.filters.join(", "),
-                self.file(*other_si),
-                other_at.line(),
-                other_at.column(),
-                if other.consumer == "*" {
-                    "any consumer".to_owned()
-                } else {
-                    format!("consumer `{}`", other.consumer)
-                },
-                other.filters.join(", ")
-            );
-            self.err(si, *at, message);
-            return;
-        }
-        self.consumers
-            .push((Arc::clone(account), c, binding.to_owned(), si, *at));
-    }
-
-    /// JetStream grants need a prefix that derives unambiguous names, and `manage` an account
-    /// of the tenant's own (a stream's subjects are in the create request's payload).
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the binding's parts, as `binding` has them at hand"
-    )]
-    fn check_jetstream_binding(
-        &mut self,
-        si: usize,
-        role_ref: &Spanned<String>,
-        binding: &str,
-        js: &RoleJetStream,
-        tenant: Option<&Tenant>,
-        project: Option<usize>,
-        tenants: &[Option<Tenant>],
-    ) {
-        let Some(tenant) = tenant else { return };
-        let prefix = project
-            .and_then(|p| tenant.projects.get(p))
-            .map_or(tenant.prefix.as_str(), |p| p.prefix.as_str());
-        if let Some(problem) = jetstream::prefix_problem(prefix) {
-            self.err(
-                si,
-                role_ref.referenced,
-                format!(
-                    "binding `{binding}` grants JetStream role `{}`, but its {problem}",
-                    escape(&role_ref.value)
-                ),
-            );
-        }
-        if js.manages {
-            let sharing: Vec<&str> = tenants
-                .iter()
-                .flatten()
-                .filter(|t| t.account == tenant.account && t.name != tenant.name)
-                .map(|t| &*t.name)
-                .collect();
-            if !sharing.is_empty() {
-                self.err(
-                    si,
-                    role_ref.referenced,
-                    format!(
-                        "binding `{binding}` grants role `{}`, which may `manage` streams or buckets, but account `{}` is shared with tenant {}: a stream's subjects are in the create request's payload, which permissions cannot see, so a manager could capture another tenant's subjects; create them out of band, or give the tenant an account of its own",
-                        escape(&role_ref.value),
-                        tenant.account,
-                        sharing.join(", ")
-                    ),
-                );
-            }
-        }
     }
 
     fn conditions(

@@ -361,13 +361,70 @@ pub(super) fn compile_role(
     }
 }
 
-/// Why JetStream grants cannot be bound under `prefix`, if they cannot.
-pub(super) fn prefix_problem(prefix: &str) -> Option<String> {
-    prefix.contains('_').then(|| {
-        format!(
-            "prefix `{prefix}` contains `_`, which separates the prefix in JetStream names; JetStream grants need a prefix without `_`"
-        )
-    })
+/// Why binding `binding` cannot grant JetStream role `role` under `prefix`: a prefix must
+/// derive unambiguous names, and `manage` needs an account of the tenant's own, since a
+/// stream's subjects are in the create request's payload. `sharing`: the other tenants in
+/// `account`.
+pub(super) fn binding_problems(
+    js: &RoleJetStream,
+    binding: &str,
+    role: &str,
+    prefix: &str,
+    (account, sharing): (&str, &[&str]),
+) -> Vec<String> {
+    let role = super::compile::escape(role);
+    let mut out = Vec::new();
+    if prefix.contains('_') {
+        out.push(format!(
+            "binding `{binding}` grants JetStream role `{role}`, but its prefix `{prefix}` contains `_`, which separates the prefix in JetStream names; JetStream grants need a prefix without `_`"
+        ));
+    }
+    if js.manages && !sharing.is_empty() {
+        out.push(format!(
+            "binding `{binding}` grants role `{role}`, which may `manage` streams or buckets, but account `{account}` is shared with tenant {}: a stream's subjects are in the create request's payload, which permissions cannot see, so a manager could capture another tenant's subjects; create them out of band, or give the tenant an account of its own",
+            sharing.join(", ")
+        ));
+    }
+    out
+}
+
+/// The JetStream consumers granted so far in one compilation: account, consumer, binding and
+/// where it was bound (`file:line:column`).
+#[derive(Debug, Default)]
+pub(super) struct Consumers(Vec<(String, ConsumerUse, String, String)>);
+
+impl Consumers {
+    /// Records that `binding` (bound at `place`) may use `c` in `account`, or says why it may
+    /// not: another binding reaches the same consumer with other filters.
+    pub(super) fn claim(
+        &mut self,
+        account: &str,
+        binding: &str,
+        place: String,
+        c: ConsumerUse,
+    ) -> Result<(), String> {
+        let clash = self
+            .0
+            .iter()
+            .find(|(a, other, b, _)| a == account && b != binding && c.conflicts_with(other));
+        if let Some((_, other, b, other_place)) = clash {
+            let theirs = if other.consumer == "*" {
+                "any consumer".to_owned()
+            } else {
+                format!("consumer `{}`", other.consumer)
+            };
+            return Err(format!(
+                "binding `{binding}` may use consumer `{}` of stream `{}` with filters [{}], but binding `{b}` ({other_place}) may use {theirs} with filters [{}]: a consumer is shared by everyone who may fetch from or ack through it, so give both the same filters or distinct consumer names (`ephemeral` reaches every consumer of the stream)",
+                c.consumer,
+                c.stream,
+                c.filters.join(", "),
+                other.filters.join(", ")
+            ));
+        }
+        self.0
+            .push((account.to_owned(), c, binding.to_owned(), place));
+        Ok(())
+    }
 }
 
 /// The server name of local `name` under `prefix`.
