@@ -329,6 +329,11 @@ pub fn render_text(x: &Explained<'_>, now: u64) -> String {
                         b.name,
                         roles.join(", ")
                     );
+                    for js in &b.jetstream {
+                        let _ = writeln!(out, "         jetstream {}", js.what);
+                        let _ = writeln!(out, "           publish   {}", js.publish.join(", "));
+                        let _ = writeln!(out, "           subscribe {}", js.subscribe.join(", "));
+                    }
                 }
                 Err(why) => {
                     let _ = writeln!(out, "  no     {} ({scope}): {why}", b.name);
@@ -421,6 +426,11 @@ pub fn render_json(x: &Explained<'_>, unverified: bool) -> Value {
                 "roles": b.roles.iter().map(|r| &**r).collect::<Vec<_>>(),
                 "matched": b.outcome.is_ok(),
                 "why_not": b.outcome.as_ref().err(),
+                "jetstream": b.jetstream.iter().map(|j| json!({
+                    "grant": j.what,
+                    "publish": j.publish,
+                    "subscribe": j.subscribe,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -494,6 +504,9 @@ struct Expect {
     responses: Option<bool>,
     /// The longest the credential may live, in seconds from `now`.
     max_lifetime_secs: Option<u64>,
+    /// JetStream operations that must be possible or not, e.g. `consume STREAM CONSUMER FILTER`
+    /// (see [`crate::policy::jetstream_operation_subjects`]).
+    jetstream: Option<SubjectExpect>,
 }
 
 /// Subjects that must be allowed or denied, with NATS wildcard semantics (deny wins).
@@ -699,6 +712,29 @@ fn check(expect: &Expect, x: &Explained<'_>, now: u64) -> Vec<String> {
         for s in &want.denied {
             if perms.allows(s) {
                 failures.push(format!("{dir} `{s}`: expected denied, but it is allowed"));
+            }
+        }
+    }
+    if let Some(want) = &expect.jetstream {
+        // An operation is possible when every subject it publishes to is allowed.
+        let possible = |op: &str| {
+            crate::policy::jetstream_operation_subjects(op)
+                .map(|subjects| subjects.iter().all(|s| g.publish.allows(s)))
+        };
+        for (op, expected) in want
+            .allowed
+            .iter()
+            .map(|o| (o, true))
+            .chain(want.denied.iter().map(|o| (o, false)))
+        {
+            match possible(op) {
+                Err(e) => failures.push(e),
+                Ok(got) if got != expected => failures.push(format!(
+                    "jetstream `{op}`: expected {}, but it is {}",
+                    if expected { "allowed" } else { "denied" },
+                    if got { "allowed" } else { "denied" }
+                )),
+                Ok(_) => {}
             }
         }
     }

@@ -20,6 +20,8 @@ mod entra;
 mod faults;
 #[path = "integration/isolation.rs"]
 mod isolation;
+#[path = "integration/jetstream.rs"]
+mod jetstream;
 #[path = "integration/keys.rs"]
 mod keys;
 #[path = "integration/oidc.rs"]

@@ -18,6 +18,7 @@ use serde_saphyr::{DefaultMessageFormatter, Location, MessageFormatter, Spanned}
 
 use super::eval::Responses;
 use super::ident::{Field, canonical, is_guid};
+use super::jetstream::{self, JetStreamGrant, RoleJetStream};
 use super::model::{
     Document, Outline, RawBinding, RawKind, RawPermissions, RawResponses, RawRole, RawTenant,
     RawWhen, SpannedList,
@@ -107,6 +108,8 @@ pub(super) struct Binding {
     pub(super) subscribe: Templates,
     pub(super) responses: Option<Responses>,
     pub(super) max_ttl: Option<Duration>,
+    /// The JetStream grants of its roles and the subjects they became (also in the templates).
+    pub(super) jetstream: Vec<JetStreamGrant>,
 }
 
 /// Conditions on the token; all must hold, and a non-empty list holds when any value is present.
@@ -209,6 +212,7 @@ pub fn compile(sources: &[PolicySource], opts: &CompileOptions) -> Result<Policy
         broken_tenants: Vec::new(),
         broken_roles: Vec::new(),
         errors: Vec::new(),
+        consumers: jetstream::Consumers::default(),
     };
     let mut raw_tenants = Vec::new();
     let mut raw_roles = Vec::new();
@@ -273,6 +277,7 @@ struct Role {
     queues: Vec<(RoleTemplate, RoleTemplate)>,
     responses: Option<Responses>,
     max_ttl: Option<Duration>,
+    jetstream: Option<RoleJetStream>,
 }
 
 #[derive(Debug, Default)]
@@ -294,6 +299,7 @@ impl Role {
             .flatten()
             .chain(self.queues.iter().flat_map(|(s, g)| [s, g]))
             .flat_map(RoleTemplate::placeholders)
+            .chain(self.jetstream.iter().flat_map(RoleJetStream::placeholders))
     }
 }
 
@@ -306,6 +312,8 @@ struct Compiler<'a> {
     broken_roles: Vec<String>,
     /// Problems with the index of the source they are in, for sorting.
     errors: Vec<(usize, Diagnostic)>,
+    /// JetStream consumers granted so far, to keep bindings that share one consistent.
+    consumers: jetstream::Consumers,
 }
 
 impl<'a> Compiler<'a> {
@@ -715,7 +723,28 @@ impl<'a> Compiler<'a> {
                 queues.push((s, g));
             }
         }
-        if publish.allow.is_empty() && subscribe.allow.is_empty() && queues.is_empty() {
+        let jetstream =
+            raw.jetstream
+                .as_ref()
+                .and_then(|js| match jetstream::compile_role(js, absolute) {
+                    Ok(js) => Some(js),
+                    Err(problems) => {
+                        for (at, message) in problems {
+                            self.err(si, at, message);
+                        }
+                        None
+                    }
+                });
+        let has_jetstream = jetstream.as_ref().is_some_and(|j| !j.is_empty())
+            || raw
+                .jetstream
+                .as_ref()
+                .is_some_and(|j| !(j.value.streams.is_empty() && j.value.kv.is_empty()));
+        if publish.allow.is_empty()
+            && subscribe.allow.is_empty()
+            && queues.is_empty()
+            && !has_jetstream
+        {
             let nothing_written = raw.publish.as_ref().is_none_or(|p| p.allow.is_empty())
                 && raw.subscribe.as_ref().is_none_or(|s| {
                     s.allow.is_empty() && s.queues.as_ref().is_none_or(|q| q.value.is_empty())
@@ -725,7 +754,7 @@ impl<'a> Compiler<'a> {
                     si,
                     raw.name.referenced,
                     format!(
-                        "role `{}` allows nothing: neither `publish.allow`, `subscribe.allow` nor `subscribe.queues` has a subject",
+                        "role `{}` allows nothing: neither `publish.allow`, `subscribe.allow`, `subscribe.queues` nor `jetstream` has a subject",
                         escape(&raw.name.value)
                     ),
                 );
@@ -760,6 +789,7 @@ impl<'a> Compiler<'a> {
             queues,
             responses,
             max_ttl,
+            jetstream,
         })
     }
 
@@ -914,6 +944,7 @@ impl<'a> Compiler<'a> {
         }
         let mut bound: Vec<&Role> = Vec::new();
         let mut role_names = Vec::new();
+        let mut role_refs = Vec::new();
         for r in &raw.roles.value {
             let Some(&ri) = role_by_name.get(r.value.as_str()) else {
                 if self.broken_roles.contains(&r.value) {
@@ -957,7 +988,22 @@ impl<'a> Compiler<'a> {
                     );
                 }
             }
+            if let (Some(js), Some(t)) = (&role.jetstream, tenant) {
+                let prefix = project
+                    .and_then(|p| t.projects.get(p))
+                    .map_or(t.prefix.as_str(), |p| p.prefix.as_str());
+                let sharing: Vec<&str> = (tenants.iter().flatten())
+                    .filter(|o| o.account == t.account && o.name != t.name)
+                    .map(|o| &*o.name)
+                    .collect();
+                let shared = (&*t.account, &sharing[..]);
+                let problems = jetstream::binding_problems(js, &name, &r.value, prefix, shared);
+                for message in problems {
+                    self.err(si, r.referenced, message);
+                }
+            }
             bound.push(role);
+            role_refs.push(r.referenced);
             role_names.push(Arc::clone(&role.name));
         }
 
@@ -976,7 +1022,20 @@ impl<'a> Compiler<'a> {
         let mut subscribe = Templates::default();
         let mut responses: Option<Responses> = None;
         let mut max_ttl: Option<Duration> = None;
-        for role in &bound {
+        let mut js_grants = Vec::new();
+        for (role, at) in bound.iter().zip(&role_refs) {
+            if let Some(js) = &role.jetstream {
+                let i = jetstream::instantiate(js, prefix, &tenant.name, project_name);
+                publish.allow.extend(i.publish);
+                subscribe.allow.extend(i.subscribe);
+                js_grants.extend(i.views);
+                for c in i.consumers {
+                    let place = format!("{}:{}:{}", self.file(si), at.line(), at.column());
+                    if let Err(message) = self.consumers.claim(&tenant.account, &name, place, c) {
+                        self.err(si, *at, message);
+                    }
+                }
+            }
             publish
                 .allow
                 .extend(role.publish.allow.iter().map(|t| place(role, t)));
@@ -1009,6 +1068,7 @@ impl<'a> Compiler<'a> {
             subscribe,
             responses,
             max_ttl,
+            jetstream: js_grants,
         })
     }
 

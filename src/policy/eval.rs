@@ -80,6 +80,8 @@ pub struct BindingCheck {
     /// `Ok` when it matched, else why not (may quote claim values: explain output is for the
     /// operator holding the token).
     pub outcome: Result<(), String>,
+    /// Its roles' JetStream grants and the subjects they became.
+    pub jetstream: Vec<super::JetStreamGrant>,
 }
 
 /// Everything [`PolicySet::explain`] found out.
@@ -210,6 +212,7 @@ impl PolicySet {
                     .and_then(|p| tenant?.projects.get(p))
                     .map(|p| Arc::clone(&p.name)),
                 roles: b.roles.clone(),
+                jetstream: b.jetstream.clone(),
                 outcome: match mismatch {
                     None => Ok(()),
                     Some(m) => Err(describe(m, b, tenant, id)),

@@ -19,6 +19,7 @@
 mod compile;
 mod eval;
 mod ident;
+mod jetstream;
 mod model;
 #[cfg(test)]
 mod proptests;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 pub use compile::{PolicySet, compile};
 pub use eval::{BindingCheck, Explanation, Grant, Permissions, PolicyDeny, Responses};
+pub use jetstream::{JetStreamGrant, operation_subjects as jetstream_operation_subjects};
 pub use subject::{MAX_CLAIM_CHARS, USER_ONLY_CLAIMS, covers, overlaps};
 
 pub use crate::diagnostic::Diagnostic;

@@ -98,6 +98,8 @@ pub(crate) struct RawRole {
     pub(crate) subscribe: Option<RawPermissions>,
     pub(crate) allow_responses: Option<Spanned<RawResponses>>,
     pub(crate) max_ttl: Option<Spanned<String>>,
+    /// Streams, consumers and buckets (see `jetstream`).
+    pub(crate) jetstream: Option<Spanned<super::jetstream::RawJetStream>>,
 }
 
 /// `publish:` or `subscribe:`.

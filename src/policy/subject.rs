@@ -139,6 +139,10 @@ impl fmt::Display for Placeholder {
 enum Part {
     Literal(String),
     Var(Placeholder),
+    /// A placeholder inside a JetStream stream, consumer or bucket name: its value may only
+    /// hold ascii letters, digits and `-`, because `_` separates the prefix in derived names
+    /// (see `jetstream`).
+    Name(Placeholder),
 }
 
 /// A validated role subject (or queue group) with every placeholder still to fill.
@@ -190,10 +194,42 @@ impl RoleTemplate {
         Ok(Self { parts })
     }
 
+    /// Validate a JetStream stream, consumer or bucket name: ascii letters, digits and `-`,
+    /// and token placeholders (`{tenant}` and `{project}` are already in the derived prefix).
+    pub(crate) fn parse_name(raw: &str) -> Result<Self, SubjectError> {
+        if raw.is_empty() {
+            return Err(SubjectError::Empty);
+        }
+        check_braces(raw)?;
+        let mut parts = Vec::new();
+        let mut rest = raw;
+        while let Some(open) = rest.find('{') {
+            let (before, after) = rest.split_at(open);
+            check_name_literal(before)?;
+            if !before.is_empty() {
+                push_literal(&mut parts, before);
+            }
+            let close = after.find('}').ok_or(SubjectError::UnclosedBrace)?;
+            let name = after.get(1..close).unwrap_or_default();
+            let placeholder = Placeholder::parse(name)
+                .ok_or_else(|| SubjectError::UnknownPlaceholder(name.to_owned()))?;
+            if matches!(placeholder, Placeholder::Tenant | Placeholder::Project) {
+                return Err(SubjectError::StaticPlaceholderInName);
+            }
+            parts.push(Part::Name(placeholder));
+            rest = after.get(close + 1..).unwrap_or_default();
+        }
+        check_name_literal(rest)?;
+        if !rest.is_empty() {
+            push_literal(&mut parts, rest);
+        }
+        Ok(Self { parts })
+    }
+
     /// The placeholders used, in order.
     pub(crate) fn placeholders(&self) -> impl Iterator<Item = &Placeholder> {
         self.parts.iter().filter_map(|p| match p {
-            Part::Var(v) => Some(v),
+            Part::Var(v) | Part::Name(v) => Some(v),
             Part::Literal(_) => None,
         })
     }
@@ -221,6 +257,7 @@ impl RoleTemplate {
                     None => parts.push(Part::Var(Placeholder::Project)),
                 },
                 Part::Var(v) => parts.push(Part::Var(v.clone())),
+                Part::Name(v) => parts.push(Part::Name(v.clone())),
             }
         }
         SubjectTemplate { parts }
@@ -234,13 +271,37 @@ impl fmt::Display for RoleTemplate {
 }
 
 impl SubjectTemplate {
+    /// A template without placeholders.
+    pub(crate) fn literal(s: &str) -> Self {
+        Self {
+            parts: vec![Part::Literal(s.to_owned())],
+        }
+    }
+
+    /// This template followed by `s`.
+    pub(crate) fn then_str(mut self, s: &str) -> Self {
+        push_literal(&mut self.parts, s);
+        self
+    }
+
+    /// This template followed by `other`.
+    pub(crate) fn then(mut self, other: &SubjectTemplate) -> Self {
+        for part in &other.parts {
+            match part {
+                Part::Literal(s) => push_literal(&mut self.parts, s),
+                var => self.parts.push(var.clone()),
+            }
+        }
+        self
+    }
+
     /// This subject with a queue group: the `"subject group"` form of NATS permissions.
     pub(crate) fn with_queue(mut self, group: SubjectTemplate) -> SubjectTemplate {
         push_literal(&mut self.parts, " ");
         for part in group.parts {
             match part {
                 Part::Literal(s) => push_literal(&mut self.parts, &s),
-                var @ Part::Var(_) => self.parts.push(var),
+                var @ (Part::Var(_) | Part::Name(_)) => self.parts.push(var),
             }
         }
         self
@@ -255,6 +316,16 @@ impl SubjectTemplate {
                     let value = p
                         .value(id)
                         .and_then(|v| check_claim(&v).map(|()| v))
+                        .map_err(|problem| UnsafeClaim {
+                            placeholder: p.clone(),
+                            problem,
+                        })?;
+                    out.push_str(&value);
+                }
+                Part::Name(p) => {
+                    let value = p
+                        .value(id)
+                        .and_then(|v| check_name_value(&v).map(|()| v))
                         .map_err(|problem| UnsafeClaim {
                             placeholder: p.clone(),
                             problem,
@@ -284,7 +355,7 @@ fn write_parts(parts: &[Part], f: &mut fmt::Formatter<'_>) -> fmt::Result {
     for part in parts {
         match part {
             Part::Literal(s) => f.write_str(s)?,
-            Part::Var(p) => write!(f, "{p}")?,
+            Part::Var(p) | Part::Name(p) => write!(f, "{p}")?,
         }
     }
     Ok(())
@@ -418,6 +489,37 @@ pub(crate) enum SubjectError {
     AbsoluteStartsWithWildcard,
     #[error("starts with a placeholder; an absolute subject must write its first token out")]
     AbsoluteStartsWithPlaceholder,
+    #[error(
+        "has the character {0:?}; JetStream names here hold only ascii letters, digits and `-` (`_` separates the prefix in derived names)"
+    )]
+    NameCharacter(char),
+    #[error(
+        "uses {{tenant}} or {{project}}; the derived name already starts with the tenant and project prefix"
+    )]
+    StaticPlaceholderInName,
+}
+
+fn check_name_literal(s: &str) -> Result<(), SubjectError> {
+    match s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+    {
+        Some(c) => Err(SubjectError::NameCharacter(c)),
+        None => Ok(()),
+    }
+}
+
+/// A claim value inside a JetStream name: one more rule than [`check_claim`], because a `_`
+/// could make `contoso` + `vision_x` read as project `vision`'s stream `x`.
+fn check_name_value(v: &str) -> Result<(), &'static str> {
+    check_claim(v)?;
+    if v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        Ok(())
+    } else {
+        Err(
+            "holds a character other than ascii letters, digits and `-`, which a JetStream name may not",
+        )
+    }
 }
 
 /// A placeholder whose claim value cannot be spliced into a subject safely.

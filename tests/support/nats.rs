@@ -282,3 +282,32 @@ pub fn test_config(config: &str, env: &[(String, String)]) -> Result<(), String>
         ))
     }
 }
+
+/// [`config_mode`] with JetStream: stored under `store_dir`, enabled in `APP` and `OTHER`, and
+/// an `APP` user `ops`/`ops` that bypasses the callout, to create streams and buckets out of
+/// band as an operator would.
+pub fn config_mode_jetstream(issuer: &str, store_dir: &Path) -> String {
+    format!(
+        r#"
+server_name: callout-js-test
+max_control_line: 32KB
+jetstream {{ store_dir: "{store}" }}
+accounts {{
+  AUTH {{ users: [ {{ user: auth, password: pwd }} ] }}
+  APP {{ jetstream: enabled, users: [ {{ user: ops, password: ops }} ] }}
+  OTHER {{ jetstream: enabled }}
+  SYS {{ users: [ {{ user: admin, password: admin }} ] }}
+}}
+system_account: SYS
+authorization {{
+  timeout: 2
+  auth_callout {{
+    issuer: {issuer}
+    account: AUTH
+    auth_users: [ auth, admin, ops ]
+  }}
+}}
+"#,
+        store = store_dir.display()
+    )
+}
