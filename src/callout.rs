@@ -199,7 +199,7 @@ const ALLOW: &str = "allow";
 const DENY: &str = "deny";
 const LATE: &str = "late";
 
-/// The list fields of an audit log line. Logged as JSON arrays in text ([`JsonList`]); the
+/// The list fields of an audit log line. Logged as JSON arrays in text (`JsonList`); the
 /// JSON log format turns them into arrays (`telemetry`).
 pub const AUDIT_LIST_FIELDS: [&str; 5] = [
     "rules",
