@@ -21,6 +21,11 @@
 //! | `entra_callout_policy_reloads_total` | counter | `result` (`ok`, `error`) |
 //! | `entra_callout_policy_rules` | gauge | |
 //! | `entra_callout_audit_publish_failures_total` | counter | |
+//! | `entra_callout_build_info` | gauge (always 1) | `version`, `features` |
+//! | `process_*` (CPU seconds, resident and virtual memory, open and max file descriptors, start time, threads) | | |
+//!
+//! The `process_*` series are the Prometheus client libraries' standard ones, read from
+//! `/proc` by the `metrics-process` crate when `/metrics` is scraped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +55,8 @@ pub const POLICY_RELOADS: &str = "entra_callout_policy_reloads_total";
 pub const POLICY_RULES: &str = "entra_callout_policy_rules";
 /// Audit events that could not be handed to NATS.
 pub const AUDIT_PUBLISH_FAILURES: &str = "entra_callout_audit_publish_failures_total";
+/// Always 1, labelled with what was built: the convention dashboards join other series with.
+pub const BUILD_INFO: &str = "entra_callout_build_info";
 
 /// Decision latency buckets, in seconds: sub-millisecond for cached keys up to the two seconds
 /// nats-server waits by default, where a slow key fetch would show.
@@ -61,6 +68,8 @@ const DECISION_BUCKETS: [f64; 14] = [
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    /// Reads the `process_*` series from `/proc` at each scrape.
+    process: metrics_process::Collector,
     allowed: Counter,
     /// Answers sent after nats-server's deadline, whatever they decided.
     late: Counter,
@@ -106,6 +115,23 @@ impl Metrics {
         let handle = recorder.handle();
         let r: &dyn Recorder = &recorder;
         describe(r);
+        let features = if cfg!(feature = "dev") { "dev" } else { "" };
+        r.register_gauge(
+            &Key::from_parts(
+                BUILD_INFO,
+                vec![
+                    Label::from_static_parts("version", env!("CARGO_PKG_VERSION")),
+                    Label::from_static_parts("features", features),
+                ],
+            ),
+            &META,
+        )
+        .set(1.0);
+        let process = metrics_process::Collector::default();
+        metrics::with_local_recorder(r, || {
+            process.describe();
+            process.collect();
+        });
         let requests = |outcome: &'static str, reason: &'static str| {
             counter(r, REQUESTS, [("outcome", outcome), ("reason", reason)])
         };
@@ -130,6 +156,7 @@ impl Metrics {
             audit_failures: r
                 .register_counter(&Key::from_static_name(AUDIT_PUBLISH_FAILURES), &META),
             handle,
+            process,
             recorder: Arc::new(recorder),
         };
         Ok(metrics)
@@ -224,8 +251,10 @@ impl Metrics {
         self.audit_failures.increment(1);
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition of every metric, the process ones read now.
     pub fn render(&self) -> String {
+        let recorder: &dyn Recorder = &*self.recorder;
+        metrics::with_local_recorder(recorder, || self.process.collect());
         self.handle.render()
     }
 
@@ -302,6 +331,10 @@ fn describe(r: &dyn Recorder) {
         (IN_FLIGHT, "Authorization requests being decided now."),
         (QUEUED, "Authorization requests waiting for a free slot."),
         (POLICY_RULES, "Rules in the policy set in use."),
+        (
+            BUILD_INFO,
+            "Always 1; the labels say which version and features were built.",
+        ),
     ];
     for (name, text) in gauges {
         r.describe_gauge(
@@ -416,6 +449,33 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("entra_callout_policy_rules 3"), "{text}");
+    }
+
+    #[test]
+    fn build_info_and_the_standard_process_series_are_exported() {
+        let metrics = Metrics::new().unwrap();
+        let text = metrics.render();
+        let features = if cfg!(feature = "dev") { "dev" } else { "" };
+        let build = format!(
+            "entra_callout_build_info{{version=\"{}\",features=\"{features}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
+        // CPU seconds may still be 0 in a young test process; the others cannot be.
+        for (series, positive) in [
+            ("process_resident_memory_bytes ", true),
+            ("process_cpu_seconds_total ", false),
+            ("process_open_fds ", true),
+            ("process_start_time_seconds ", true),
+        ] {
+            let value: f64 = text
+                .lines()
+                .find_map(|line| line.strip_prefix(series))
+                .unwrap_or_else(|| panic!("{series}missing in:\n{text}"))
+                .parse()
+                .unwrap();
+            assert!(value > 0.0 || !positive && value == 0.0, "{series}{value}");
+        }
     }
 
     #[test]
