@@ -12,14 +12,18 @@
 //! * `tools`: the offline `explain` and `test` commands over policies.
 //! * `accounts`: config vs operator mode, and which key signs users into which account.
 //! * `callout`: one request in, one signed answer out (`Authorizer::handle`).
-//! * `service`: the NATS loop — queue subscription, bounded concurrency, drain.
+//! * `service`: the NATS loop — connection with retry, queue subscription, bounded
+//!   concurrency, drain.
+//! * `app`: the composition root — `app::start` assembles the service from a `Config`; `serve`
+//!   and the in-process tests use it.
 //! * `admin`, `metrics`, `reload`: operations — the health and metrics endpoints, Prometheus
 //!   metrics, and hot reload of policies.
-//! * `config`, `cli`, `keys`, `telemetry`: the edges — configuration files, commands, key
-//!   material, logging and the wall clock.
+//! * `config`, `cli`, `keys`, `telemetry`: the edges — configuration files (parsed and
+//!   validated into the settings types the modules above own), commands, key material, logging
+//!   and the wall clock.
 //! * `dev`: `entra-callout dev`, the local environment with a built-in Entra-shaped issuer.
 //! * `nats_config`: the nats-server configuration (and operator-mode JWTs) matching the keys.
-//! * `deny`, `diagnostic`, `duration`: small shared vocabularies.
+//! * `deny`, `diagnostic`, `duration`, `secret`: small shared vocabularies.
 
 #![deny(
     clippy::unwrap_used,
