@@ -19,7 +19,7 @@
 //!   material, logging and the wall clock.
 //! * `dev`: `entra-callout dev`, the local environment with a built-in Entra-shaped issuer.
 //! * `nats_config`: the nats-server configuration (and operator-mode JWTs) matching the keys.
-//! * `deny`, `diagnostic`, `duration`: small shared vocabularies.
+//! * `deny`, `diagnostic`, `duration`, `guid`: small shared vocabularies.
 
 #![deny(
     clippy::unwrap_used,
@@ -42,6 +42,7 @@ pub mod deny;
 pub mod dev;
 pub mod diagnostic;
 pub mod duration;
+pub mod guid;
 pub mod identity;
 pub mod keys;
 pub mod metrics;

@@ -17,6 +17,7 @@ use serde_saphyr::Spanned;
 
 use crate::diagnostic::Diagnostic;
 use crate::diagnostic::yaml_problem;
+use crate::guid::Guid;
 use crate::identity::Identity;
 use crate::oidc::{ProviderSettings, Tenants, TokenError, identity_from_unverified_claims};
 use crate::policy::{Explanation, Grant, Permissions, PolicySet};
@@ -182,7 +183,7 @@ pub fn fill_test_defaults(claims: &mut Map<String, Value>, provider: &ProviderSe
     if let Some(entra) = provider.as_entra() {
         let first = match entra.tenants() {
             Tenants::One(t) => Some(t.as_str()),
-            Tenants::List(list) => list.first().map(String::as_str),
+            Tenants::List(list) => list.first().map(Guid::as_str),
             Tenants::Any => None,
         };
         if let Some(tid) = first {

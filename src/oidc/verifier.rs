@@ -48,6 +48,7 @@ use super::verified::{DEFAULT_TOKEN_CACHE_SIZE, TokenDigest, VerifiedTokens, tok
 use super::verify::{
     ParsedToken, Signature, Verified, check_algorithm, check_entra_tenant, verify_parsed,
 };
+use crate::guid::Guid;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 
@@ -225,14 +226,14 @@ impl Verifier {
                     let app_id = entra.signing_keys_app_id();
                     // Sources of an app's own keys say so, to tell them from the tenant's.
                     let app_label = app_id.map(|id| format!("?appid={id}")).unwrap_or_default();
-                    let tenants: &[String] = match entra.tenants() {
+                    let tenants: &[Guid] = match entra.tenants() {
                         Tenants::One(tenant) => std::slice::from_ref(tenant),
                         Tenants::List(list) => list,
                         Tenants::Any => &[],
                     };
                     for tenant in tenants {
                         for version in entra.versions().iter() {
-                            let issuer = entra.issuer(version, tenant);
+                            let issuer = entra.issuer(version, tenant.as_str());
                             let source = Source::new(
                                 index,
                                 format!(
@@ -240,9 +241,9 @@ impl Verifier {
                                     settings.name(),
                                     version.as_str()
                                 ),
-                                discovery_url(&authority, tenant, version, app_id),
+                                discovery_url(&authority, tenant.as_str(), version, app_id),
                                 issuer.clone(),
-                                Some(tenant.clone()),
+                                Some(tenant.to_string()),
                             );
                             fixed(issuer, source)?;
                         }
