@@ -7,6 +7,7 @@
 //! * `oidc`: access-token verification. `verify_with_keys` is pure; `Verifier` adds discovery,
 //!   JWKS fetching and caching, and the cache of verified tokens (by SHA-256).
 //! * `identity`: what a verified token says about its holder.
+//! * `guid`: the one GUID shape, and `Guid`, a tenant, object or app id proven to have it.
 //! * `policy`: YAML policies (tenants, projects, roles, bindings), model → compile → pure
 //!   evaluation into a `Grant`.
 //! * `tools`: the offline `explain` and `test` commands over policies.
@@ -19,7 +20,7 @@
 //!   material, logging and the wall clock.
 //! * `dev`: `entra-callout dev`, the local environment with a built-in Entra-shaped issuer.
 //! * `nats_config`: the nats-server configuration (and operator-mode JWTs) matching the keys.
-//! * `deny`, `diagnostic`, `duration`, `guid`: small shared vocabularies.
+//! * `deny`, `diagnostic`, `duration`: small shared vocabularies.
 
 #![deny(
     clippy::unwrap_used,
