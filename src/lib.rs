@@ -7,6 +7,7 @@
 //! * `oidc`: access-token verification. `verify_with_keys` is pure; `Verifier` adds discovery,
 //!   JWKS fetching and caching, and the cache of verified tokens (by SHA-256).
 //! * `identity`: what a verified token says about its holder.
+//! * `guid`: the one GUID shape, and `Guid`, a tenant, object or app id proven to have it.
 //! * `policy`: YAML policies (tenants, projects, roles, bindings), model → compile → pure
 //!   evaluation into a `Grant`.
 //! * `tools`: the offline `explain` and `test` commands over policies.
@@ -46,6 +47,7 @@ pub mod deny;
 pub mod dev;
 pub mod diagnostic;
 pub mod duration;
+pub mod guid;
 pub mod identity;
 pub mod keys;
 pub mod metrics;

@@ -17,8 +17,11 @@ use serde_saphyr::Spanned;
 
 use crate::diagnostic::Diagnostic;
 use crate::diagnostic::yaml_problem;
+use crate::guid::Guid;
 use crate::identity::Identity;
-use crate::oidc::{ProviderSettings, Tenants, TokenError, identity_from_unverified_claims};
+use crate::oidc::{
+    ProviderSettings, Routes, Tenants, TokenError, Via, identity_from_unverified_claims,
+};
 use crate::policy::{Explanation, Grant, Permissions, PolicySet};
 
 /// Printed first by every `explain` of a token: a forged token would be explained the same way.
@@ -71,8 +74,9 @@ pub struct Routing<'a> {
     pub note: String,
 }
 
-/// Chooses the provider for `claims`: by name when given, else by exact `iss` (as the verifier
-/// does), else by `tid` or as the only provider when `lenient` (test files may leave `iss` out).
+/// Chooses the provider for `claims`: by name when given, else by `iss` with the verifier's own
+/// routing (`oidc::Routes`), else by `tid` or as the only provider when `lenient` (test files
+/// may leave `iss` out).
 pub fn route<'a>(
     providers: &'a [ProviderSettings],
     claims: &Map<String, Value>,
@@ -88,29 +92,7 @@ pub fn route<'a>(
         return Routing { provider, note };
     }
     if let Some(iss) = claims.get("iss").and_then(Value::as_str) {
-        let tid = claims
-            .get("tid")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let provider = providers.iter().find(|p| {
-            p.issuers()
-                .iter()
-                .any(|i| i == iss || (!tid.is_empty() && i.replace(TENANT_TEMPLATE, tid) == iss))
-        });
-        let note = match provider {
-            Some(p) => format!("iss {iss} is an issuer of provider `{}`", p.name()),
-            None => {
-                let known: Vec<String> = providers
-                    .iter()
-                    .map(|p| format!("`{}` ({})", p.name(), p.issuers().join(", ")))
-                    .collect();
-                format!(
-                    "iss {iss} matches no configured provider; configured: {}",
-                    known.join(", ")
-                )
-            }
-        };
-        return Routing { provider, note };
+        return route_by_issuer(providers, claims, iss);
     }
     if lenient {
         if let Some(tid) = claims.get("tid").and_then(Value::as_str)
@@ -133,6 +115,57 @@ pub fn route<'a>(
     Routing {
         provider: None,
         note: "the claims have no `iss`, and no provider could be chosen".to_owned(),
+    }
+}
+
+/// Routes by `iss` exactly as the verifier does, saying why.
+fn route_by_issuer<'a>(
+    providers: &'a [ProviderSettings],
+    claims: &Map<String, Value>,
+    iss: &str,
+) -> Routing<'a> {
+    let routes = match Routes::new(providers.to_vec()) {
+        Ok(routes) => routes,
+        Err(error) => {
+            return Routing {
+                provider: None,
+                note: format!("no provider can be chosen: {error}"),
+            };
+        }
+    };
+    let routed = |index: usize, how: &str| {
+        let provider = providers.get(index);
+        let name = provider.map(|p| &**p.name()).unwrap_or_default();
+        Routing {
+            provider,
+            note: format!("iss {iss} is an issuer of provider `{name}`{how}"),
+        }
+    };
+    match routes.route(iss, claims) {
+        Ok(route) => match route.via {
+            Via::Issuer => routed(route.provider, ""),
+            Via::AnyTenant => routed(route.provider, ", which accepts any tenant"),
+        },
+        // An exact issuer whose claims the tenant rules refuse: the claim checks refuse them
+        // the same way, and test claims may still lack the `tid` filled in from the provider.
+        Err(_) if let Some(route) = routes.exact(iss) => routed(route.provider, ""),
+        Err(refusal) => {
+            let known: Vec<String> = providers
+                .iter()
+                .map(|p| format!("`{}` ({})", p.name(), p.issuers().join(", ")))
+                .collect();
+            let why = match refusal {
+                TokenError::IssuerUnknown => String::new(),
+                refusal => format!(" ({refusal})"),
+            };
+            Routing {
+                provider: None,
+                note: format!(
+                    "iss {iss} matches no configured provider{why}; configured: {}",
+                    known.join(", ")
+                ),
+            }
+        }
     }
 }
 
@@ -182,7 +215,7 @@ pub fn fill_test_defaults(claims: &mut Map<String, Value>, provider: &ProviderSe
     if let Some(entra) = provider.as_entra() {
         let first = match entra.tenants() {
             Tenants::One(t) => Some(t.as_str()),
-            Tenants::List(list) => list.first().map(String::as_str),
+            Tenants::List(list) => list.first().map(Guid::as_str),
             Tenants::Any => None,
         };
         if let Some(tid) = first {
@@ -780,5 +813,68 @@ mod tests {
             decode_unverified(&format!("e30.{array}.x")),
             Err(ToolError::NotAJwt)
         ));
+    }
+
+    #[test]
+    fn routing_by_iss_follows_the_verifier_and_says_why() {
+        const CONTOSO: &str = "6e3f1d0c-8b5a-4c2e-9f41-2d7a9b0c5e11";
+        const STRANGER: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
+        let providers = [
+            ProviderSettings::new("contoso", CONTOSO, vec!["api://a".into()]).unwrap(),
+            ProviderSettings::entra("anyone", Tenants::Any, vec!["api://b".into()])
+                .unwrap()
+                .with_login_host("login.partners.example")
+                .unwrap(),
+        ];
+        let claims = |iss: String, tid: Option<&str>| {
+            let mut claims = Map::new();
+            claims.insert("iss".to_owned(), json!(iss));
+            if let Some(tid) = tid {
+                claims.insert("tid".to_owned(), json!(tid));
+            }
+            claims
+        };
+        let v2 = |host: &str, tid: &str| format!("https://{host}/{tid}/v2.0");
+        let name = |r: &Routing<'_>| r.provider.map(|p| p.name().to_string());
+
+        // An exact issuer routes even before test defaults fill its `tid`.
+        let exact = route(
+            &providers,
+            &claims(v2("login.microsoftonline.com", CONTOSO), None),
+            None,
+            true,
+        );
+        assert_eq!(name(&exact).as_deref(), Some("contoso"), "{}", exact.note);
+        assert!(
+            exact.note.contains("is an issuer of provider `contoso`"),
+            "{}",
+            exact.note
+        );
+
+        // `tenants: any` by its cloud's issuer shape, when `tid` is the issuer's tenant.
+        let any = route(
+            &providers,
+            &claims(v2("login.partners.example", STRANGER), Some(STRANGER)),
+            None,
+            false,
+        );
+        assert_eq!(name(&any).as_deref(), Some("anyone"), "{}", any.note);
+        assert!(any.note.contains("accepts any tenant"), "{}", any.note);
+
+        // A tenant the listed provider does not accept: no provider, and the verifier's reason.
+        let refused = route(
+            &providers,
+            &claims(v2("login.microsoftonline.com", STRANGER), Some(STRANGER)),
+            None,
+            false,
+        );
+        assert_eq!(name(&refused), None);
+        assert!(
+            refused.note.contains(
+                "matches no configured provider (token tenant is not allowed by provider `contoso`)"
+            ),
+            "{}",
+            refused.note
+        );
     }
 }

@@ -292,14 +292,7 @@ fn guid(bytes: &[u8; 16]) -> String {
 }
 
 /// True for a GUID in 8-4-4-4-12 hex form.
-pub fn is_guid(text: &str) -> bool {
-    let groups: Vec<&str> = text.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
-}
+pub use crate::guid::is_guid;
 
 #[cfg(test)]
 mod tests {

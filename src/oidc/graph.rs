@@ -20,7 +20,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::keys::read_capped;
-use super::settings::{GraphCredential, GraphSettings, Secret, is_lowercase_guid};
+use super::settings::{GraphCredential, GraphSettings, Secret};
+use crate::guid::is_canonical;
 use crate::identity::PrincipalKind;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -162,7 +163,7 @@ impl GraphClient {
         now: u64,
     ) -> Result<Arc<Vec<String>>, Arc<GraphError>> {
         // The oid goes into a URL path; only a GUID can never change the request's meaning.
-        if !is_lowercase_guid(tenant) || !is_lowercase_guid(object_id) {
+        if !is_canonical(tenant) || !is_canonical(object_id) {
             return Err(Arc::new(GraphError::ObjectIdInvalid));
         }
         let ttl = Duration::from_secs(expires_at.saturating_sub(now).max(1));

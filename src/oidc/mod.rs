@@ -7,9 +7,12 @@
 //! * `verify`: the pure core, [`verify_with_keys`]; no I/O, time is a parameter.
 //! * `keys`: [`KeySet`] parsing and the HTTP fetch of discovery + JWKS.
 //! * `graph`: group-overage resolution through Microsoft Graph.
-//! * `verifier`: [`Verifier`], which routes a token to its provider and key source by `iss`
-//!   (never by trial), caches keys per source and refreshes them.
+//! * `routing`: `Routes`, the pure value that picks a token's provider and key source by `iss`
+//!   (never by trial) and applies the tenant rules before any fetch; `explain` uses it too.
+//! * `sources`: `KeySources`, each key source's last good set, single fetch in flight and pause
+//!   after failures, and the background refresh.
 //! * `verified`: the cache of tokens whose signatures were verified, by SHA-256.
+//! * `verifier`: [`Verifier`], which assembles those parts and runs a token through them.
 //!
 //! No error or log line produced here contains the token.
 //!
@@ -19,7 +22,9 @@ mod graph;
 mod keys;
 #[cfg(test)]
 mod proptests;
+mod routing;
 mod settings;
+mod sources;
 mod verified;
 mod verifier;
 mod verify;
@@ -37,9 +42,24 @@ pub use settings::{
     GroupsOverage, OidcSettings, PrincipalRule, ProviderKind, ProviderSettings, Secret,
     SettingsError, Tenants, TokenVersion, Versions,
 };
+pub use sources::DEFAULT_KEY_WAIT;
 pub use verified::{DEFAULT_TOKEN_CACHE_SIZE, TokenDigest, token_digest};
-pub use verifier::{DEFAULT_KEY_WAIT, Verification, Verifier, VerifierError};
+pub use verifier::{Verification, Verifier, VerifierError};
 pub use verify::verify_with_keys;
+
+pub(crate) use routing::{Routes, Via};
+
+/// `error: cause: cause`, for one-line logs.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
 
 /// Maps token claims to an [`Identity`] with every check the verifier makes except the
 /// signature (issuer, tenant, audience, lifetime, token type). For offline tools only: the

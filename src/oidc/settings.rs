@@ -13,6 +13,8 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use reqwest::Url;
 
+use crate::guid::{Guid, is_guid};
+
 pub use crate::secret::Secret;
 
 /// Where Entra's global cloud issues v2 tokens and publishes metadata.
@@ -73,7 +75,7 @@ pub enum ProviderKind {
 /// Entra-specific settings.
 #[derive(Clone, Debug)]
 pub struct EntraSettings {
-    tenants: Tenants,
+    tenants: Tenants<Guid>,
     versions: Versions,
     login_host: String,
     sts_host: String,
@@ -81,16 +83,18 @@ pub struct EntraSettings {
     authority: Option<String>,
     groups_overage: GroupsOverage,
     /// The app whose app-specific signing keys are used instead of the tenant's (`?appid=`).
-    signing_keys_app_id: Option<String>,
+    signing_keys_app_id: Option<Guid>,
 }
 
-/// Which tenants an Entra provider accepts.
+/// Which tenants an Entra provider accepts: tenant ids `T` are strings as configured (any case,
+/// not yet checked) and [`Guid`]s once [`ProviderSettings::entra`] has parsed them, which is
+/// what [`EntraSettings::tenants`] returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Tenants {
-    /// Exactly one tenant (lowercase GUID).
-    One(String),
-    /// An allow-list of tenants (lowercase GUIDs, no duplicates).
-    List(Vec<String>),
+pub enum Tenants<T = String> {
+    /// Exactly one tenant.
+    One(T),
+    /// An allow-list of tenants (no duplicates once parsed).
+    List(Vec<T>),
     /// Every tenant. Must be spelled out in the configuration; never implied.
     Any,
 }
@@ -191,7 +195,7 @@ impl ProviderSettings {
                 if list.is_empty() {
                     return Err(SettingsError::TenantsEmpty { provider: name });
                 }
-                let mut out: Vec<String> = Vec::with_capacity(list.len());
+                let mut out: Vec<Guid> = Vec::with_capacity(list.len());
                 for tenant in list {
                     let tenant = checked_tenant(&name, &tenant)?;
                     if out.contains(&tenant) {
@@ -310,10 +314,7 @@ impl ProviderSettings {
     pub fn with_signing_keys_app_id(mut self, app_id: &str) -> Result<Self, SettingsError> {
         let provider = self.name.clone();
         let entra = self.entra_mut("signing_keys_app_id")?;
-        let app_id = app_id.to_ascii_lowercase();
-        if !is_lowercase_guid(&app_id) {
-            return Err(SettingsError::AppIdNotGuid { provider });
-        }
+        let app_id = Guid::parse(app_id).map_err(|_| SettingsError::AppIdNotGuid { provider })?;
         entra.signing_keys_app_id = Some(app_id);
         Ok(self)
     }
@@ -476,7 +477,7 @@ impl ProviderSettings {
             }
             let (configured, aud) = (strip_one_slash(configured), strip_one_slash(aud));
             configured == aud
-                || (is_lowercase_guid(&configured.to_ascii_lowercase())
+                || (is_guid(configured)
                     && aud
                         .strip_prefix("api://")
                         .is_some_and(|rest| rest.eq_ignore_ascii_case(configured)))
@@ -496,7 +497,7 @@ impl ProviderSettings {
             ProviderKind::Entra(entra) => {
                 let tenants: Vec<&str> = match &entra.tenants {
                     Tenants::One(tenant) => vec![tenant.as_str()],
-                    Tenants::List(list) => list.iter().map(String::as_str).collect(),
+                    Tenants::List(list) => list.iter().map(Guid::as_str).collect(),
                     Tenants::Any => vec!["{tenantid}"],
                 };
                 let mut out = Vec::new();
@@ -555,7 +556,7 @@ impl ProviderSettings {
 
 impl EntraSettings {
     /// The accepted tenants.
-    pub fn tenants(&self) -> &Tenants {
+    pub fn tenants(&self) -> &Tenants<Guid> {
         &self.tenants
     }
 
@@ -598,7 +599,7 @@ impl EntraSettings {
 
     /// The app whose app-specific signing keys replace the tenant's, if any (a lowercase GUID).
     pub fn signing_keys_app_id(&self) -> Option<&str> {
-        self.signing_keys_app_id.as_deref()
+        self.signing_keys_app_id.as_ref().map(Guid::as_str)
     }
 
     /// The issuer of `version` tokens for `tenant` (or `{tenantid}`).
@@ -914,15 +915,6 @@ pub(crate) fn algorithm_by_name(name: &str) -> Option<Algorithm> {
         .map(|(_, algorithm)| *algorithm)
 }
 
-/// True for a canonical lowercase GUID (`8-4-4-4-12` hex digits), the form Entra uses in `tid`.
-pub(crate) fn is_lowercase_guid(value: &str) -> bool {
-    value.len() == 36
-        && value.bytes().enumerate().all(|(index, byte)| match index {
-            8 | 13 | 18 | 23 => byte == b'-',
-            _ => byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte),
-        })
-}
-
 /// True when `url` is https, or plain http to a loopback host.
 pub(crate) fn is_allowed_transport(url: &Url) -> bool {
     let Some(host) = url.host_str() else {
@@ -946,15 +938,10 @@ fn checked_name(name: &str) -> Result<Arc<str>, SettingsError> {
     Ok(Arc::from(name))
 }
 
-fn checked_tenant(provider: &Arc<str>, tenant: &str) -> Result<String, SettingsError> {
-    let tenant = tenant.to_ascii_lowercase();
-    if is_lowercase_guid(&tenant) {
-        Ok(tenant)
-    } else {
-        Err(SettingsError::TenantNotGuid {
-            provider: provider.clone(),
-        })
-    }
+fn checked_tenant(provider: &Arc<str>, tenant: &str) -> Result<Guid, SettingsError> {
+    Guid::parse(tenant).map_err(|_| SettingsError::TenantNotGuid {
+        provider: provider.clone(),
+    })
 }
 
 fn checked_audiences(
@@ -1069,7 +1056,10 @@ mod tests {
     #[test]
     fn tenants_are_lowercased_guids_without_duplicates() {
         let upper = ProviderSettings::new("e", &TENANT.to_uppercase(), vec!["a".into()]).unwrap();
-        assert_eq!(entra(&upper).tenants(), &Tenants::One(TENANT.to_owned()));
+        assert_eq!(
+            entra(&upper).tenants(),
+            &Tenants::One(Guid::parse(TENANT).unwrap())
+        );
         for bad in [
             "common",
             "organizations",

@@ -23,8 +23,9 @@ use super::TokenError;
 use super::keys::{KeySet, SigningKey, TENANT_PLACEHOLDER, normalize_template};
 use super::settings::{
     ClaimPath, EntraSettings, OidcSettings, PrincipalRule, ProviderKind, ProviderSettings,
-    TokenVersion, algorithm_by_name, is_lowercase_guid,
+    TokenVersion, algorithm_by_name,
 };
+use crate::guid::is_canonical;
 use crate::identity::{Identity, PrincipalKind};
 
 /// Longest `alg` or `kid` quoted in an error; longer values are replaced by a placeholder.
@@ -228,12 +229,12 @@ pub(crate) fn check_entra_tenant<'a>(
             version: version.as_str(),
         });
     }
-    if !is_lowercase_guid(segment) {
+    if !is_canonical(segment) {
         return Err(TokenError::TenantInvalid("the tenant in iss is not a GUID"));
     }
     let tid = match claims.get("tid") {
         None => return Err(TokenError::TenantInvalid("there is no tid claim")),
-        Some(Value::String(tid)) if is_lowercase_guid(tid) => tid.as_str(),
+        Some(Value::String(tid)) if is_canonical(tid) => tid.as_str(),
         Some(_) => return Err(TokenError::TenantInvalid("tid is not a lowercase GUID")),
     };
     if tid != segment {

@@ -80,15 +80,9 @@ fn lowercase(value: &str) -> Cow<'_, str> {
     }
 }
 
-/// `8-4-4-4-12` hexadecimal digits, in any case.
-pub(crate) fn is_guid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
-}
+/// `8-4-4-4-12` hexadecimal digits, in any case: the one GUID shape, shared with settings and
+/// token checks.
+pub(crate) use crate::guid::is_guid;
 
 #[cfg(test)]
 mod tests {
