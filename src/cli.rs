@@ -103,6 +103,9 @@ pub enum Command {
         /// Operator mode, `--resolver full`: the JWT directory.
         #[arg(long, default_value = "./jwt")]
         resolver_dir: String,
+        /// Add a TLS WebSocket listener for browsers on this address, e.g. 0.0.0.0:443.
+        #[arg(long, value_name = "HOST:PORT")]
+        websocket: Option<String>,
     },
 }
 
@@ -184,11 +187,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             user,
             resolver,
             resolver_dir,
+            websocket,
         } => {
             print!(
                 "{}",
                 nats_config(mode, &dir, &accounts, &user, resolver, resolver_dir)?
             );
+            if let Some(listen) = websocket {
+                print!("{}", crate::nats_config::websocket_block(&listen));
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

