@@ -165,7 +165,7 @@ fn key_set(state: &IssuerState, tid: &str, v2: bool) -> Response {
 /// DEV-ONLY: `GET /dev-only/token?group=G&tenant=T&role=R&ttl=5m...` answers with a made-up token,
 /// exactly what `entra-callout dev token --group G --tenant T --role R --ttl 5m` prints, for the
 /// browser example, which cannot run a command. Parameters: `tenant`, `role`, `group`, `app`,
-/// `user`, `scope`, `ttl`, `guest=true`, `v1=true`.
+/// `user`, `scope`, `ttl`, `audience`, `guest=true`, `v1=true`.
 ///
 /// Anyone who can reach the loopback port gets a token for any made-up identity, and any page
 /// in the developer's browser may ask (the answer allows every origin so that the example page
@@ -196,6 +196,7 @@ async fn dev_token(uri: Uri) -> Response {
             "user" => request.user = Some(value),
             "guest" => request.guest = value == "true",
             "v1" => request.v1 = value == "true",
+            "audience" => request.audience = Some(value),
             "ttl" => match crate::duration::parse_duration(&value) {
                 Ok(ttl) if !ttl.is_zero() => request.ttl_secs = ttl.as_secs(),
                 _ => return bad_request(format!("ttl {value:?} is not a duration such as 10m")),

@@ -173,6 +173,11 @@ pub struct TokenArgs {
     /// A v1 token (`iss = https://sts.windows.net/{tid}/`) instead of v2.
     #[arg(long)]
     pub v1: bool,
+    /// `aud` other than the example NATS API's, e.g. Azure DevOps'
+    /// 499b84ac-1321-427f-aa17-267ca6975798 for the deploy trigger's stub (entra-callout
+    /// itself refuses such tokens).
+    #[arg(long)]
+    pub audience: Option<String>,
 }
 
 impl TokenArgs {
@@ -192,6 +197,7 @@ impl TokenArgs {
             guest: self.guest,
             ttl_secs: ttl.as_secs(),
             v1: self.v1,
+            audience: self.audience.clone(),
         })
     }
 }
