@@ -30,7 +30,7 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
 
 def serve_page() -> tuple[http.server.ThreadingHTTPServer, str]:
     assert (BROWSER / "node_modules/nats.ws/esm/nats.js").exists(), \
-        "run `npm ci` in examples/browser (scripts/install-browser-test-deps does)"
+        "run `npm ci` in examples/browser (scripts/install-js-test-deps does)"
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(Quiet, directory=str(BROWSER)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
