@@ -41,6 +41,7 @@ import collections
 import dataclasses
 import itertools
 import logging
+import os
 import time
 import uuid
 from typing import Any, Awaitable, Callable, Optional
@@ -48,7 +49,7 @@ from typing import Any, Awaitable, Callable, Optional
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .credentials import seconds_left
+from .credentials import credential_from_env, scope_from_env, seconds_left
 
 log = logging.getLogger("entra_nats")
 
@@ -389,10 +390,6 @@ async def connect_from_env(name: str, **kwargs: Any) -> RotatingClient:
     (default ``nats://127.0.0.1:4222``, comma-separated for a cluster), the credential of
     ``ENTRA_NATS_CREDENTIAL`` and ``ENTRA_NATS_SCOPE``, and ``ENTRA_NATS_MAX_CREDENTIAL_LIFETIME``
     (seconds, the policy's ``max_ttl``)."""
-    import os
-
-    from .credentials import credential_from_env, scope_from_env
-
     lifetime = os.environ.get("ENTRA_NATS_MAX_CREDENTIAL_LIFETIME")
     client = RotatingClient(
         os.environ.get("NATS_URL", "nats://127.0.0.1:4222").split(","),
