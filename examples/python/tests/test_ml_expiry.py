@@ -25,7 +25,7 @@ from entra_nats.ml import PREFIX, ModelOutput, encode, output_subject
 SCOPE = "api://nats-auth/.default"
 ANALYST_GROUP = "c3d9e1a7-2b4f-4c8e-9a61-0f5d7b2e8c43"
 # Short-lived dev tokens: minted credentials expire with them, several times per test.
-TTL = "5s"
+TTL = "6s"
 
 
 async def wait_until(condition, what: str, timeout: float = 30.0) -> None:
@@ -66,12 +66,14 @@ async def publish_across_expiries(publisher: RotatingClient, expiries: int, ttl_
 
 def test_publisher_and_dashboard_rotate_before_expiry_and_lose_nothing(dev):
     async def main() -> None:
-        dashboard = client(dev, "dashboard", "--group", ANALYST_GROUP, "--ttl", TTL)
-        publisher = client(dev, "job", "--role", "Ml.Vision.Producer", "--ttl", TTL)
+        # A 2-second margin leaves a loaded CI machine time to rotate before nats-server cuts
+        # the old connection off (the default, a fifth of 6 s, is tighter).
+        dashboard = client(dev, "dashboard", "--group", ANALYST_GROUP, "--ttl", TTL, refresh_margin=2.0)
+        publisher = client(dev, "job", "--role", "Ml.Vision.Producer", "--ttl", TTL, refresh_margin=2.0)
         await dashboard.start()
         got = await collect(dashboard, f"{PREFIX}.ml.outputs.>")
         await publisher.start()
-        ids = await publish_across_expiries(publisher, expiries=3, ttl_s=5)
+        ids = await publish_across_expiries(publisher, expiries=3, ttl_s=6)
         await publisher.close()
         await wait_until(lambda: set(ids) <= set(got), f"all {len(ids)} messages at the dashboard")
         await dashboard.close()
