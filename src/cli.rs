@@ -62,6 +62,10 @@ pub enum Command {
         /// Evaluate at this time (unix seconds) instead of now.
         #[arg(long)]
         now: Option<u64>,
+        /// How the client would connect: standard, websocket, mqtt or leafnode. Without it,
+        /// bindings restricted by `connection_types` do not match.
+        #[arg(long, value_parser = parse_connection_type)]
+        connection_type: Option<crate::policy::ConnectionType>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -156,8 +160,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             token,
             claims,
             now,
+            connection_type,
             json,
-        } => explain(&config, token.as_deref(), claims.as_deref(), now, json),
+        } => explain(
+            &config,
+            token.as_deref(),
+            claims.as_deref(),
+            now,
+            connection_type,
+            json,
+        ),
         Command::Test { config, tests } => test(&config, &tests),
         Command::Dev(args) => Ok(crate::dev::run(args)?),
         Command::Keys(KeysCommand::Init {
@@ -343,11 +355,17 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+fn parse_connection_type(value: &str) -> Result<crate::policy::ConnectionType, String> {
+    crate::policy::ConnectionType::parse(value)
+        .ok_or_else(|| "expected standard, websocket, mqtt or leafnode".to_owned())
+}
+
 fn explain(
     path: &Path,
     token: Option<&str>,
     claims: Option<&Path>,
     now: Option<u64>,
+    connection: Option<crate::policy::ConnectionType>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = match Config::load(path, &ProcessEnv) {
@@ -375,6 +393,7 @@ fn explain(
         claims,
         None,
         !from_token,
+        connection,
         now,
     );
     if json {
