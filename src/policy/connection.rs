@@ -302,6 +302,34 @@ bindings:
         }
 
         #[test]
+        fn the_minted_user_jwt_carries_the_allowed_connection_types() {
+            let set = compiled(POLICIES).unwrap();
+            let signer = crate::nats_jwt::Signer::new(nkeys::KeyPair::new_account()).unwrap();
+            let issuer = crate::accounts::UserIssuer {
+                key: &signer,
+                audience: "APP",
+                issuer_account: None,
+            };
+            let user = nkeys::KeyPair::new_user().public_key();
+            let minted = |connection| {
+                let grant = set
+                    .evaluate_on(&analyst(), Some(connection), 1_000_000)
+                    .unwrap();
+                let jwt = crate::callout::mint_user(&issuer, &user, &analyst(), &grant, 1_000_000)
+                    .unwrap();
+                crate::nats_jwt::decode::<crate::nats_jwt::User>(&jwt)
+                    .unwrap()
+                    .nats
+                    .allowed_connection_types
+            };
+            assert_eq!(minted(Websocket), ["WEBSOCKET"]);
+            assert_eq!(
+                minted(Standard),
+                ["STANDARD", "WEBSOCKET", "MQTT", "MQTT_WS"]
+            );
+        }
+
+        #[test]
         fn explain_says_why_a_binding_wants_another_connection() {
             let set = compiled(POLICIES).unwrap();
             let explained = set.explain_on(&analyst(), Some(Standard), 1_000_000);
