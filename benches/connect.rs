@@ -240,10 +240,11 @@ fn run() -> Result<(), Error> {
         exe: PathBuf::from(env!("CARGO_BIN_EXE_entra-callout")),
         nats_server: nats_server.clone(),
         nats_port: 0,
+        websocket_port: 0,
         monitor_port: 0,
         issuer_port: 0,
         admin_port: 0,
-        policies: None,
+        policies: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/policies").into()),
         quiet: true,
         xkey,
     };

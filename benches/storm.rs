@@ -344,6 +344,7 @@ impl Setup {
                 ),
                 Case::Null | Case::Ours => nats_server_config(
                     port,
+                    0,
                     monitor,
                     &password,
                     &created.issuer,

@@ -19,7 +19,7 @@ use crate::deny::DenyReason;
 use crate::identity::Identity;
 use crate::nats_jwt::{self, Claims, JwtError, Permission, Request, ResponsePermission, User};
 use crate::oidc::{TokenDigest, Verification, Verifier, token_digest};
-use crate::policy::{Grant, PolicySet};
+use crate::policy::{ConnectionType, Grant, PolicySet};
 
 /// Keys and limits of the callout.
 pub struct CalloutSettings {
@@ -395,7 +395,9 @@ impl Authorizer {
                 identity: None,
                 provider: err.provider().cloned(),
             })?;
-        let grant = match self.policies.load().evaluate(&identity, now) {
+        let client = &request.claims.nats.client_info;
+        let connection = ConnectionType::from_client_info(&client.kind, &client.client_type);
+        let grant = match self.policies.load().evaluate_on(&identity, connection, now) {
             Ok(grant) => grant,
             Err(err) => {
                 return Err(Denial {
@@ -527,6 +529,12 @@ pub fn mint_user(
     }
     claims.nats.publish = direction(&grant.publish.allow, &grant.publish.deny);
     claims.nats.subscribe = direction(&grant.subscribe.allow, &grant.subscribe.deny);
+    // Not enforced by nats-server for callout users (evaluation already refused other types);
+    // declared so the JWT says what the policies allow.
+    claims
+        .nats
+        .allowed_connection_types
+        .clone_from(&grant.connection_types);
     claims.nats.resp = grant.responses.as_ref().map(|r| ResponsePermission {
         max: r.max,
         ttl: i64::try_from(r.ttl.as_nanos()).unwrap_or(i64::MAX),
@@ -765,6 +773,7 @@ mod tests {
             }),
             expires_at: 1_500,
             matched: vec![Arc::from("r")],
+            connection_types: vec![],
         }
     }
 

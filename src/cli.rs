@@ -57,6 +57,10 @@ pub enum Command {
         /// Evaluate at this time (unix seconds) instead of now.
         #[arg(long)]
         now: Option<u64>,
+        /// How the client would connect: standard, websocket, mqtt or leafnode. Without it,
+        /// bindings restricted by `connection_types` do not match.
+        #[arg(long, value_parser = parse_connection_type)]
+        connection_type: Option<crate::policy::ConnectionType>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -99,6 +103,9 @@ pub enum Command {
         /// Operator mode, `--resolver full`: the JWT directory.
         #[arg(long, default_value = "./jwt")]
         resolver_dir: String,
+        /// Add a TLS WebSocket listener for browsers on this address, e.g. 0.0.0.0:443.
+        #[arg(long, value_name = "HOST:PORT")]
+        websocket: Option<String>,
     },
 }
 
@@ -149,8 +156,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             token,
             claims,
             now,
+            connection_type,
             json,
-        } => explain(&config, token.as_deref(), claims.as_deref(), now, json),
+        } => explain(
+            &config,
+            token.as_deref(),
+            claims.as_deref(),
+            now,
+            connection_type,
+            json,
+        ),
         Command::Test { config, tests } => test(&config, &tests),
         #[cfg(feature = "dev")]
         Command::Dev(args) => Ok(crate::dev::run(args)?),
@@ -181,11 +196,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             user,
             resolver,
             resolver_dir,
+            websocket,
         } => {
             print!(
                 "{}",
                 nats_config(mode, &dir, &accounts, &user, resolver, resolver_dir)?
             );
+            if let Some(listen) = websocket {
+                print!("{}", crate::nats_config::websocket_block(&listen));
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -333,11 +352,17 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+fn parse_connection_type(value: &str) -> Result<crate::policy::ConnectionType, String> {
+    crate::policy::ConnectionType::parse(value)
+        .ok_or_else(|| "expected standard, websocket, mqtt or leafnode".to_owned())
+}
+
 fn explain(
     path: &Path,
     token: Option<&str>,
     claims: Option<&Path>,
     now: Option<u64>,
+    connection: Option<crate::policy::ConnectionType>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = match Config::load(path, &ProcessEnv) {
@@ -365,6 +390,7 @@ fn explain(
         claims,
         None,
         !from_token,
+        connection,
         now,
     );
     if json {

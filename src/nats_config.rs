@@ -58,6 +58,30 @@ pub struct AccountJwt {
     pub jwt: String,
 }
 
+/// A WebSocket listener for browsers (nats.ws) and other WebSocket clients, with TLS.
+///
+/// Browsers refuse plain `ws://` from `https://` pages and send the token in the clear over
+/// it, so production listeners terminate TLS here (or at a proxy in front). The block has no
+/// `authorization` of its own: WebSocket clients go through the callout like every other
+/// client, and policies can tell them apart (`when: { connection_types: [websocket] }`).
+pub fn websocket_block(listen: &str) -> String {
+    format!(
+        "\n# WebSocket clients (browsers with nats.ws). They go through the auth callout like every\n\
+         # other client; `connection_types: [websocket]` in a binding admits only them.\n\
+         websocket {{\n  \
+         listen: \"{listen}\"\n  \
+         # Certificate and key for the name browsers connect to (wss://). Behind a TLS-terminating\n  \
+         # proxy, replace this block with `no_tls: true` and listen on a private address only.\n  \
+         tls {{\n    \
+         cert_file: \"/etc/nats/tls/tls.crt\"\n    \
+         key_file: \"/etc/nats/tls/tls.key\"\n  \
+         }}\n  \
+         # Only pages from these origins may open connections.\n  \
+         allowed_origins: [\"https://dashboard.example.com\"]\n\
+         }}\n"
+    )
+}
+
 /// Renders a config-mode nats-server configuration.
 pub fn config_mode(c: &ConfigMode<'_>) -> String {
     let mut out = String::new();

@@ -22,7 +22,7 @@ use crate::identity::Identity;
 use crate::oidc::{
     ProviderSettings, Routes, Tenants, TokenError, Via, identity_from_unverified_claims,
 };
-use crate::policy::{Explanation, Grant, Permissions, PolicySet};
+use crate::policy::{ConnectionType, Explanation, Grant, Permissions, PolicySet};
 
 /// Printed first by every `explain` of a token: a forged token would be explained the same way.
 pub const UNVERIFIED_WARNING: &str = "WARNING: the token's signature was NOT verified. explain decodes it offline; \
@@ -280,13 +280,15 @@ impl Explained<'_> {
     }
 }
 
-/// Routes `claims`, maps them to an identity and evaluates it at `now`.
+/// Routes `claims`, maps them to an identity and evaluates it at `now` for a client connecting
+/// as `connection` (`None`: not known, so bindings restricted by `connection_types` do not match).
 pub fn explain<'a>(
     providers: &'a [ProviderSettings],
     policies: &PolicySet,
     claims: Map<String, Value>,
     provider: Option<&str>,
     lenient: bool,
+    connection: Option<ConnectionType>,
     now: u64,
 ) -> Explained<'a> {
     let routing = route(providers, &claims, provider, lenient);
@@ -302,7 +304,10 @@ pub fn explain<'a>(
         fill_test_defaults(&mut claims, p, now);
     }
     let identity = identity_from_unverified_claims(claims, p, now);
-    let explanation = identity.as_ref().ok().map(|id| policies.explain(id, now));
+    let explanation = identity
+        .as_ref()
+        .ok()
+        .map(|id| policies.explain_on(id, connection, now));
     Explained {
         routing,
         identity: Some(identity),
@@ -386,6 +391,15 @@ pub fn render_text(x: &Explained<'_>, now: u64) -> String {
                 "  responses  {}",
                 g.responses
                     .map_or_else(|| "not allowed".to_owned(), |r| r.to_string())
+            );
+            let _ = writeln!(
+                out,
+                "  connects   {}",
+                if g.connection_types.is_empty() {
+                    "any way".to_owned()
+                } else {
+                    g.connection_types.join(", ")
+                }
             );
             let _ = writeln!(out, "  expires    {}", when(g.expires_at, now));
         }
@@ -475,6 +489,7 @@ pub fn render_json(x: &Explained<'_>, unverified: bool) -> Value {
             "subscribe": { "allow": g.subscribe.allow, "deny": g.subscribe.deny },
             "responses": g.responses.map(|r| json!({ "max": r.max, "ttl_secs": r.ttl.as_secs() })),
             "expires_at": g.expires_at,
+            "allowed_connection_types": g.connection_types,
             "bindings": g.matched.iter().map(|m| &**m).collect::<Vec<_>>(),
         }),
         None => json!({ "allow": false, "reason": x.deny_code() }),
@@ -518,6 +533,9 @@ struct TestCase {
     token_file: Option<String>,
     /// Evaluation time (unix seconds); defaults to the time of the run.
     now: Option<u64>,
+    /// How the client connects: standard, websocket, mqtt or leafnode. Without it, bindings
+    /// restricted by `connection_types` do not match.
+    connection_type: Option<Spanned<String>>,
     expect: Expect,
 }
 
@@ -660,8 +678,28 @@ pub fn run_test_file(
                 .then_some(parsed.provider.as_deref())
                 .flatten()
         });
+        let connection = match &case.connection_type {
+            None => None,
+            Some(t) => match ConnectionType::parse(&t.value) {
+                Some(c) => Some(c),
+                None => {
+                    problems.push(Diagnostic {
+                        file: file.clone(),
+                        line: t.referenced.line(),
+                        column: t.referenced.column(),
+                        message: format!(
+                            "`connection_type` {:?} is not one of standard, websocket, mqtt, leafnode",
+                            t.value
+                        ),
+                    });
+                    continue;
+                }
+            },
+        };
         let lenient = case.claims.is_some();
-        let x = explain(providers, policies, claims, provider, lenient, now);
+        let x = explain(
+            providers, policies, claims, provider, lenient, connection, now,
+        );
         results.push(TestResult {
             location,
             name: case.name.value.clone(),

@@ -19,18 +19,9 @@ use crate::dev::issuer::DevIssuer;
 use crate::dev::token::{API_APP_ID_URI, API_CLIENT_ID, CONTOSO, FABRIKAM};
 use crate::keys;
 
-/// The example policies, built in so that `dev` works outside a checkout.
-const EXAMPLE_POLICIES: [(&str, &str); 3] = [
-    ("tenants.yaml", include_str!("../../policies/tenants.yaml")),
-    (
-        "ml-events.yaml",
-        include_str!("../../policies/ml-events.yaml"),
-    ),
-    (
-        "delivery.yaml",
-        include_str!("../../policies/delivery.yaml"),
-    ),
-];
+/// Where `dev` looks for policies when none are given: the checkout's example policies,
+/// read at run time (and watched by the service), so editing them needs no rebuild.
+pub const DEFAULT_POLICIES: &str = "policies";
 
 /// How long the pieces get to come up.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,13 +35,15 @@ pub struct DevOptions {
     pub nats_server: PathBuf,
     /// Client port on 127.0.0.1; 0 picks a free one.
     pub nats_port: u16,
+    /// WebSocket port on 127.0.0.1 (plain `ws://`, DEV-ONLY); 0 picks a free one.
+    pub websocket_port: u16,
     /// nats-server monitoring port on 127.0.0.1; 0 picks a free one.
     pub monitor_port: u16,
     /// Dev issuer port on 127.0.0.1; 0 picks a free one.
     pub issuer_port: u16,
     /// The service's admin port (/livez, /readyz, /metrics) on 127.0.0.1; 0 picks a free one.
     pub admin_port: u16,
-    /// Policy file or directory; `None` uses the built-in example policies.
+    /// Policy file or directory; `None` uses [`DEFAULT_POLICIES`] in the current directory.
     pub policies: Option<PathBuf>,
     /// Send the children's output to files in the directory instead of this terminal.
     pub quiet: bool,
@@ -67,6 +60,7 @@ pub struct Environment {
     nats: ChildGuard,
     service: ChildGuard,
     nats_port: u16,
+    websocket_port: u16,
     monitor_port: u16,
     policies: PathBuf,
 }
@@ -80,20 +74,17 @@ impl Environment {
         let issuer =
             DevIssuer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, options.issuer_port))).await?;
 
-        let policies = match &options.policies {
-            Some(path) => std::path::absolute(path).map_err(|source| DevError::Io {
-                path: path.clone(),
-                source,
-            })?,
-            None => {
-                let path = dir.path().join("policies");
-                create_dir(&path)?;
-                for (name, text) in EXAMPLE_POLICIES {
-                    write(&path.join(name), text)?;
-                }
-                path
-            }
-        };
+        let path = options
+            .policies
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICIES));
+        if !path.exists() {
+            return Err(DevError::PoliciesMissing(path));
+        }
+        let policies = std::path::absolute(&path).map_err(|source| DevError::Io {
+            path: path.clone(),
+            source,
+        })?;
 
         let password = read_trimmed(&keys_dir.join(keys::NATS_PASSWORD))?;
         let server_conf = dir.path().join("nats-server.conf");
@@ -101,6 +92,7 @@ impl Environment {
             &server_conf,
             &nats_server_config(
                 options.nats_port,
+                options.websocket_port,
                 options.monitor_port,
                 &password,
                 &created.issuer,
@@ -120,7 +112,8 @@ impl Environment {
                 .stderr(Stdio::null()),
         )?;
         let mut env_nats = nats;
-        let (nats_port, monitor_port) = wait_for_server(&mut env_nats, &server_log).await?;
+        let (nats_port, websocket_port, monitor_port) =
+            wait_for_server(&mut env_nats, &server_log).await?;
 
         let config_path = dir.path().join("config.yaml");
         write(
@@ -160,6 +153,7 @@ impl Environment {
             nats: env_nats,
             service,
             nats_port,
+            websocket_port,
             monitor_port,
             policies,
         };
@@ -170,6 +164,12 @@ impl Environment {
     /// `nats://127.0.0.1:{port}`: where clients connect.
     pub fn nats_url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.nats_port)
+    }
+
+    /// `ws://127.0.0.1:{port}`: where browsers (nats.ws) connect. Plain WebSocket on loopback,
+    /// DEV-ONLY; production listeners use TLS (`nats-config --websocket`).
+    pub fn websocket_url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.websocket_port)
     }
 
     /// nats-server's monitoring endpoint.
@@ -205,6 +205,11 @@ impl Environment {
     /// The process id of nats-server.
     pub fn nats_server_pid(&self) -> u32 {
         self.nats.child.id()
+    }
+
+    /// nats-server's log file.
+    pub fn server_log_path(&self) -> PathBuf {
+        self.dir.path().join("nats-server.log")
     }
 
     /// Everything nats-server logged so far.
@@ -275,8 +280,8 @@ fn subscribed(connz: &str) -> bool {
         .any(|s| s.as_str() == Some(crate::nats_jwt::AUTH_REQUEST_SUBJECT))
 }
 
-/// Waits for "Server is ready" and reads the client and monitoring ports from the log.
-async fn wait_for_server(nats: &mut ChildGuard, log: &Path) -> Result<(u16, u16), DevError> {
+/// Waits for "Server is ready" and reads the client, WebSocket and monitoring ports from the log.
+async fn wait_for_server(nats: &mut ChildGuard, log: &Path) -> Result<(u16, u16, u16), DevError> {
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     while Instant::now() < deadline {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -291,9 +296,10 @@ async fn wait_for_server(nats: &mut ChildGuard, log: &Path) -> Result<(u16, u16)
         }
         if text.contains("Server is ready") {
             let client = port_after(&text, "Listening for client connections on ");
+            let websocket = port_after(&text, "Listening for websocket clients on ");
             let monitor = port_after(&text, "Starting http monitor on ");
-            if let (Some(client), Some(monitor)) = (client, monitor) {
-                return Ok((client, monitor));
+            if let (Some(client), Some(websocket), Some(monitor)) = (client, websocket, monitor) {
+                return Ok((client, websocket, monitor));
             }
             return Err(DevError::Startup(format!(
                 "cannot read nats-server's ports from {}",
@@ -324,6 +330,7 @@ fn describe(status: Option<ExitStatus>) -> String {
 /// "pick a free port" (`-1` to nats-server).
 pub fn nats_server_config(
     port: u16,
+    websocket_port: u16,
     monitor_port: u16,
     password: &str,
     issuer: &str,
@@ -343,6 +350,12 @@ pub fn nats_server_config(
 listen: "127.0.0.1:{client}"
 http: "127.0.0.1:{monitor}"
 server_name: entra-callout-dev
+# DEV-ONLY: plain WebSocket (no TLS) on loopback for the browser example. Production
+# listeners use TLS: `entra-callout nats-config --websocket HOST:PORT`.
+websocket {{
+  listen: "127.0.0.1:{websocket}"
+  no_tls: true
+}}
 # Entra access tokens with group claims often exceed the default 4 KiB control line.
 max_control_line: 32KB
 accounts {{
@@ -361,6 +374,7 @@ authorization {{
 }}
 "#,
         client = render(port),
+        websocket = render(websocket_port),
         monitor = render(monitor_port),
         xkey = xkey.map(|x| format!("\n    xkey: {x}")).unwrap_or_default(),
     );
@@ -410,13 +424,6 @@ log:
   level: info
 "#
     )
-}
-
-fn create_dir(path: &Path) -> Result<(), DevError> {
-    std::fs::create_dir_all(path).map_err(|source| DevError::Io {
-        path: path.into(),
-        source,
-    })
 }
 
 fn write(path: &Path, text: &str) -> Result<(), DevError> {
@@ -525,6 +532,7 @@ mod tests {
     #[test]
     fn ports_are_read_from_the_server_log() {
         let log = "[1] [INF] Starting http monitor on 127.0.0.1:41234\n\
+                   [1] [INF] Listening for websocket clients on ws://127.0.0.1:40002\n\
                    [1] [INF] Listening for client connections on 127.0.0.1:40001\n\
                    [1] [INF] Server is ready\n";
         assert_eq!(
@@ -532,6 +540,10 @@ mod tests {
             Some(40001)
         );
         assert_eq!(port_after(log, "Starting http monitor on "), Some(41234));
+        assert_eq!(
+            port_after(log, "Listening for websocket clients on "),
+            Some(40002)
+        );
         assert_eq!(port_after(log, "nothing here"), None);
     }
 
@@ -551,11 +563,7 @@ mod tests {
     fn the_generated_service_config_is_accepted() {
         let dir = tempfile::tempdir().unwrap();
         keys::init(&dir.path().join("keys")).unwrap();
-        let policies = dir.path().join("policies");
-        std::fs::create_dir(&policies).unwrap();
-        for (name, text) in EXAMPLE_POLICIES {
-            std::fs::write(policies.join(name), text).unwrap();
-        }
+        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_POLICIES);
         let path = dir.path().join("config.yaml");
         for xkey in [true, false] {
             std::fs::write(
@@ -571,13 +579,18 @@ mod tests {
 
     #[test]
     fn random_ports_are_asked_of_nats_server_as_minus_one() {
-        let conf = nats_server_config(0, 0, "pw", "AISSUER", Some("XKEY"));
+        let conf = nats_server_config(0, 0, 0, "pw", "AISSUER", Some("XKEY"));
         assert!(conf.contains("listen: \"127.0.0.1:-1\""), "{conf}");
         assert!(conf.contains("http: \"127.0.0.1:-1\""), "{conf}");
-        let conf = nats_server_config(4222, 8222, "pw", "AISSUER", Some("XKEY"));
+        assert!(
+            conf.contains("websocket {\n  listen: \"127.0.0.1:-1\"\n  no_tls: true\n}"),
+            "{conf}"
+        );
+        let conf = nats_server_config(4222, 4280, 8222, "pw", "AISSUER", Some("XKEY"));
         assert!(conf.contains("listen: \"127.0.0.1:4222\""), "{conf}");
+        assert!(conf.contains("listen: \"127.0.0.1:4280\""), "{conf}");
         assert!(conf.contains("issuer: AISSUER") && conf.contains("\n    xkey: XKEY\n"));
-        let plain = nats_server_config(0, 0, "pw", "AISSUER", None);
+        let plain = nats_server_config(0, 0, 0, "pw", "AISSUER", None);
         assert!(
             plain.contains("issuer: AISSUER") && !plain.contains("xkey"),
             "{plain}"

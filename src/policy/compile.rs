@@ -124,6 +124,8 @@ pub(super) struct Conditions {
     pub(super) object_ids: Vec<String>,
     pub(super) guest: Option<bool>,
     pub(super) claims: Vec<(String, ClaimMatch)>,
+    /// How the client may connect (`ANY` when the binding says nothing).
+    pub(super) connection_types: super::connection::ConnectionTypes,
 }
 
 /// A condition on a raw claim; for an array claim, any element may match.
@@ -1157,6 +1159,32 @@ impl<'a> Compiler<'a> {
             );
         }
         out.guest = w.guest.as_ref().map(|g| g.value);
+        if let Some(list) = &w.connection_types {
+            use super::connection::{ConnectionType, ConnectionTypes};
+            if list.value.is_empty() {
+                self.err(
+                    si,
+                    list.referenced,
+                    "`connection_types` is empty and can never match; remove it or list values"
+                        .to_owned(),
+                );
+            }
+            let mut types = Vec::with_capacity(list.value.len());
+            for v in &list.value {
+                match ConnectionType::parse(&v.value) {
+                    Some(t) => types.push(t),
+                    None => self.err(
+                        si,
+                        v.referenced,
+                        format!(
+                            "`connection_types` value `{}` is not one of standard, websocket, mqtt, leafnode",
+                            escape(&v.value)
+                        ),
+                    ),
+                }
+            }
+            out.connection_types = ConnectionTypes::of(types);
+        }
         for (claim, m) in w.claims.iter().flatten() {
             match (&m.value.equals, &m.value.glob) {
                 (Some(v), None) if v.value.is_object() || v.value.is_array() => self.err(

@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::compile::{Binding, ClaimMatch, Conditions, PolicySet, Templates, Tenant};
+use super::connection::{ConnectionType, ConnectionTypes};
 use super::ident::{Field, canonical, matches};
 use super::subject::{UnsafeClaim, covers, overlaps};
 use crate::deny::DenyReason;
@@ -36,6 +37,9 @@ pub struct Grant {
     pub expires_at: u64,
     /// Names of the bindings that matched, in load order.
     pub matched: Vec<Arc<str>>,
+    /// The user JWT's `allowed_connection_types` (`WEBSOCKET`, ...): what every matched
+    /// binding's `connection_types` admits; empty when none restricts it.
+    pub connection_types: Vec<String>,
 }
 
 /// Allowed and denied subjects for one direction, placeholders filled in.
@@ -105,6 +109,8 @@ enum Mismatch {
     ObjectIds,
     Guest,
     Claim(usize),
+    /// `connection_types` does not admit how the client connects (`None`: not known).
+    Connection(Option<ConnectionType>),
 }
 
 impl PolicyDeny {
@@ -159,8 +165,20 @@ fn split_queue(entry: &str) -> (&str, Option<&str>) {
 }
 
 impl PolicySet {
-    /// Decide what `id` may do, with `now` in unix seconds.
+    /// Decide what `id` may do, with `now` in unix seconds, when it is not known how it
+    /// connects: bindings restricted by `connection_types` do not match.
     pub fn evaluate(&self, id: &Identity, now: u64) -> Result<Grant, PolicyDeny> {
+        self.evaluate_on(id, None, now)
+    }
+
+    /// Decide what `id` may do when it connects as `connection` (from the request's
+    /// `client_info`).
+    pub fn evaluate_on(
+        &self,
+        id: &Identity,
+        connection: Option<ConnectionType>,
+        now: u64,
+    ) -> Result<Grant, PolicyDeny> {
         let mut candidates = Vec::new();
         for t in self.tenants_of(id) {
             if let Some(bucket) = self.index.buckets.get(t) {
@@ -183,6 +201,7 @@ impl PolicySet {
             .into_iter()
             .filter_map(|i| self.bindings.get(i))
             .filter(|b| b.when.mismatch(id).is_none())
+            .filter(|b| b.when.connection_types.admits(connection))
             .collect();
         self.grant(&matched, id, now)
     }
@@ -192,12 +211,25 @@ impl PolicySet {
     /// in, so the two cannot disagree; [`Self::evaluate`] only narrows the candidates first
     /// through the index (a property test holds the two equal).
     pub fn explain(&self, id: &Identity, now: u64) -> Explanation {
+        self.explain_on(id, None, now)
+    }
+
+    /// [`Self::explain`] for a client connecting as `connection`.
+    pub fn explain_on(
+        &self,
+        id: &Identity,
+        connection: Option<ConnectionType>,
+        now: u64,
+    ) -> Explanation {
         let mut bindings = Vec::with_capacity(self.bindings.len());
         let mut matched = Vec::new();
         for b in &self.bindings {
             let tenant = self.tenants.get(b.tenant);
             let mismatch = match tenant {
-                Some(t) if t.matches(id) => b.when.mismatch(id),
+                Some(t) if t.matches(id) => b.when.mismatch(id).or_else(|| {
+                    (!b.when.connection_types.admits(connection))
+                        .then_some(Mismatch::Connection(connection))
+                }),
                 _ => Some(Mismatch::Tenant),
             };
             if mismatch.is_none() {
@@ -268,7 +300,9 @@ impl PolicySet {
         let mut subscribe = Permissions::default();
         let mut responses: Option<Responses> = None;
         let mut ttl = self.default_max_ttl;
+        let mut connection_types = ConnectionTypes::ANY;
         for binding in matched {
+            connection_types = connection_types.intersect(binding.when.connection_types);
             let unsafe_claim = |e: UnsafeClaim| {
                 PolicyDeny::new(
                     DenyReason::UnsafeClaimValue,
@@ -285,6 +319,14 @@ impl PolicySet {
                 ttl = ttl.min(cap);
             }
         }
+        if connection_types.is_empty() {
+            // Every matched binding admits the client's own connection type, so the
+            // intersection holds at least that one; an empty list would mean "any" in the JWT.
+            return Err(PolicyDeny::new(
+                DenyReason::Internal,
+                "the matching bindings admit no common connection type".to_owned(),
+            ));
+        }
         if publish.allow.is_empty() && subscribe.allow.is_empty() {
             // Compilation rejects roles without allows, so this only guards future changes: an
             // empty grant must never turn into an unrestricted user.
@@ -300,6 +342,7 @@ impl PolicySet {
             responses,
             expires_at: id.expires_at.min(now.saturating_add(ttl.as_secs())),
             matched: matched.iter().map(|b| Arc::clone(&b.name)).collect(),
+            connection_types: connection_types.nats_values(),
         })
     }
 }
@@ -492,6 +535,14 @@ fn describe(m: Mismatch, b: &Binding, tenant: Option<&Tenant>, id: &Identity) ->
             "needs guest: {}; the token's holder is {}a guest",
             w.guest.unwrap_or_default(),
             if id.guest { "" } else { "not " }
+        ),
+        Mismatch::Connection(connection) => format!(
+            "needs a connection of type [{}]; the client connects {}",
+            w.connection_types,
+            connection.map_or_else(
+                || "in a way that is not known here".to_owned(),
+                |t| format!("as {t}")
+            )
         ),
         Mismatch::Claim(i) => {
             let Some((claim, m)) = w.claims.get(i) else {

@@ -17,6 +17,7 @@
 //! Only [`PolicySet::load`] touches the filesystem.
 
 mod compile;
+mod connection;
 mod eval;
 mod ident;
 mod jetstream;
@@ -30,6 +31,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use compile::{PolicySet, compile};
+pub use connection::{ConnectionType, ConnectionTypes};
 pub use eval::{BindingCheck, Explanation, Grant, Permissions, PolicyDeny, Responses};
 pub use jetstream::{JetStreamGrant, operation_subjects as jetstream_operation_subjects};
 pub use subject::{MAX_CLAIM_CHARS, USER_ONLY_CLAIMS, covers, overlaps};

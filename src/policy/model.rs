@@ -164,6 +164,9 @@ pub(crate) struct RawWhen {
     pub(crate) object_ids: Option<SpannedList>,
     pub(crate) guest: Option<Spanned<bool>>,
     pub(crate) claims: Option<BTreeMap<String, Spanned<RawClaimMatch>>>,
+    /// How the client connects (`standard`, `websocket`, `mqtt`, `leafnode`); a restriction,
+    /// not an identity condition, so it combines with `everyone: true`.
+    pub(crate) connection_types: Option<SpannedList>,
 }
 
 /// `kind:` values.

@@ -199,6 +199,70 @@ fn the_shipped_example_policies_pass_their_tests() {
     assert!(!printed.contains("FAIL"), "{printed}");
 }
 
+/// `connection_types`: explain says how a wallboard user may connect, and a test file naming an
+/// unknown connection type is a located problem.
+#[test]
+fn explain_and_test_take_the_connection_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_example_config(dir.path(), &repo("policies"));
+    let claims = dir.path().join("wallboard.json");
+    std::fs::write(
+        &claims,
+        r#"{"iss": "https://login.microsoftonline.com/72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41/v2.0",
+            "scp": "Nats.Connect", "oid": "5a1c8e2f-9d47-4b63-8f0a-2e6c4d9b7a35",
+            "groups": ["7e4b1f2a-9c3d-4e5f-8a6b-1c2d3e4f5a6b"]}"#,
+    )
+    .unwrap();
+    let explain = |extra: &[&str]| {
+        let out = bin()
+            .args(["explain", "--config"])
+            .arg(&config)
+            .arg("--claims")
+            .arg(&claims)
+            .args(extra)
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out))
+    };
+    let (code, printed) = explain(&["--connection-type", "websocket"]);
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(
+        printed.contains("MATCH  vision-browser-dashboards"),
+        "{printed}"
+    );
+    assert!(printed.contains("  connects   WEBSOCKET\n"), "{printed}");
+    let (code, printed) = explain(&["--connection-type", "standard"]);
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(
+        printed.contains(
+            "vision-browser-dashboards (contoso/vision): needs a connection of type [websocket]; the client connects as standard"
+        ),
+        "{printed}"
+    );
+
+    let tests = dir.path().join("types.yaml");
+    std::fs::write(
+        &tests,
+        "version: 1\nprovider: contoso\ntests:\n  - name: over tcp\n    claims: { scp: Nats.Connect }\n    \
+         connection_type: tcp\n    expect: { allow: false }\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["test", "--config"])
+        .arg(&config)
+        .arg(&tests)
+        .output()
+        .unwrap();
+    let printed = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{printed}");
+    assert!(
+        printed.contains(
+            "types.yaml:6:22: `connection_type` \"tcp\" is not one of standard, websocket, mqtt, leafnode"
+        ),
+        "{printed}"
+    );
+}
+
 #[test]
 fn a_failing_policy_test_fails_the_command_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
@@ -475,4 +539,36 @@ fn nats_config_for_config_mode_names_only_the_service_as_auth_user() {
         !text.contains(password.trim()),
         "the password is never printed"
     );
+}
+
+#[test]
+fn dev_token_ttl_takes_what_users_type_and_names_what_it_refuses() {
+    let lifetime = |ttl: &str| -> u64 {
+        let out = bin().args(["dev", "token", "--ttl", ttl]).output().unwrap();
+        assert!(out.status.success(), "{ttl}: {}", text(&out));
+        let token = String::from_utf8(out.stdout).unwrap();
+        let payload = token.trim().split('.').nth(1).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &data_encoding::BASE64URL_NOPAD
+                .decode(payload.as_bytes())
+                .unwrap(),
+        )
+        .unwrap();
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap()
+    };
+    assert_eq!(lifetime("90"), 90);
+    assert_eq!(lifetime("15m"), 900);
+    assert_eq!(lifetime("1h30m"), 5400);
+    for (ttl, message) in [
+        ("0s", "--ttl \"0s\": ttl must be at least 1s"),
+        ("0", "--ttl \"0\": ttl must be at least 1s"),
+        (
+            "soon",
+            "--ttl \"soon\" is not a duration such as 90 (seconds), 15m or 1h30m",
+        ),
+    ] {
+        let out = bin().args(["dev", "token", "--ttl", ttl]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{ttl}: {}", text(&out));
+        assert!(text(&out).contains(message), "{ttl}: {}", text(&out));
+    }
 }

@@ -30,6 +30,7 @@ async fn start() -> Environment {
         exe: env!("CARGO_BIN_EXE_entra-callout").into(),
         nats_server: server_bin(),
         nats_port: 0,
+        websocket_port: 0,
         monitor_port: 0,
         issuer_port: 0,
         admin_port: 0,
