@@ -388,12 +388,12 @@ impl Authorizer {
             .verifier
             .verify_digested(token, &digest, now)
             .await
-            .map_err(|err| Denial {
-                reason: err.reason(),
-                detail: err.to_string(),
+            .map_err(|refused| Denial {
+                reason: refused.error.reason(),
+                detail: refused.error.to_string(),
                 token_hash: Some(token_hash.clone()),
                 identity: None,
-                provider: err.provider().cloned(),
+                provider: refused.provider,
             })?;
         let client = &request.claims.nats.client_info;
         let connection = ConnectionType::from_client_info(&client.kind, &client.client_type);

@@ -44,7 +44,7 @@ pub use settings::{
 };
 pub use sources::DEFAULT_KEY_WAIT;
 pub use verified::{DEFAULT_TOKEN_CACHE_SIZE, TokenDigest, token_digest};
-pub use verifier::{Verification, Verifier, VerifierError};
+pub use verifier::{Refused, Verification, Verifier, VerifierError};
 pub use verify::verify_with_keys;
 
 pub(crate) use routing::{Routes, Via};

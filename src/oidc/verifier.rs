@@ -51,6 +51,17 @@ pub struct Verification {
     pub cached: bool,
 }
 
+/// A refused token: why, and the configured provider its issuer routed to, when routing got
+/// that far (so the audit trail names the provider for every refusal after routing, expired
+/// and malformed-claim tokens included).
+#[derive(Debug)]
+pub struct Refused {
+    /// Why the token was refused.
+    pub error: TokenError,
+    /// The provider the token's `iss` routed to, if it did.
+    pub provider: Option<Arc<str>>,
+}
+
 /// Why a [`Verifier`] could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -149,6 +160,7 @@ impl Verifier {
         self.verify_digested(token, &token_digest(token), now)
             .await
             .map(|verification| verification.identity)
+            .map_err(|refused| refused.error)
     }
 
     /// Verifies `token`, whose SHA-256 the caller has already computed as `digest`, at time
@@ -158,6 +170,23 @@ impl Verifier {
         token: &str,
         digest: &TokenDigest,
         now: u64,
+    ) -> Result<Verification, Refused> {
+        let mut routed = None;
+        self.verify_routed(token, digest, now, &mut routed)
+            .await
+            .map_err(|error| Refused {
+                provider: error.provider().cloned().or(routed),
+                error,
+            })
+    }
+
+    /// [`Self::verify_digested`], noting in `routed` the provider the token routed to.
+    async fn verify_routed(
+        &self,
+        token: &str,
+        digest: &TokenDigest,
+        now: u64,
+        routed: &mut Option<Arc<str>>,
     ) -> Result<Verification, TokenError> {
         let parsed = ParsedToken::parse(token, self.max_token_bytes)?;
         // Routing reads unverified claims; everything it selects is re-checked after the
@@ -165,6 +194,7 @@ impl Verifier {
         let issuer = parsed.issuer().ok_or(TokenError::MissingClaim("iss"))?;
         let route = self.routes.route(issuer, parsed.claims())?;
         let settings = self.routes.provider(route.provider)?;
+        *routed = Some(settings.name().clone());
         check_algorithm(parsed.alg(), settings)?;
         // Keys are looked up on a hit too: a token stays valid only while its source still
         // serves its `kid`, so a withdrawn key ends its cached tokens with it.

@@ -294,11 +294,13 @@ async fn a_cached_token_skips_only_the_signature_check() {
 
     // Time-dependent checks run again: past exp and the leeway, the cached token is refused.
     let later = now + 120 + DEFAULT_LEEWAY_SECS;
-    let error = verifier
+    let refused = verifier
         .verify_digested(&token, &digest, later)
         .await
         .unwrap_err();
-    assert_eq!(error.reason(), DenyReason::TokenExpired);
+    assert_eq!(refused.error.reason(), DenyReason::TokenExpired);
+    // Expiry names no provider itself; the refusal carries the one the token routed to.
+    assert_eq!(refused.provider.as_deref(), Some("contoso"));
 
     // Any other bytes are another token: a changed signature is checked, and refused.
     let (signed, signature) = token.rsplit_once('.').unwrap();
