@@ -7,7 +7,7 @@
 //! ones, so the service checks dev tokens exactly as it checks real ones; only the metadata
 //! host differs (a provider's `authority`). The one key it publishes is the DEV-ONLY key of
 //! [`crate::dev::token`]. Tokens themselves are minted offline by `entra-callout dev token`,
-//! or, for the browser example only, by `GET /dev-only/token` (see [`dev_token`]).
+//! or, for the browser example only, by `GET /dev-only/token` (see `dev_token`).
 
 use std::net::SocketAddr;
 
