@@ -13,8 +13,8 @@
 //! * `accounts`: config vs operator mode, and which key signs users into which account.
 //! * `callout`: one request in, one signed answer out (`Authorizer::handle`).
 //! * `service`: the NATS loop — queue subscription, bounded concurrency, drain.
-//! * `admin`, `metrics`, `reload`: operations — the health and metrics endpoints, Prometheus
-//!   metrics, and hot reload of policies.
+//! * `admin`, `metrics`, `reload`, `rotate`: operations — the health and metrics endpoints,
+//!   Prometheus metrics, hot reload of policies, and rotation of seed and password files.
 //! * `config`, `cli`, `keys`, `telemetry`: the edges — configuration files, commands, key
 //!   material, logging and the wall clock.
 //! * `dev`: `entra-callout dev`, the local environment with a built-in Entra-shaped issuer.
@@ -50,6 +50,7 @@ pub mod nats_jwt;
 pub mod oidc;
 pub mod policy;
 pub mod reload;
+pub mod rotate;
 pub mod secret;
 pub mod service;
 pub mod telemetry;
