@@ -1077,6 +1077,35 @@ mod tests {
     }
 
     #[test]
+    fn a_request_naming_the_replaced_issuer_is_answered_with_it() {
+        let signer = |key: &nkeys::KeyPair| nats_jwt::Signer::new(key.clone()).unwrap();
+        let (old, new) = (nkeys::KeyPair::new_account(), nkeys::KeyPair::new_account());
+        let keys = Keys {
+            signers: Signers::config(signer(&new)),
+            previous_issuer: Some(Signers::config(signer(&old))),
+            xkey: None,
+            previous_xkey: None,
+        };
+        let naming = |sub: &str| {
+            let mut request = request(1_000, 1_002);
+            request.claims.base.sub = sub.to_owned();
+            keys.signers_for(&request)
+                .response()
+                .key()
+                .public_key()
+                .to_owned()
+        };
+        // nats-server puts its `auth_callout.issuer` in the request's `sub` (config mode).
+        assert_eq!(naming(&old.public_key()), old.public_key());
+        assert_eq!(naming(&new.public_key()), new.public_key());
+        assert_eq!(
+            naming("AUNKNOWN"),
+            new.public_key(),
+            "otherwise the current"
+        );
+    }
+
+    #[test]
     fn the_token_hash_is_short_and_stable() {
         assert_eq!(token_hash("abc"), token_hash("abc"));
         assert_ne!(token_hash("abc"), token_hash("abd"));

@@ -450,3 +450,184 @@ fn account_seed(value: &str) -> Option<Signer> {
     let signer = Signer::from_seed(value).ok()?;
     (signer.kind() == nkeys::KeyPairType::Account).then_some(signer)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::oidc::{ProviderSettings, Verifier};
+    use crate::policy::{CompileOptions, PolicySet};
+    use crate::testutil::TENANT;
+
+    /// A config-mode authorizer with `issuer` and `xkey`, and one policy.
+    fn authorizer(dir: &Path, issuer: &nkeys::KeyPair, xkey: &nkeys::XKey) -> Arc<Authorizer> {
+        let provider =
+            ProviderSettings::new("entra", TENANT, vec!["api://nats".to_owned()]).unwrap();
+        let verifier = Arc::new(Verifier::new(vec![provider]).unwrap());
+        let policy = dir.join("policies.yaml");
+        std::fs::write(
+            &policy,
+            format!(
+                "version: 1\ntenants:\n  - name: t\n    entra_tenants: [{TENANT}]\n    account: APP\n\
+                 roles:\n  - name: r\n    publish: {{ allow: [\"a.>\"] }}\n\
+                 bindings:\n  - name: b\n    tenant: t\n    roles: [r]\n    when: {{ app_roles: [R] }}\n"
+            ),
+        )
+        .unwrap();
+        let options = CompileOptions {
+            forbidden_accounts: vec!["SYS".into(), "AUTH".into()],
+            default_max_ttl: Duration::from_secs(3600),
+            providers: Vec::new(),
+            accounts: Vec::new(),
+        };
+        let policies = PolicySet::load(&policy, &options).unwrap();
+        let seed = xkey.seed().unwrap();
+        Arc::new(Authorizer::new(
+            Signer::new(issuer.clone()).unwrap(),
+            Some(nkeys::XKey::from_seed(&seed).unwrap()),
+            verifier,
+            policies,
+            2,
+        ))
+    }
+
+    fn count(metrics: &Metrics, credential: &str, result: &str) -> String {
+        let text = metrics.render();
+        let prefix = format!(
+            "entra_callout_credential_reloads_total{{credential=\"{credential}\",result=\"{result}\"}} "
+        );
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix).map(str::to_owned))
+            .unwrap_or_else(|| panic!("{prefix} not in\n{text}"))
+    }
+
+    #[test]
+    fn changed_files_are_put_in_use_and_unusable_ones_keep_the_old_material() {
+        let dir = tempfile::tempdir().unwrap();
+        let (issuer, xkey) = (nkeys::KeyPair::new_account(), nkeys::XKey::new());
+        let files = CredentialFiles {
+            nats_password: Some(dir.path().join("password")),
+            issuer: Some(dir.path().join("issuer.nk")),
+            xkey: Some(dir.path().join("xkey.nk")),
+            accounts: BTreeMap::new(),
+        };
+        std::fs::write(dir.path().join("password"), "old\n").unwrap();
+        std::fs::write(dir.path().join("issuer.nk"), issuer.seed().unwrap()).unwrap();
+        std::fs::write(dir.path().join("xkey.nk"), xkey.seed().unwrap()).unwrap();
+        let authorizer = authorizer(dir.path(), &issuer, &xkey);
+        let password = SharedSecret::new(Secret::new("old".to_owned()));
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let rotator = Rotator::new(
+            &files,
+            Arc::clone(&authorizer),
+            Some(password.clone()),
+            Arc::clone(&metrics),
+        );
+
+        // What is in use already changes nothing and counts nothing.
+        rotator.check_all();
+        for credential in ["nats_password", "issuer", "xkey"] {
+            assert_eq!(count(&metrics, credential, "ok"), "0", "{credential}");
+            assert_eq!(count(&metrics, credential, "error"), "0", "{credential}");
+        }
+
+        let (new_issuer, new_xkey) = (nkeys::KeyPair::new_account(), nkeys::XKey::new());
+        std::fs::write(dir.path().join("password"), "new").unwrap();
+        std::fs::write(dir.path().join("issuer.nk"), new_issuer.seed().unwrap()).unwrap();
+        std::fs::write(dir.path().join("xkey.nk"), new_xkey.seed().unwrap()).unwrap();
+        rotator.check_all();
+        assert_eq!(password.current().expose(), "new");
+        let keys = authorizer.keys();
+        assert_eq!(
+            keys.signers().response().key().public_key(),
+            new_issuer.public_key()
+        );
+        assert_eq!(keys.xkey_public(), Some(new_xkey.public_key()));
+        for credential in ["nats_password", "issuer", "xkey"] {
+            assert_eq!(count(&metrics, credential, "ok"), "1", "{credential}");
+        }
+
+        // An unusable seed is refused with a message that names the file, never its content,
+        // and is counted once however often its directory changes.
+        let issuer_path = dir.path().join("issuer.nk");
+        std::fs::write(&issuer_path, "SAsecret-garbage").unwrap();
+        let err = rotator
+            .apply(&Credential::Issuer, &issuer_path)
+            .unwrap_err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the issuer seed file {} does not hold an account seed (SA...)",
+                issuer_path.display()
+            )
+        );
+        assert!(matches!(
+            rotator.apply(&Credential::Issuer, &issuer_path),
+            Err(None)
+        ));
+        std::fs::write(&issuer_path, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
+        assert_eq!(rotator.check(&Credential::Issuer, &issuer_path), None);
+        std::fs::write(dir.path().join("xkey.nk"), "").unwrap();
+        assert_eq!(
+            rotator.check(&Credential::Xkey, &dir.path().join("xkey.nk")),
+            None
+        );
+        assert_eq!(
+            authorizer.keys().signers().response().key().public_key(),
+            new_issuer.public_key(),
+            "the last good issuer stays"
+        );
+        assert_eq!(authorizer.keys().xkey_public(), Some(new_xkey.public_key()));
+        assert_eq!(count(&metrics, "issuer", "error"), "1");
+        assert_eq!(count(&metrics, "xkey", "error"), "1");
+    }
+
+    /// Kubernetes updates a Secret volume by renaming a new `..data` symlink over the old.
+    #[tokio::test]
+    async fn a_secret_volume_swap_is_picked_up() {
+        use std::os::unix::fs::symlink;
+
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path().join("secret");
+        std::fs::create_dir_all(mount.join("..1")).unwrap();
+        let (issuer, xkey) = (nkeys::KeyPair::new_account(), nkeys::XKey::new());
+        std::fs::write(mount.join("..1/issuer.nk"), issuer.seed().unwrap()).unwrap();
+        symlink("..1", mount.join("..data")).unwrap();
+        symlink("..data/issuer.nk", mount.join("issuer.nk")).unwrap();
+        let files = CredentialFiles {
+            issuer: Some(mount.join("issuer.nk")),
+            ..CredentialFiles::default()
+        };
+        let authorizer = authorizer(dir.path(), &issuer, &xkey);
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let rotator = Arc::new(Rotator::new(&files, Arc::clone(&authorizer), None, metrics));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = rotator
+            .spawn(async {
+                let _ = stopped.await;
+            })
+            .unwrap();
+
+        let rotated = nkeys::KeyPair::new_account();
+        std::fs::create_dir(mount.join("..2")).unwrap();
+        std::fs::write(mount.join("..2/issuer.nk"), rotated.seed().unwrap()).unwrap();
+        symlink("..2", mount.join("..data_tmp")).unwrap();
+        std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+        std::fs::remove_dir_all(mount.join("..1")).unwrap();
+
+        for _ in 0..100 {
+            if authorizer.keys().signers().response().key().public_key() == rotated.public_key() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            authorizer.keys().signers().response().key().public_key(),
+            rotated.public_key()
+        );
+        let _ = stop.send(());
+        task.await.unwrap();
+    }
+}
