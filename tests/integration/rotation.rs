@@ -402,12 +402,11 @@ async fn config_mode_password_rotates_by_reload_and_keys_by_restart() {
         )
         .await;
 
-    for (name, step) in [
-        ("nats_password", &password_step),
-        ("unusable issuer file", &bad_step),
-    ] {
-        assert_eq!(step.refused, 0, "{name}: {step:?}");
-    }
+    assert_eq!(bad_step.refused, 0, "{bad_step:?}");
+    assert!(
+        password_step.refused <= PASSWORD_BOUND,
+        "only connects during the service's reconnect go unanswered: {password_step:?}"
+    );
     assert!(
         restart_step.refused <= SINGLE_RESTART_BOUND,
         "a restart refuses connects only while the server is down: {restart_step:?}"
@@ -417,8 +416,16 @@ async fn config_mode_password_rotates_by_reload_and_keys_by_restart() {
     replica.stop().await;
 }
 
-/// At most this many connects (one every ~20 ms) are refused while a lone nats-server restarts.
-const SINGLE_RESTART_BOUND: u64 = 25;
+/// At most this many connects (one every ~20 ms) go unanswered while the service reconnects
+/// with its new password: the reload closes its connection, and a request sent before it has
+/// subscribed again reaches nobody and times out (the README's figures: 0 or 1).
+const PASSWORD_BOUND: u64 = 2;
+/// At most this many connects are refused while a lone nats-server restarts (the README: 0 or 1).
+const SINGLE_RESTART_BOUND: u64 = 10;
+/// At most this many connects are refused during a rolling restart with two replicas: a request
+/// routed to the replica behind the node going down, before the route withdrew its interest,
+/// reaches nobody (the README: 0 or 1).
+const ROLLING_BOUND: u64 = 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_mode_issuer_and_xkey_rotate_by_rolling_restart() {
@@ -445,17 +452,17 @@ async fn config_mode_issuer_and_xkey_rotate_by_rolling_restart() {
     let traffic = Traffic::start(urls.clone(), token.clone());
 
     let rolling = async |cluster: &mut NatsCluster, stack: &ConfigStack| {
-        for node in 0..cluster.nodes.len() {
+        for node in &mut cluster.nodes {
             let (issuer, xkey) = (stack.issuer_key.public_key(), stack.xkey.public_key());
             tokio::task::block_in_place(|| {
-                cluster.nodes[node].restart_with(|config| with_keys(config, &issuer, &xkey));
+                node.restart_with(|config| with_keys(config, &issuer, &xkey));
             });
-            routed(&urls[node], &token).await;
+            routed(&node.url(), &token).await;
         }
     };
 
     // The service first, then one node after the other: the service answers each node with
-    // the keys that node has, so clients fail over to the other node and nobody is refused.
+    // the keys that node has, and clients fail over to the other node meanwhile.
     let rolling_step = traffic
         .during(
             "issuer + xkey (service first, rolling restart of 2 nodes)",
@@ -499,7 +506,7 @@ async fn config_mode_issuer_and_xkey_rotate_by_rolling_restart() {
         )
         .await;
 
-    assert_eq!(rolling_step.refused, 0, "{rolling_step:?}");
+    assert!(rolling_step.refused <= ROLLING_BOUND, "{rolling_step:?}");
     assert!(
         server_first.refused > 0,
         "the wrong order refuses clients: {server_first:?}"
