@@ -267,7 +267,8 @@ impl Rotator {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => Secret::new(text.trim().to_owned()),
             Err(source) => {
-                // A missing file mid-swap is followed by the new one; report the rest.
+                // Secret and CSI volumes swap atomically, so a file is never missing mid-update:
+                // an unreadable one is an operator's problem, reported at every change.
                 return Err(Some(CredentialError::Read {
                     credential: credential.clone(),
                     path: path.to_path_buf(),
