@@ -90,6 +90,20 @@ def validate_manifests(name, documents):
             fail(f"{what}: {err}")
 
 
+def check_rotation_mounts(name, documents):
+    """Seeds, password, configuration and policies are mounted as whole volumes: a `subPath`
+    mount is a copy made at pod start that Secret, CSI and ConfigMap updates never reach, so a
+    rotated key or a changed policy would not arrive without a restart."""
+    for template, doc in documents:
+        spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+        for container in spec.get("containers", []) + spec.get("initContainers", []):
+            for mount in container.get("volumeMounts", []):
+                if "subPath" in mount or "subPathExpr" in mount:
+                    fail(f"{name}: {template}: volume {mount.get('name')} is mounted with subPath")
+                    return
+    ok(f"{name}: no subPath mounts (rotated keys and edited policies reach the pod)")
+
+
 def check_config(name, documents, binary):
     """Writes the rendered config and policies with fresh keys, then runs `entra-callout check`."""
     config_maps = {d["metadata"]["name"]: d for _, d in documents if d.get("kind") == "ConfigMap"}
@@ -214,6 +228,7 @@ def main():
         else:
             ok(f"{name}: render matches {golden.relative_to(ROOT)}")
         validate_manifests(name, documents)
+        check_rotation_mounts(name, documents)
         check_config(name, documents, args.binary)
 
     for path in sorted(INVALID.glob("*.yaml")):

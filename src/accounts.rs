@@ -171,6 +171,32 @@ impl Signers {
         &self.targets
     }
 
+    /// The same signers with `key` signing responses for the same callout account (operator
+    /// mode: a rotated signing key of the callout account).
+    pub fn with_response_key(&self, key: Signer) -> Result<Self, AccountsError> {
+        Ok(Self {
+            response: AccountKey::new(&self.response.account, key)?,
+            ..self.clone()
+        })
+    }
+
+    /// The same signers with `key` minting users into the target account policies call
+    /// `name` (operator mode: a rotated signing key of that account).
+    pub fn with_target_key(&self, name: &str, key: Signer) -> Result<Self, AccountsError> {
+        let current = self
+            .targets
+            .get(name)
+            .ok_or_else(|| AccountsError::UnknownAccount {
+                name: name.to_owned(),
+            })?;
+        let mut targets = self.targets.clone();
+        targets.insert(name.to_owned(), AccountKey::new(&current.account, key)?);
+        Ok(Self {
+            targets,
+            ..self.clone()
+        })
+    }
+
     /// How to mint a user into the account policies call `name`.
     pub fn user_issuer<'a>(&'a self, name: &'a str) -> Result<UserIssuer<'a>, AccountsError> {
         match self.mode {

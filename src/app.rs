@@ -3,9 +3,9 @@
 //! [`start`] wires, in this order: metrics and readiness ([`Ops`]), the admin listener (first,
 //! so liveness answers while the rest starts), the verifier (recording into the same metrics;
 //! readiness asks it whether keys are loaded), the key loader and background refresh, the
-//! authorizer with the compiled policies, the policy reloader, and the NATS loop — which
-//! connects (retrying while nats-server is not up), subscribes and answers until shutdown, then
-//! drains. `entra-callout serve` and every in-process test start the service through it, so
+//! authorizer with the compiled policies, the policy reloader, the credential rotator, and the
+//! NATS loop — which connects (retrying while nats-server is not up), subscribes and answers
+//! until shutdown, then drains. `entra-callout serve` and every in-process test start the service through it, so
 //! what the tests exercise is what production runs.
 //!
 //! Nothing here waits for the identity provider or for NATS: both are retried in the
@@ -26,8 +26,9 @@ use crate::config::Config;
 use crate::metrics::MetricsError;
 use crate::oidc::{Verifier, VerifierError};
 use crate::reload::Reloader;
-use crate::service::NatsSettings;
+use crate::rotate::Rotator;
 use crate::service::{self, LoopSettings, ServiceError};
+use crate::service::{NatsAuth, NatsSettings};
 
 /// First wait before retrying to load signing keys that did not load at start.
 const FIRST_KEY_RETRY: Duration = Duration::from_secs(1);
@@ -128,6 +129,25 @@ pub fn start(
         .inspect_err(|err| warn!(error = %err, "policies are reloaded on SIGHUP only"))
         .ok();
 
+    let password = match &config.nats.auth {
+        NatsAuth::UserPassword { password, .. } => Some(password.clone()),
+        _ => None,
+    };
+    let rotator = Arc::new(Rotator::new(
+        &config.credential_files,
+        Arc::clone(&authorizer),
+        password,
+        Arc::clone(&ops.metrics),
+    ));
+    let rotate = if rotator.is_empty() {
+        None
+    } else {
+        rotator
+            .spawn(until(stopped.clone()))
+            .inspect_err(|err| warn!(error = %err, "rotated credentials need a restart"))
+            .ok()
+    };
+
     let identity = Identity {
         issuer: config.callout.issuer.public_key().to_owned(),
         xkey: config
@@ -148,6 +168,7 @@ pub fn start(
             keys,
             refresh,
             reload,
+            rotate,
             admin,
         },
     ));
@@ -171,6 +192,7 @@ struct Background {
     keys: JoinHandle<()>,
     refresh: JoinHandle<()>,
     reload: Option<JoinHandle<()>>,
+    rotate: Option<JoinHandle<()>>,
     admin: AdminServer,
 }
 
@@ -206,9 +228,10 @@ async fn serve(
         keys,
         refresh,
         reload,
+        rotate,
         admin,
     } = background;
-    for task in [keys, refresh].into_iter().chain(reload) {
+    for task in [keys, refresh].into_iter().chain(reload).chain(rotate) {
         task.abort();
         let _ = task.await;
     }

@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::accounts::{Signers, UserIssuer};
+use crate::accounts::{AccountsError, Mode, Signers, UserIssuer};
 use crate::deny::DenyReason;
 use crate::identity::Identity;
 use crate::nats_jwt::{self, Claims, JwtError, Permission, Request, ResponsePermission, User};
@@ -73,12 +73,70 @@ const MAX_NAME_LEN: usize = 256;
 
 /// Everything a decision needs, shared by all request tasks.
 pub struct Authorizer {
-    signers: Signers,
-    xkey: Option<nkeys::XKey>,
+    /// Swapped as a whole when a credential file changes ([`crate::rotate`]); every request
+    /// answers with the keys current when it arrived.
+    keys: ArcSwap<Keys>,
     verifier: Arc<Verifier>,
     /// Swapped as a whole on reload; every request evaluates the set current when it started.
     policies: ArcSwap<PolicySet>,
     request_leeway_secs: u64,
+}
+
+/// The keys requests are opened and answered with, and the ones the last rotation replaced.
+///
+/// nats-server reads its `auth_callout` settings once per request, so a request that arrives
+/// while the server still has the old key must be answered with the old key. The service can
+/// tell which: the request is sealed to one curve key (only that key opens it, and the server
+/// opens the answer with the same key), and in config mode its `sub` names the issuer the
+/// server checks the answer against.
+#[derive(Clone)]
+pub struct Keys {
+    signers: Signers,
+    /// Config mode: the issuer the last rotation replaced.
+    previous_issuer: Option<Signers>,
+    xkey: Option<nkeys::XKey>,
+    /// The curve key the last rotation replaced.
+    previous_xkey: Option<nkeys::XKey>,
+}
+
+impl Keys {
+    /// The signers in use.
+    pub fn signers(&self) -> &Signers {
+        &self.signers
+    }
+
+    /// The public curve key in use, if requests are sealed.
+    pub fn xkey_public(&self) -> Option<String> {
+        self.xkey.as_ref().map(nkeys::XKey::public_key)
+    }
+
+    /// The signers for `request`: in config mode, the previous issuer when the request names it
+    /// (its server has not been reloaded yet); otherwise the current ones.
+    fn signers_for(&self, request: &Request) -> &Signers {
+        let sub = request.claims.base.sub.as_str();
+        match &self.previous_issuer {
+            Some(previous)
+                if self.signers.mode() == Mode::Config
+                    && self.signers.response().key().public_key() != sub
+                    && previous.response().key().public_key() == sub =>
+            {
+                previous
+            }
+            _ => &self.signers,
+        }
+    }
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let public = |x: &Option<nkeys::XKey>| x.as_ref().map(nkeys::XKey::public_key);
+        f.debug_struct("Keys")
+            .field("signers", &self.signers)
+            .field("previous_issuer", &self.previous_issuer)
+            .field("xkey", &public(&self.xkey))
+            .field("previous_xkey", &public(&self.previous_xkey))
+            .finish()
+    }
 }
 
 /// What [`Authorizer::handle`] decided.
@@ -255,8 +313,12 @@ impl Authorizer {
         request_leeway_secs: u64,
     ) -> Self {
         Self {
-            signers: Signers::config(issuer),
-            xkey,
+            keys: ArcSwap::from_pointee(Keys {
+                signers: Signers::config(issuer),
+                previous_issuer: None,
+                xkey,
+                previous_xkey: None,
+            }),
             verifier,
             policies: ArcSwap::from_pointee(policies),
             request_leeway_secs,
@@ -282,9 +344,70 @@ impl Authorizer {
 
     /// Signs with `signers` instead: operator mode, or config mode with another issuer.
     #[must_use]
-    pub fn with_signers(mut self, signers: Signers) -> Self {
-        self.signers = signers;
+    pub fn with_signers(self, signers: Signers) -> Self {
+        self.keys.rcu(|keys| Keys {
+            signers: signers.clone(),
+            ..Keys::clone(keys)
+        });
         self
+    }
+
+    /// The keys in use.
+    pub fn keys(&self) -> Arc<Keys> {
+        self.keys.load_full()
+    }
+
+    /// Signs responses (and, in config mode, user JWTs) with `issuer` from now on. In config
+    /// mode the replaced issuer is kept for requests that still name it. In operator mode
+    /// `issuer` must be the callout account's key or a signing key of it.
+    pub fn rotate_issuer(&self, issuer: nats_jwt::Signer) -> Result<(), AccountsError> {
+        let current = self.keys.load_full();
+        let keys = match current.signers.mode() {
+            Mode::Config => {
+                if issuer.kind() != nkeys::KeyPairType::Account {
+                    return Err(AccountsError::NotAnAccountSeed {
+                        account: "the callout issuer".to_owned(),
+                    });
+                }
+                Keys {
+                    signers: Signers::config(issuer),
+                    previous_issuer: Some(current.signers.clone()),
+                    ..Keys::clone(&current)
+                }
+            }
+            Mode::Operator => Keys {
+                signers: current.signers.with_response_key(issuer)?,
+                ..Keys::clone(&current)
+            },
+        };
+        self.keys.store(Arc::new(keys));
+        Ok(())
+    }
+
+    /// Opens and seals with `xkey` from now on; requests sealed to the replaced key are still
+    /// opened and answered with it.
+    pub fn rotate_xkey(&self, xkey: nkeys::XKey) {
+        self.keys.rcu(|keys| Keys {
+            xkey: Some(xkey.clone()),
+            previous_xkey: keys.xkey.clone(),
+            ..Keys::clone(keys)
+        });
+    }
+
+    /// Operator mode: mints users into the account policies call `account` with `key` from now
+    /// on. The new key must already be in the account's JWT.
+    pub fn rotate_account_key(
+        &self,
+        account: &str,
+        key: nats_jwt::Signer,
+    ) -> Result<(), AccountsError> {
+        let current = self.keys.load_full();
+        let keys = Keys {
+            signers: current.signers.with_target_key(account, key)?,
+            ..Keys::clone(&current)
+        };
+        self.keys.store(Arc::new(keys));
+        Ok(())
     }
 
     /// The token verifier, for warming keys and background refresh.
@@ -300,12 +423,14 @@ impl Authorizer {
 
     /// Handles one request message. `xkey_header` is the `Nats-Server-Xkey` header, if any.
     pub async fn handle(&self, payload: &[u8], xkey_header: Option<&str>, now: u64) -> Handled {
-        let request = match self.open(payload, xkey_header, now) {
-            Ok(request) => request,
+        let keys = self.keys.load_full();
+        let (request, xkey) = match self.open(&keys, payload, xkey_header, now) {
+            Ok(opened) => opened,
             Err(dropped) => return dropped,
         };
-        let decision = self.decide(&request, now).await;
-        self.answer(&request, decision, now)
+        let signers = keys.signers_for(&request);
+        let decision = self.decide(signers, &request, now).await;
+        Self::answer(signers, xkey, &request, decision, now)
     }
 
     /// Refuses one request message with `reason` without looking at the client's token: the
@@ -318,34 +443,45 @@ impl Authorizer {
         reason: DenyReason,
         now: u64,
     ) -> Handled {
-        let request = match self.open(payload, xkey_header, now) {
-            Ok(request) => request,
+        let keys = self.keys.load_full();
+        let (request, xkey) = match self.open(&keys, payload, xkey_header, now) {
+            Ok(opened) => opened,
             Err(dropped) => return dropped,
         };
         let denial = Denial::new(reason, "refused before the token was looked at");
-        self.answer(&request, Err(denial), now)
+        Self::answer(keys.signers_for(&request), xkey, &request, Err(denial), now)
     }
 
-    fn open(
+    /// Opens the request with the current curve key or, when it was sealed to the one the last
+    /// rotation replaced, with that; returns the key that opened it, which seals the answer.
+    fn open<'k>(
         &self,
+        keys: &'k Keys,
         payload: &[u8],
         xkey_header: Option<&str>,
         now: u64,
-    ) -> Result<Request, Handled> {
-        nats_jwt::open_request(
-            payload,
-            xkey_header,
-            self.xkey.as_ref(),
-            now,
-            self.request_leeway_secs,
-        )
-        .map_err(|err| {
+    ) -> Result<(Request, Option<&'k nkeys::XKey>), Handled> {
+        let open = |xkey: Option<&'k nkeys::XKey>| {
+            nats_jwt::open_request(payload, xkey_header, xkey, now, self.request_leeway_secs)
+                .map(|request| (request, xkey))
+        };
+        let opened = match (open(keys.xkey.as_ref()), &keys.previous_xkey) {
+            (Err(JwtError::Open), Some(previous)) => open(Some(previous)),
+            (opened, _) => opened,
+        };
+        opened.map_err(|err| {
             warn!(target: "audit", outcome = "dropped", error = %err, "authorization request refused");
             Handled::Drop(err)
         })
     }
 
-    fn answer(&self, request: &Request, decision: Result<Minted, Denial>, now: u64) -> Handled {
+    fn answer(
+        signers: &Signers,
+        xkey: Option<&nkeys::XKey>,
+        request: &Request,
+        decision: Result<Minted, Denial>,
+        now: u64,
+    ) -> Handled {
         let (outcome, allowed) = match &decision {
             Ok(minted) => (Ok(minted.jwt.as_str()), true),
             // The error text reaches only the server log and the AUTH.ERR advisory in the callout
@@ -354,13 +490,13 @@ impl Authorizer {
         };
         let audit = audit(request, &decision, now);
         let deadline = answer_within(request, now);
-        let signer = self.signers.response();
+        let signer = signers.response();
         match nats_jwt::encode_response_as(
             request,
             outcome,
             signer.key(),
             signer.issuer_account(),
-            self.xkey.as_ref(),
+            xkey,
             now,
         ) {
             Ok(body) => Handled::Respond {
@@ -376,7 +512,12 @@ impl Authorizer {
         }
     }
 
-    async fn decide(&self, request: &Request, now: u64) -> Result<Minted, Denial> {
+    async fn decide(
+        &self,
+        signers: &Signers,
+        request: &Request,
+        now: u64,
+    ) -> Result<Minted, Denial> {
         let opts = &request.claims.nats.connect_opts;
         let token = [opts.auth_token.as_str(), opts.pass.as_str()]
             .into_iter()
@@ -426,7 +567,7 @@ impl Authorizer {
         }
         // Config validation makes sure every policy account has a key; a miss here means a
         // policy changed under us, and refusing is the only safe answer.
-        let issuer = match self.signers.user_issuer(&grant.account) {
+        let issuer = match signers.user_issuer(&grant.account) {
             Ok(issuer) => issuer,
             Err(err) => {
                 return Err(Denial {
@@ -942,6 +1083,35 @@ mod tests {
         assert_eq!(event.reason, Some(DenyReason::SignatureInvalid));
         assert_eq!(event.provider.as_deref(), Some("contoso"));
         assert_eq!(event.subject, None);
+    }
+
+    #[test]
+    fn a_request_naming_the_replaced_issuer_is_answered_with_it() {
+        let signer = |key: &nkeys::KeyPair| nats_jwt::Signer::new(key.clone()).unwrap();
+        let (old, new) = (nkeys::KeyPair::new_account(), nkeys::KeyPair::new_account());
+        let keys = Keys {
+            signers: Signers::config(signer(&new)),
+            previous_issuer: Some(Signers::config(signer(&old))),
+            xkey: None,
+            previous_xkey: None,
+        };
+        let naming = |sub: &str| {
+            let mut request = request(1_000, 1_002);
+            request.claims.base.sub = sub.to_owned();
+            keys.signers_for(&request)
+                .response()
+                .key()
+                .public_key()
+                .to_owned()
+        };
+        // nats-server puts its `auth_callout.issuer` in the request's `sub` (config mode).
+        assert_eq!(naming(&old.public_key()), old.public_key());
+        assert_eq!(naming(&new.public_key()), new.public_key());
+        assert_eq!(
+            naming("AUNKNOWN"),
+            new.public_key(),
+            "otherwise the current"
+        );
     }
 
     #[test]

@@ -17,8 +17,8 @@
 //!   concurrency, drain.
 //! * `app`: the composition root — `app::start` assembles the service from a `Config`; `serve`
 //!   and the in-process tests use it.
-//! * `admin`, `metrics`, `reload`: operations — the health and metrics endpoints, Prometheus
-//!   metrics, and hot reload of policies.
+//! * `admin`, `metrics`, `reload`, `rotate`: operations — the health and metrics endpoints,
+//!   Prometheus metrics, hot reload of policies, and rotation of seed and password files.
 //! * `config`, `cli`, `keys`, `telemetry`: the edges — configuration files (parsed and
 //!   validated into the settings types the modules above own), commands, key material, logging
 //!   and the wall clock.
@@ -56,6 +56,7 @@ pub mod nats_jwt;
 pub mod oidc;
 pub mod policy;
 pub mod reload;
+pub mod rotate;
 pub mod secret;
 pub mod service;
 pub mod telemetry;

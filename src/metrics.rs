@@ -20,6 +20,7 @@
 //! | `entra_callout_key_refreshes_total` | counter | `provider`, `result` (`ok`, `error`) |
 //! | `entra_callout_policy_reloads_total` | counter | `result` (`ok`, `error`) |
 //! | `entra_callout_policy_rules` | gauge | |
+//! | `entra_callout_credential_reloads_total` | counter | `credential` (`nats_password`, `issuer`, `xkey`, `account:NAME`), `result` (`ok`, `error`) |
 //! | `entra_callout_audit_publish_failures_total` | counter | |
 //! | `entra_callout_build_info` | gauge (always 1) | `version`, `features` |
 //! | `process_*` (CPU seconds, resident and virtual memory, open and max file descriptors, start time, threads) | | |
@@ -51,6 +52,8 @@ pub const CACHE_LOOKUPS: &str = "entra_callout_cache_lookups_total";
 pub const KEY_REFRESHES: &str = "entra_callout_key_refreshes_total";
 /// Policy reloads, by result.
 pub const POLICY_RELOADS: &str = "entra_callout_policy_reloads_total";
+/// Credential files picked up again after a change, by credential and result.
+pub const CREDENTIAL_RELOADS: &str = "entra_callout_credential_reloads_total";
 /// Rules in the policy set in use.
 pub const POLICY_RULES: &str = "entra_callout_policy_rules";
 /// Audit events that could not be handed to NATS.
@@ -175,6 +178,31 @@ impl Metrics {
                     .register_counter(&Key::from_parts(KEY_REFRESHES, labels), &META);
             }
         }
+    }
+
+    /// Registers the reload series of `credentials` (names from the configuration) at zero.
+    pub fn register_credentials<'a>(&self, credentials: impl IntoIterator<Item = &'a str>) {
+        for credential in credentials {
+            for result in ["ok", "error"] {
+                let _ = self.credential_counter(credential, result);
+            }
+        }
+    }
+
+    /// Records one reload of a changed credential file: `ok` when the new material is in use,
+    /// not `ok` when it was refused and the previous stays.
+    pub fn record_credential_reload(&self, credential: &str, ok: bool) {
+        self.credential_counter(credential, if ok { "ok" } else { "error" })
+            .increment(1);
+    }
+
+    fn credential_counter(&self, credential: &str, result: &'static str) -> Counter {
+        let labels = vec![
+            Label::new("credential", credential.to_owned()),
+            Label::from_static_parts("result", result),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts(CREDENTIAL_RELOADS, labels), &META)
     }
 
     /// Records one signing-key fetch of `provider` (a configured name). Allocates, but key
@@ -318,6 +346,11 @@ fn describe(r: &dyn Recorder) {
         (
             AUDIT_PUBLISH_FAILURES,
             "Audit events that could not be published to NATS.",
+        ),
+        (
+            CREDENTIAL_RELOADS,
+            "Changed credential files read again, by credential and result; a failed reload \
+             keeps the previous material.",
         ),
     ];
     for (name, text) in counters {

@@ -58,7 +58,7 @@ pub enum ReloadError {
 
 /// What in a watched directory concerns the policies.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Watched {
+pub(crate) enum Watched {
     /// Every `*.yaml`/`*.yml` file of the directory.
     Directory,
     /// One file of the directory, by name.
@@ -191,7 +191,7 @@ impl Reloader {
 }
 
 /// The directory to watch for `path`, and what in it matters.
-fn watch_target(path: &Path) -> (PathBuf, Watched) {
+pub(crate) fn watch_target(path: &Path) -> (PathBuf, Watched) {
     if path.is_dir() {
         return (path.to_path_buf(), Watched::Directory);
     }
@@ -205,7 +205,7 @@ fn watch_target(path: &Path) -> (PathBuf, Watched) {
 
 /// True when `event` may have changed the policies. Reads are ignored (the reload itself opens
 /// the files); Kubernetes' `..data` swaps always count.
-fn concerns(watched: &Watched, event: &notify::Event) -> bool {
+pub(crate) fn concerns(watched: &Watched, event: &notify::Event) -> bool {
     if let EventKind::Access(kind) = event.kind
         && kind != AccessKind::Close(AccessMode::Write)
     {
@@ -229,12 +229,12 @@ fn concerns(watched: &Watched, event: &notify::Event) -> bool {
 }
 
 /// SIGHUP, where there is such a thing.
-struct Hangup {
+pub(crate) struct Hangup {
     #[cfg(unix)]
     signal: tokio::signal::unix::Signal,
 }
 
-fn hangup() -> Result<Hangup, ReloadError> {
+pub(crate) fn hangup() -> Result<Hangup, ReloadError> {
     #[cfg(unix)]
     {
         let kind = tokio::signal::unix::SignalKind::hangup();
@@ -246,7 +246,7 @@ fn hangup() -> Result<Hangup, ReloadError> {
 }
 
 impl Hangup {
-    async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         #[cfg(unix)]
         if self.signal.recv().await.is_some() {
             return;

@@ -3,7 +3,9 @@
 //! panic message) and is zeroed when dropped.
 
 use std::fmt;
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use zeroize::Zeroizing;
 
 /// A secret string.
@@ -28,6 +30,34 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A secret that may be replaced while it is in use (a rotated password): readers take the
+/// value current when they ask, writers swap it as a whole. Clones share the value.
+#[derive(Clone)]
+pub struct SharedSecret(Arc<ArcSwap<Secret>>);
+
+impl SharedSecret {
+    /// Starts with `secret`.
+    pub fn new(secret: Secret) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(secret)))
+    }
+
+    /// The current value.
+    pub fn current(&self) -> Arc<Secret> {
+        self.0.load_full()
+    }
+
+    /// Replaces the value for every clone.
+    pub fn replace(&self, secret: Secret) {
+        self.0.store(Arc::new(secret));
+    }
+}
+
+impl fmt::Debug for SharedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,5 +68,14 @@ mod tests {
         assert_eq!(format!("{secret:?}"), "<redacted>");
         assert_eq!(format!("{:?}", Some(secret.clone())), "Some(<redacted>)");
         assert_eq!(secret.expose(), "hunter2");
+    }
+
+    #[test]
+    fn a_shared_secret_is_replaced_for_every_clone() {
+        let shared = SharedSecret::new(Secret::new("old".to_owned()));
+        let clone = shared.clone();
+        shared.replace(Secret::new("new".to_owned()));
+        assert_eq!(clone.current().expose(), "new");
+        assert_eq!(format!("{clone:?}"), "<redacted>");
     }
 }

@@ -34,7 +34,7 @@ use crate::admin::Ops;
 use crate::callout::{AuditEvent, Authorizer, Handled};
 use crate::deny::DenyReason;
 use crate::nats_jwt::{AUTH_REQUEST_SUBJECT, XKEY_HEADER};
-use crate::secret::Secret;
+use crate::secret::{Secret, SharedSecret};
 use crate::telemetry::unix_now;
 
 /// Audit trail settings.
@@ -65,8 +65,8 @@ pub enum NatsAuth {
     UserPassword {
         /// User name, one of the server's `auth_users`.
         user: String,
-        /// The password.
-        password: Secret,
+        /// The password; replaced when its file changes, read again at every (re)connect.
+        password: SharedSecret,
     },
     /// An nkey seed (`SU...`).
     Nkey(Secret),
@@ -197,10 +197,15 @@ async fn connect_options(
 ) -> Result<async_nats::ConnectOptions, ServiceError> {
     let options = match &settings.auth {
         NatsAuth::UserPassword { user, password } => {
-            async_nats::ConnectOptions::with_user_and_password(
-                user.clone(),
-                password.expose().to_owned(),
-            )
+            // Asked at every connect and reconnect, so a rotated password is used from the
+            // next connection on while the current one stays up.
+            let (user, password) = (user.clone(), password.clone());
+            async_nats::ConnectOptions::with_auth_callback(move |_nonce| {
+                let mut auth = async_nats::Auth::new();
+                auth.username = Some(user.clone());
+                auth.password = Some(password.current().expose().to_owned());
+                async move { Ok(auth) }
+            })
         }
         NatsAuth::Nkey(seed) => async_nats::ConnectOptions::with_nkey(seed.expose().to_owned()),
         NatsAuth::Credentials(path) => async_nats::ConnectOptions::with_credentials_file(path)

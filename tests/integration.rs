@@ -30,6 +30,8 @@ mod oidc;
 mod operator;
 #[path = "integration/ops.rs"]
 mod ops;
+#[path = "integration/rotation.rs"]
+mod rotation;
 #[path = "integration/scenarios.rs"]
 mod scenarios;
 #[path = "integration/soak.rs"]

@@ -98,6 +98,9 @@ impl Validator<'_> {
         for (name, entry) in entries {
             let at = Loc::of(&entry);
             let e = entry.value;
+            if let Some(path) = self.file_path(e.signing_key_seed_file.as_ref()) {
+                self.credential_files.accounts.insert(name.clone(), path);
+            }
             let seed = self.secret(
                 &format!("account `{name}` signing key seed"),
                 e.signing_key_seed_file,

@@ -24,7 +24,8 @@ use crate::oidc::{
 };
 use crate::policy::{CompileOptions, PolicyErrors, PolicySet};
 use crate::reload::ReloadSettings;
-use crate::secret::Secret;
+use crate::rotate::CredentialFiles;
+use crate::secret::{Secret, SharedSecret};
 use crate::service::{AuditSettings, NatsAuth, NatsSettings};
 use crate::telemetry::{LogFormat, LogSettings};
 
@@ -78,6 +79,8 @@ pub struct Config {
     pub policy_options: CompileOptions,
     /// When policies are reloaded.
     pub policy_reload: ReloadSettings,
+    /// The seed and password files, watched for rotation.
+    pub credential_files: CredentialFiles,
     /// Logging.
     pub log: LogSettings,
     /// The admin HTTP listener.
@@ -176,6 +179,7 @@ impl Config {
             problems: Vec::new(),
             warnings: Vec::new(),
             policy_errors: None,
+            credential_files: CredentialFiles::default(),
         };
         let built = v.build(raw, path);
         match built {
@@ -198,6 +202,7 @@ struct Validator<'a> {
     problems: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
     policy_errors: Option<PolicyErrors>,
+    credential_files: CredentialFiles,
 }
 
 impl Validator<'_> {
@@ -274,6 +279,7 @@ impl Validator<'_> {
             policies_path,
             policy_options: opts,
             policy_reload,
+            credential_files: std::mem::take(&mut self.credential_files),
             log: log?,
             admin: admin?,
             audit: audit?,
@@ -304,6 +310,7 @@ impl Validator<'_> {
             self.problem(at, "no NATS url given");
         }
         let password_given = raw.password_file.is_some() || raw.password_env.is_some();
+        self.credential_files.nats_password = self.file_path(raw.password_file.as_ref());
         let password = self.secret("password", raw.password_file, raw.password_env);
         let seed = self.secret("nkey seed", raw.nkey_seed_file, raw.nkey_seed_env);
         let others_given = raw.user.is_some() || password_given || seed.is_some();
@@ -313,7 +320,7 @@ impl Validator<'_> {
         let auth = match (raw.user, password, seed) {
             (Some(user), Some((password, _)), None) => NatsAuth::UserPassword {
                 user: user.value,
-                password,
+                password: SharedSecret::new(password),
             },
             (None, None, Some((seed, at))) => {
                 if nkeys::KeyPair::from_seed(seed.expose()).is_err() {
@@ -362,6 +369,8 @@ impl Validator<'_> {
         let (drain_timeout, max_concurrency) =
             (raw.drain_timeout.clone(), raw.max_concurrency.clone());
         let (max_queued, queue_timeout) = (raw.max_queued.clone(), raw.queue_timeout.clone());
+        self.credential_files.issuer = self.file_path(issuer_file.as_ref());
+        self.credential_files.xkey = self.file_path(xkey_file.as_ref());
         let issuer_seed = self.secret("issuer seed", issuer_file, issuer_env);
         let xkey_seed = self.secret("xkey seed", xkey_file, xkey_env);
         let issuer = match issuer_seed {
@@ -544,6 +553,11 @@ impl Validator<'_> {
                 default
             }
         }
+    }
+
+    /// Where a secret file named in the configuration is.
+    fn file_path(&self, file: Option<&Spanned<String>>) -> Option<PathBuf> {
+        file.map(|f| self.base.join(&f.value))
     }
 
     /// Reads a secret from a file or an environment variable; exactly one may be given.

@@ -95,6 +95,13 @@ impl NatsServer {
         assert_eq!(port, self.port, "nats-server came back on another port");
     }
 
+    /// Restarts the server like [`Self::restart`] with its configuration passed through `edit`:
+    /// settings nats-server cannot reload, such as `auth_callout`.
+    pub fn restart_with(&mut self, edit: impl FnOnce(&str) -> String) {
+        self.config = edit(&self.config);
+        self.restart();
+    }
+
     fn wait_for_port(&mut self) -> u16 {
         let deadline = Instant::now() + Duration::from_secs(10);
         let marker = "Listening for client connections on ";
@@ -126,6 +133,39 @@ impl NatsServer {
     /// The TCP port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Replaces the configuration (same `listen`) and has nats-server reload it on SIGHUP, as
+    /// `nats-server --signal reload` and the Helm chart's config reloader do; returns once the
+    /// server logged the reload, and fails on a refused configuration.
+    pub async fn reload(&mut self, config: &str) {
+        let done = "Reloaded server configuration";
+        let before = self.log().matches(done).count();
+        let conf = self.dir.path().join("nats-server.conf");
+        let current = std::fs::read_to_string(&conf).expect("read nats-server.conf");
+        let listen = current.lines().next().unwrap_or_default();
+        std::fs::write(&conf, format!("{listen}\n{config}\n")).expect("write nats-server.conf");
+        self.config = config.to_owned();
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "SIGHUP to nats-server");
+        // A reload authorizes every connected callout client again, one after the other, each
+        // waiting up to the callout timeout: it may take several seconds.
+        let mut seen = before;
+        for _ in 0..300 {
+            seen = self.log().matches(done).count();
+            if seen > before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            seen > before,
+            "nats-server did not reload its configuration:\n{}",
+            self.log()
+        );
     }
 
     /// Everything the server logged so far (in its current run).

@@ -46,6 +46,11 @@ pub fn revoking(keys: &OperatorKeys, name: &str, revocations: &[(&str, u64)]) ->
     nats_jwt::encode(&mut claims, &operator(keys), now()).unwrap()
 }
 
+/// `claims` signed by the operator: an account JWT `$SYS.REQ.ACCOUNT.<key>.CLAIMS.UPDATE` takes.
+pub fn signed(keys: &OperatorKeys, claims: &mut Claims<Account>) -> String {
+    nats_jwt::encode(claims, &operator(keys), now()).unwrap()
+}
+
 /// The entra-callout configuration for `keys` in `dir`'s `keys/` subdirectory.
 pub fn service_config(keys: &OperatorKeys, url: &str, providers: &str) -> String {
     let mut accounts = String::new();
