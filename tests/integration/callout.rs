@@ -4,6 +4,7 @@
 //! whose `auth_callout` points at our issuer key, and one or more service replicas loaded from
 //! a real configuration file through `Config::load`, exactly as `entra-callout serve` does.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::{ConnectErrorKind, Event, ServerError};
@@ -308,17 +309,37 @@ async fn the_binary_serves_and_drains_on_sigterm() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let url = stack.server.url();
-    let token = stack.publisher_token();
-    let mut admitted = false;
-    for _ in 0..50 {
-        if connect(&url, &token).await.is_ok() {
-            admitted = true;
+    // Its stderr is read as it comes, so the test can wait for the subscription to be in place:
+    // a client connecting before that has its request sent to nobody.
+    let log = Arc::new(Mutex::new(String::new()));
+    let reader = std::thread::spawn({
+        let (log, stderr) = (Arc::clone(&log), child.stderr.take().unwrap());
+        move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+                let Ok(line) = line else { break };
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        }
+    });
+    let logged = |what: &str| log.lock().unwrap().contains(what);
+    for _ in 0..100 {
+        if logged("answering authorization requests") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(admitted, "the service binary admitted a client");
+    assert!(
+        logged("answering authorization requests"),
+        "the binary subscribed within 10 s: {}",
+        log.lock().unwrap()
+    );
+    let url = stack.server.url();
+    let token = stack.publisher_token();
+    connect(&url, &token)
+        .await
+        .expect("the service binary admitted a client");
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -336,8 +357,8 @@ async fn the_binary_serves_and_drains_on_sigterm() {
         let _ = child.kill();
         panic!("entra-callout did not exit within 10 s of SIGTERM")
     });
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    reader.join().unwrap();
+    let stderr = log.lock().unwrap().clone();
     assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
     assert!(stderr.contains("received SIGTERM"), "{stderr}");
     assert!(
