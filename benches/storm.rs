@@ -349,6 +349,7 @@ impl Setup {
                     &password,
                     &created.issuer,
                     options.xkey.then_some(created.xkey.as_str()),
+                    None,
                 ),
             };
             if n > 1 {

@@ -87,6 +87,9 @@ impl Environment {
         })?;
 
         let password = read_trimmed(&keys_dir.join(keys::NATS_PASSWORD))?;
+        // The operator's password for `ops` (see [`create_streams`]): random per run, used only
+        // here, never written anywhere but the server configuration in the private directory.
+        let ops_password = random_hex(16)?;
         let server_conf = dir.path().join("nats-server.conf");
         write(
             &server_conf,
@@ -97,6 +100,10 @@ impl Environment {
                 &password,
                 &created.issuer,
                 options.xkey.then_some(created.xkey.as_str()),
+                Some(&Ops {
+                    password: &ops_password,
+                    store_dir: &dir.path().join("jetstream"),
+                }),
             ),
         )?;
         let server_log = dir.path().join("nats-server.log");
@@ -114,6 +121,7 @@ impl Environment {
         let mut env_nats = nats;
         let (nats_port, websocket_port, monitor_port) =
             wait_for_server(&mut env_nats, &server_log).await?;
+        create_streams(nats_port, &ops_password).await?;
 
         let config_path = dir.path().join("config.yaml");
         write(
@@ -266,6 +274,71 @@ impl Environment {
     }
 }
 
+/// The streams the example policies use, as `(server name, subjects, de-duplication window in
+/// seconds)`. The tenants share account `APP`, so no grant may create them (`manage` is refused
+/// there): an operator creates them out of band, and so does `dev`, as user `ops`.
+pub const EXAMPLE_STREAMS: &[(&str, &str, u64)] = &[
+    // policies/delivery.yaml: image-ready events, de-duplicated by `Nats-Msg-Id` (the digest).
+    (
+        "contoso_web_image-ready",
+        "contoso.web.deploy.image-ready.>",
+        120,
+    ),
+    // policies/ml-events.yaml: model outputs a late dashboard replays.
+    ("contoso_vision_outputs", "contoso.vision.ml.outputs.>", 120),
+];
+
+/// Creates [`EXAMPLE_STREAMS`] the way an operator would, out of band: as user `ops` of
+/// account `APP`, which is listed in `auth_callout.auth_users` and so connects past the callout
+/// (with the password generated for this run; nothing else uses that user). The JetStream API
+/// is plain request-reply, so this needs no JetStream client.
+async fn create_streams(nats_port: u16, ops_password: &str) -> Result<(), DevError> {
+    let startup = |what: &str, e: &dyn std::fmt::Display| {
+        DevError::Startup(format!("creating the example streams: {what}: {e}"))
+    };
+    let client = async_nats::ConnectOptions::with_user_and_password(
+        "ops".to_owned(),
+        ops_password.to_owned(),
+    )
+    .name("entra-callout dev (ops)")
+    .request_timeout(Some(Duration::from_secs(5)))
+    .connect(format!("nats://127.0.0.1:{nats_port}"))
+    .await
+    .map_err(|e| startup("connect as ops", &e))?;
+    for (name, subjects, window) in EXAMPLE_STREAMS {
+        let config = serde_json::json!({
+            "name": name,
+            "subjects": [subjects],
+            "retention": "limits",
+            "storage": "file",
+            "discard": "old",
+            "max_consumers": -1,
+            "max_msgs": -1,
+            "max_bytes": -1,
+            "max_msg_size": -1,
+            "max_msgs_per_subject": -1,
+            "max_age": 0,
+            "num_replicas": 1,
+            "duplicate_window": window * 1_000_000_000,
+            "allow_direct": true,
+        });
+        let reply = client
+            .request(
+                format!("$JS.API.STREAM.CREATE.{name}"),
+                config.to_string().into(),
+            )
+            .await
+            .map_err(|e| startup(name, &e))?;
+        let answer: serde_json::Value =
+            serde_json::from_slice(&reply.payload).map_err(|e| startup(name, &e))?;
+        if let Some(error) = answer.get("error") {
+            return Err(startup(name, &error));
+        }
+    }
+    client.drain().await.map_err(|e| startup("drain", &e))?;
+    Ok(())
+}
+
 /// True when a `/connz?subs=1` document lists a subscription to the request subject.
 fn subscribed(connz: &str) -> bool {
     let Ok(doc) = serde_json::from_str::<serde_json::Value>(connz) else {
@@ -326,8 +399,18 @@ fn describe(status: Option<ExitStatus>) -> String {
     status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string())
 }
 
-/// nats-server in config mode with the callout wired as the README describes. Port 0 means
-/// "pick a free port" (`-1` to nats-server).
+/// The operator's side of the dev server: JetStream's store and the `ops` user's password.
+#[derive(Clone, Copy, Debug)]
+pub struct Ops<'a> {
+    /// The password of user `ops` in `APP`.
+    pub password: &'a str,
+    /// JetStream's store directory.
+    pub store_dir: &'a Path,
+}
+
+/// nats-server in config mode with the callout wired as the README describes, and JetStream
+/// for account `APP` when `ops` is given (`None`: no JetStream and no `ops` user, as the
+/// benchmarks use it). Port 0 means "pick a free port" (`-1` to nats-server).
 pub fn nats_server_config(
     port: u16,
     websocket_port: u16,
@@ -335,6 +418,7 @@ pub fn nats_server_config(
     password: &str,
     issuer: &str,
     xkey: Option<&str>,
+    ops: Option<&Ops<'_>>,
 ) -> String {
     let render = |p: u16| {
         if p == 0 {
@@ -357,10 +441,10 @@ websocket {{
   no_tls: true
 }}
 # Entra access tokens with group claims often exceed the default 4 KiB control line.
-max_control_line: 32KB
+max_control_line: 32KB{jetstream}
 accounts {{
   AUTH {{ users: [ {{ user: auth, password: "{password}" }} ] }}
-  APP {{}}
+  APP {{{app}}}
   SYS {{}}
 }}
 system_account: SYS
@@ -369,10 +453,25 @@ authorization {{
   auth_callout {{
     issuer: {issuer}
     account: AUTH
-    auth_users: [ auth ]{xkey}
+    auth_users: [ auth{ops_user} ]{xkey}
   }}
 }}
 "#,
+        jetstream = ops
+            .map(|o| format!(
+                "\njetstream {{ store_dir: {:?} }}",
+                o.store_dir.display().to_string()
+            ))
+            .unwrap_or_default(),
+        // `ops` is the operator, past the callout: `dev` creates the example streams as it at
+        // start (a random password per run; nothing else uses it).
+        app = ops
+            .map(|o| format!(
+                " jetstream: enabled, users: [ {{ user: ops, password: \"{}\" }} ] ",
+                o.password
+            ))
+            .unwrap_or_default(),
+        ops_user = if ops.is_some() { ", ops" } else { "" },
         client = render(port),
         websocket = render(websocket_port),
         monitor = render(monitor_port),
@@ -424,6 +523,13 @@ log:
   level: info
 "#
     )
+}
+
+/// `bytes` random bytes, hex-encoded.
+fn random_hex(bytes: usize) -> Result<String, DevError> {
+    let mut raw = vec![0u8; bytes];
+    getrandom::getrandom(&mut raw).map_err(|e| DevError::Random(e.to_string()))?;
+    Ok(data_encoding::HEXLOWER.encode(&raw))
 }
 
 fn write(path: &Path, text: &str) -> Result<(), DevError> {
@@ -579,20 +685,41 @@ mod tests {
 
     #[test]
     fn random_ports_are_asked_of_nats_server_as_minus_one() {
-        let conf = nats_server_config(0, 0, 0, "pw", "AISSUER", Some("XKEY"));
+        let store = Path::new("/tmp/x/jetstream");
+        let ops = Ops {
+            password: "opw",
+            store_dir: store,
+        };
+        let conf = nats_server_config(0, 0, 0, "pw", "AISSUER", Some("XKEY"), Some(&ops));
+        assert!(
+            conf.contains("jetstream { store_dir: \"/tmp/x/jetstream\" }"),
+            "{conf}"
+        );
+        assert!(
+            conf.contains(
+                "APP { jetstream: enabled, users: [ { user: ops, password: \"opw\" } ] }"
+            ) && conf.contains("auth_users: [ auth, ops ]"),
+            "{conf}"
+        );
         assert!(conf.contains("listen: \"127.0.0.1:-1\""), "{conf}");
         assert!(conf.contains("http: \"127.0.0.1:-1\""), "{conf}");
         assert!(
             conf.contains("websocket {\n  listen: \"127.0.0.1:-1\"\n  no_tls: true\n}"),
             "{conf}"
         );
-        let conf = nats_server_config(4222, 4280, 8222, "pw", "AISSUER", Some("XKEY"));
+        let conf = nats_server_config(4222, 4280, 8222, "pw", "AISSUER", Some("XKEY"), Some(&ops));
         assert!(conf.contains("listen: \"127.0.0.1:4222\""), "{conf}");
         assert!(conf.contains("listen: \"127.0.0.1:4280\""), "{conf}");
         assert!(conf.contains("issuer: AISSUER") && conf.contains("\n    xkey: XKEY\n"));
-        let plain = nats_server_config(0, 0, 0, "pw", "AISSUER", None);
+        let plain = nats_server_config(0, 0, 0, "pw", "AISSUER", None, None);
         assert!(
             plain.contains("issuer: AISSUER") && !plain.contains("xkey"),
+            "{plain}"
+        );
+        assert!(
+            !plain.contains("jetstream")
+                && plain.contains("APP {}\n")
+                && !plain.contains("user: ops"),
             "{plain}"
         );
     }
