@@ -6,12 +6,22 @@
 //! validates the payload and starts the release. The callout lets only the build's service
 //! principal publish there, and only under its own object id — so the last subject token names
 //! the identity that sent the event, and the trigger can trust it.
+//!
+//! The events are durable: they land in the JetStream stream `image-ready`
+//! (`contoso_web_image-ready` on the server, created by the operator). The agent publishes with
+//! `Nats-Msg-Id` = the image digest, so a repeated publish within the stream's duplicate window
+//! is stored once; the trigger reads through the durable consumer `deployer` and acks only once
+//! the release was triggered, so a restarted trigger resumes where it stopped.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::fmt;
+use std::future::Future;
+use std::time::Duration;
 
 use anyhow::Context;
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 /// The project the examples work in: tenant `contoso`, project `web`.
@@ -20,6 +30,18 @@ pub const PREFIX: &str = "contoso.web";
 pub const VERSION: &str = "v1";
 /// The queue group deploy triggers share (`deployer-{project}` in the policy).
 pub const TRIGGER_GROUP: &str = "deployer-web";
+
+/// The stream's local name (policies/delivery.yaml); on the server, [`stream_name`].
+pub const STREAM: &str = "image-ready";
+/// The deploy trigger's durable consumer.
+pub const DURABLE: &str = "deployer";
+/// How long a release that could not be triggered waits before it is delivered again.
+pub const RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// The stream's server name under `prefix`: the prefix with `.` as `_`, then `_image-ready`.
+pub fn stream_name(prefix: &str) -> String {
+    format!("{}_{STREAM}", prefix.replace('.', "_"))
+}
 
 /// `image-ready` v1: a container image was built and pushed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,4 +215,122 @@ pub fn example_event(tag: &str) -> ImageReady {
         commit: "9fceb02d0ae598e95dc970b74767f19372d61af8".into(),
         pipeline_run: "20240601.7".into(),
     }
+}
+
+/// Publishes `event` as `sender` into the stream, with `Nats-Msg-Id` = the image digest, and
+/// waits for the stream's acknowledgement (`duplicate` is true when the digest was already
+/// stored within the duplicate window). The client must use the inbox prefix `_INBOX.<oid>`.
+pub async fn publish_durable(
+    js: &jetstream::Context,
+    prefix: &str,
+    sender: &str,
+    event: &ImageReady,
+) -> anyhow::Result<jetstream::context::PublishAckFuture> {
+    let subject = subject(prefix, sender);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", event.digest.as_str());
+    let ack = js
+        .publish_with_headers(subject.clone(), headers, serde_json::to_vec(event)?.into())
+        .await
+        .with_context(|| format!("publish to {subject}"))?;
+    Ok(ack)
+}
+
+/// The deploy trigger's durable consumer `deployer` on the stream, created on first use with
+/// the policy's filter (every sender's v1 events) and found again after a restart. The client
+/// must use the inbox prefix `_INBOX.<oid>`.
+pub async fn deployer(
+    js: &jetstream::Context,
+    prefix: &str,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let name = stream_name(prefix);
+    let stream = js
+        .get_stream(&name)
+        .await
+        .with_context(|| format!("stream {name}"))?;
+    let consumer = stream
+        .get_or_create_consumer(
+            DURABLE,
+            consumer::pull::Config {
+                durable_name: Some(DURABLE.to_owned()),
+                filter_subject: format!("{prefix}.deploy.image-ready.{VERSION}.*"),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("durable consumer {DURABLE} on {name}"))?;
+    Ok(consumer)
+}
+
+/// What became of one event.
+#[derive(Debug)]
+pub enum Handled {
+    /// Valid and triggered, then acknowledged.
+    Released(Release),
+    /// Failed validation: terminated, never delivered again.
+    Rejected(Invalid),
+    /// Valid, but triggering failed: not acknowledged, delivered again after [`RETRY_DELAY`].
+    Failed(Release, anyhow::Error),
+}
+
+/// Validates one event and triggers its release, acknowledging only after `trigger`
+/// succeeded (waiting for the server to confirm the ack). An invalid payload is terminated;
+/// a failed trigger is negatively acknowledged, to be delivered again. A crash between the
+/// trigger and the ack delivers the event again: triggering must tolerate a repeat.
+pub async fn handle<F, Fut>(
+    prefix: &str,
+    message: &jetstream::Message,
+    trigger: F,
+) -> anyhow::Result<Handled>
+where
+    F: FnOnce(Release) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let release = match release(prefix, &message.subject, &message.payload) {
+        Ok(release) => release,
+        Err(invalid) => {
+            message
+                .ack_with(AckKind::Term)
+                .await
+                .map_err(|e| anyhow::anyhow!("term: {e}"))?;
+            return Ok(Handled::Rejected(invalid));
+        }
+    };
+    match trigger(release.clone()).await {
+        Ok(()) => {
+            message
+                .double_ack()
+                .await
+                .map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+            Ok(Handled::Released(release))
+        }
+        Err(err) => {
+            message
+                .ack_with(AckKind::Nak(Some(RETRY_DELAY)))
+                .await
+                .map_err(|e| anyhow::anyhow!("nak: {e}"))?;
+            Ok(Handled::Failed(release, err))
+        }
+    }
+}
+
+/// Consumes `consumer` until it fails, handling every event with [`handle`] and reporting
+/// each outcome to `report`.
+pub async fn serve<Fut>(
+    consumer: consumer::PullConsumer,
+    prefix: &str,
+    mut trigger: impl FnMut(Release) -> Fut,
+    mut report: impl FnMut(&str, Handled),
+) -> anyhow::Result<()>
+where
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut messages = consumer.messages().await.context("consume")?;
+    while let Some(message) = messages.next().await {
+        let message = message.context("next event")?;
+        let handled = handle(prefix, &message, &mut trigger).await?;
+        report(&message.subject, handled);
+    }
+    Ok(())
 }

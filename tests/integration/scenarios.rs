@@ -302,39 +302,123 @@ async fn ml_events_flow_within_the_project_and_nothing_crosses_tenants() {
     env.stop();
 }
 
+/// The deploy trigger of examples/delivery, in-process: its durable consumer served as the
+/// example binary serves it, every triggered release sent to the returned channel.
+async fn start_deploy_trigger(
+    env: &Environment,
+) -> (
+    Connection,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    tokio::sync::mpsc::UnboundedReceiver<delivery::Release>,
+) {
+    let trigger = connect(env, "deploy-trigger", app(DEPLOY_TRIGGER)).await;
+    let js = async_nats::jetstream::new(trigger.client.clone());
+    let consumer = delivery::deployer(&js, delivery::PREFIX)
+        .await
+        .unwrap_or_else(|e| panic!("the durable consumer: {e:#}\n{}", env.server_log()));
+    let (tx, triggered) = tokio::sync::mpsc::unbounded_channel();
+    let serving = tokio::spawn(async move {
+        delivery::serve(
+            consumer,
+            delivery::PREFIX,
+            move |release| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(release)?;
+                    Ok(())
+                }
+            },
+            |_, _| {},
+        )
+        .await
+    });
+    (trigger, serving, triggered)
+}
+
+/// The next release the trigger started.
+async fn triggered(
+    releases: &mut tokio::sync::mpsc::UnboundedReceiver<delivery::Release>,
+) -> delivery::Release {
+    tokio::time::timeout(Duration::from_secs(10), releases.recv())
+        .await
+        .expect("a release triggered within 10 s")
+        .expect("the trigger is serving")
+}
+
+/// No release is started for a while.
+async fn none_triggered(releases: &mut tokio::sync::mpsc::UnboundedReceiver<delivery::Release>) {
+    if let Ok(release) = tokio::time::timeout(Duration::from_secs(2), releases.recv()).await {
+        panic!("no release expected, got {release:?}");
+    }
+}
+
+/// The durable consumer's state: (pending, awaiting an ack).
+async fn deployer_backlog(env: &Environment) -> (u64, usize) {
+    let ops = connect(env, "deploy-trigger-info", app(DEPLOY_TRIGGER)).await;
+    let js = async_nats::jetstream::new(ops.client.clone());
+    let mut consumer = delivery::deployer(&js, delivery::PREFIX).await.unwrap();
+    let info = consumer.info().await.unwrap();
+    (info.num_pending, info.num_ack_pending)
+}
+
 #[tokio::test]
 async fn only_the_build_agent_publishes_releases_and_every_event_names_its_sender() {
     let env = start().await;
-    let trigger = connect(&env, "deploy-trigger", app(DEPLOY_TRIGGER)).await;
-    let mut feed = delivery::trigger_feed(&trigger.client, delivery::PREFIX)
-        .await
-        .unwrap();
+    let (trigger, serving, mut releases) = start_deploy_trigger(&env).await;
     let mut agent = connect(&env, "build-agent", app(BUILD_AGENT)).await;
+    let js = async_nats::jetstream::new(agent.client.clone());
+    let publish = async |event: &delivery::ImageReady| {
+        delivery::publish_durable(&js, delivery::PREFIX, BUILD_AGENT, event)
+            .await
+            .unwrap()
+            .await
+            .unwrap_or_else(|e| panic!("the stream acknowledges: {e}\n{}", env.server_log()))
+    };
 
+    // Published into the stream (de-duplicated by the digest): the release is triggered once.
     let event = delivery::example_event("1.4.2");
-    delivery::publish(&agent.client, delivery::PREFIX, BUILD_AGENT, &event)
-        .await
-        .unwrap();
-    let message = receive(&mut feed, "the image-ready event").await;
-    let release = delivery::release(delivery::PREFIX, &message.subject, &message.payload).unwrap();
+    let ack = publish(&event).await;
+    assert_eq!(ack.stream, "contoso_web_image-ready");
+    assert!(!ack.duplicate);
+    let release = triggered(&mut releases).await;
     assert_eq!(release.sender, BUILD_AGENT);
     assert_eq!(
         release.reference,
         format!("{}@{}", event.image, event.digest)
     );
 
-    // A payload that fails validation reaches the trigger but starts nothing.
+    // The same digest again (a retried build step): a duplicate, nothing triggered.
+    let again = publish(&event).await;
+    assert!(again.duplicate, "{again:?}");
+    assert_eq!(again.sequence, ack.sequence);
+    none_triggered(&mut releases).await;
+
+    // A payload that fails validation reaches the trigger but starts nothing; it is
+    // terminated, so nothing stays pending.
     let mut bad = event.clone();
     bad.digest = "sha256:latest".into();
-    delivery::publish(&agent.client, delivery::PREFIX, BUILD_AGENT, &bad)
-        .await
-        .unwrap();
-    let message = receive(&mut feed, "the invalid event").await;
-    let err = delivery::release(delivery::PREFIX, &message.subject, &message.payload).unwrap_err();
-    assert!(
-        matches!(err, delivery::Invalid::Field("digest", _)),
-        "{err}"
+    assert!(!publish(&bad).await.duplicate);
+    none_triggered(&mut releases).await;
+    assert_eq!(deployer_backlog(&env).await, (0, 0));
+
+    // The trigger stops; an image is built meanwhile; the restarted trigger resumes with it
+    // (and only it: the first one was acknowledged).
+    serving.abort();
+    let _ = serving.await;
+    trigger.client.drain().await.unwrap();
+    drop(releases);
+    let mut next = delivery::example_event("1.4.3");
+    next.digest = format!("sha256:{}", "5a".repeat(32));
+    assert!(!publish(&next).await.duplicate);
+    let (trigger, serving, mut releases) = start_deploy_trigger(&env).await;
+    let release = triggered(&mut releases).await;
+    assert_eq!(
+        (release.reference, release.tag.as_str()),
+        (format!("{}@{}", next.image, next.digest), "1.4.3")
     );
+    none_triggered(&mut releases).await;
+    assert_eq!(deployer_backlog(&env).await, (0, 0));
+    serving.abort();
 
     // The agent publishes only v1 and only in its own name, and reads nothing.
     for subject in [
