@@ -891,10 +891,12 @@ async fn a_push_consumers_deliver_subject_is_not_checked_a_documented_limit() {
 }
 
 #[tokio::test]
-#[ignore = "needs a Python with nats-py 2.15.0: set ENTRA_CALLOUT_PYTHON and run with --ignored"]
 async fn nats_py_uses_the_same_subjects() {
-    let python = std::env::var("ENTRA_CALLOUT_PYTHON")
-        .expect("ENTRA_CALLOUT_PYTHON names a Python with nats-py 2.15.0");
+    // scripts/test sets it to the venv holding the Python examples' pinned nats-py.
+    let python = std::env::var("ENTRA_CALLOUT_PYTHON").expect(
+        "ENTRA_CALLOUT_PYTHON names a Python with nats-py (scripts/test sets it; \
+         scripts/install-python-examples prints one)",
+    );
     let stack = Stack::start(POLICY).await;
     stack.create_out_of_band().await;
     let token = deployer(&stack.contoso, CONTOSO_OID);

@@ -1,4 +1,4 @@
-"""JetStream grants through nats-py (pinned 2.15.0), driven by tests/integration/jetstream.rs.
+"""JetStream grants through nats-py (the Python examples' pinned version), driven by tests/integration/jetstream.rs.
 
 Usage: jetstream_check.py URL TOKEN OID. Connects as the contoso deployer of that test's
 policy (streams and buckets already created out of band) and prints one JSON object: for each
