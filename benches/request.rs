@@ -234,6 +234,20 @@ fn bench_open_request(c: &mut Criterion) {
             .expect("open")
         })
     });
+    // The default since issue 18 (`callout.verify_request_signature: false`).
+    group.bench_function("plain, signature shape only", |b| {
+        b.iter(|| {
+            nats_jwt::open_request_with(
+                black_box(&plain),
+                None,
+                None,
+                now,
+                2,
+                nats_jwt::SignatureCheck::Shape,
+            )
+            .expect("open")
+        })
+    });
     group.finish();
 }
 
@@ -328,6 +342,7 @@ fn bench_primitives(c: &mut Criterion) {
 }
 
 fn bench_handle(c: &mut Criterion) {
+    use nats_jwt::SignatureCheck::{Shape, Verify};
     let runtime = Runtime::new().expect("runtime");
     let now = now();
     let issuer = runtime
@@ -341,7 +356,15 @@ fn bench_handle(c: &mut Criterion) {
     let service_xkey = XKey::new();
 
     let mut group = c.benchmark_group("full handle");
-    for (sealed, cache) in [(false, 0), (false, 1_000), (true, 0), (true, 1_000)] {
+    let cases = [
+        (false, 0, Shape),
+        (false, 1_000, Shape),
+        (true, 0, Shape),
+        (true, 1_000, Shape),
+        (false, 1_000, Verify),
+        (true, 1_000, Verify),
+    ];
+    for (sealed, cache, check) in cases {
         let verifier = Verifier::new(vec![settings.clone()])
             .expect("verifier")
             .with_token_cache(cache);
@@ -354,7 +377,8 @@ fn bench_handle(c: &mut Criterion) {
             Arc::clone(&verifier),
             example_policies(),
             2,
-        );
+        )
+        .with_request_signature(check);
         let (payload, header) = server.message(&token, sealed.then_some(&service_xkey), now);
         let handle = || runtime.block_on(authorizer.handle(&payload, header.as_deref(), now));
         // Both must admit, and the cached variant must really answer from the cache.
@@ -364,11 +388,13 @@ fn bench_handle(c: &mut Criterion) {
             panic!("not answered")
         };
         assert_eq!(audit.cached, cache > 0);
-        let name = match (sealed, cache > 0) {
-            (false, false) => "plain, uncached",
-            (false, true) => "plain, cached token",
-            (true, false) => "xkey, uncached",
-            (true, true) => "xkey, cached token",
+        let name = match (sealed, cache > 0, check) {
+            (false, false, _) => "plain, uncached",
+            (false, true, Shape) => "plain, cached token",
+            (true, false, _) => "xkey, uncached",
+            (true, true, Shape) => "xkey, cached token",
+            (false, true, Verify) => "plain, cached token, request signature verified",
+            (true, true, Verify) => "xkey, cached token, request signature verified",
         };
         group.bench_function(name, |b| b.iter(|| black_box(handle())));
     }

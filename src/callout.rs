@@ -17,7 +17,9 @@ use tracing::{info, warn};
 use crate::accounts::{AccountsError, Mode, Signers, UserIssuer};
 use crate::deny::DenyReason;
 use crate::identity::Identity;
-use crate::nats_jwt::{self, Claims, JwtError, Permission, Request, ResponsePermission, User};
+use crate::nats_jwt::{
+    self, Claims, JwtError, Permission, Request, ResponsePermission, SignatureCheck, User,
+};
 use crate::oidc::{TokenDigest, Verification, Verifier, token_digest};
 use crate::policy::{ConnectionType, Grant, PolicySet};
 
@@ -47,6 +49,8 @@ pub struct CalloutSettings {
     pub server_timeout: Duration,
     /// How long a request waits for a key fetch it needs; below `server_timeout`.
     pub key_wait: Duration,
+    /// Whether each request's ed25519 signature is verified (`callout.verify_request_signature`).
+    pub request_signature: SignatureCheck,
 }
 
 impl fmt::Debug for CalloutSettings {
@@ -64,6 +68,7 @@ impl fmt::Debug for CalloutSettings {
             .field("token_cache_size", &self.token_cache_size)
             .field("server_timeout", &self.server_timeout)
             .field("key_wait", &self.key_wait)
+            .field("request_signature", &self.request_signature)
             .finish()
     }
 }
@@ -80,6 +85,7 @@ pub struct Authorizer {
     /// Swapped as a whole on reload; every request evaluates the set current when it started.
     policies: ArcSwap<PolicySet>,
     request_leeway_secs: u64,
+    request_signature: SignatureCheck,
 }
 
 /// The keys requests are opened and answered with, and the ones the last rotation replaced.
@@ -322,6 +328,7 @@ impl Authorizer {
             verifier,
             policies: ArcSwap::from_pointee(policies),
             request_leeway_secs,
+            request_signature: SignatureCheck::Shape,
         }
     }
 
@@ -340,6 +347,15 @@ impl Authorizer {
             callout.request_leeway.as_secs(),
         )
         .with_signers(callout.signers.clone())
+        .with_request_signature(callout.request_signature)
+    }
+
+    /// Checks each request's signature as `check` says; [`Authorizer::new`] checks its shape
+    /// only, as `callout.verify_request_signature` does by default.
+    #[must_use]
+    pub fn with_request_signature(mut self, check: SignatureCheck) -> Self {
+        self.request_signature = check;
+        self
     }
 
     /// Signs with `signers` instead: operator mode, or config mode with another issuer.
@@ -462,8 +478,15 @@ impl Authorizer {
         now: u64,
     ) -> Result<(Request, Option<&'k nkeys::XKey>), Handled> {
         let open = |xkey: Option<&'k nkeys::XKey>| {
-            nats_jwt::open_request(payload, xkey_header, xkey, now, self.request_leeway_secs)
-                .map(|request| (request, xkey))
+            nats_jwt::open_request_with(
+                payload,
+                xkey_header,
+                xkey,
+                now,
+                self.request_leeway_secs,
+                self.request_signature,
+            )
+            .map(|request| (request, xkey))
         };
         let opened = match (open(keys.xkey.as_ref()), &keys.previous_xkey) {
             (Err(JwtError::Open), Some(previous)) => open(Some(previous)),

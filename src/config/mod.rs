@@ -18,6 +18,7 @@ use crate::admin::AdminSettings;
 use crate::callout::CalloutSettings;
 use crate::diagnostic::{Diagnostic, yaml_problem};
 use crate::duration::parse_duration;
+use crate::nats_jwt::SignatureCheck;
 use crate::oidc::{
     GraphCredential, GraphSettings, GroupsOverage, PrincipalRule, ProviderSettings, SettingsError,
     Tenants, Verifier, VerifierError, Versions,
@@ -447,6 +448,10 @@ impl Validator<'_> {
             token_cache_size,
             server_timeout,
             key_wait,
+            request_signature: match raw.verify_request_signature.as_ref().map(|v| v.value) {
+                Some(true) => SignatureCheck::Verify,
+                Some(false) | None => SignatureCheck::Shape,
+            },
         })
     }
 

@@ -109,6 +109,8 @@ pub struct RawCallout {
     pub server_timeout: Option<Spanned<String>>,
     /// Longest wait of a request for a key fetch, e.g. `750ms`.
     pub key_wait: Option<Spanned<String>>,
+    /// Verify the ed25519 signature of every request (off by default: SECURITY.md).
+    pub verify_request_signature: Option<Spanned<bool>>,
 }
 
 /// One entry of `providers:` as written.

@@ -472,6 +472,27 @@ fn the_key_wait_follows_the_server_timeout_and_stays_below_it() {
 }
 
 #[test]
+fn the_request_signature_is_checked_for_shape_unless_verification_is_asked_for() {
+    use crate::nats_jwt::SignatureCheck;
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(dir.path());
+    let good = GOOD.replace("TENANT", TENANT);
+    let with = |callout: &str| good.replace("max_ttl: 30m", &format!("max_ttl: 30m\n{callout}"));
+
+    let config = load(dir.path(), &good).unwrap();
+    assert_eq!(config.callout.request_signature, SignatureCheck::Shape);
+    let config = load(dir.path(), &with("  verify_request_signature: true")).unwrap();
+    assert_eq!(config.callout.request_signature, SignatureCheck::Verify);
+    let config = load(dir.path(), &with("  verify_request_signature: false")).unwrap();
+    assert_eq!(config.callout.request_signature, SignatureCheck::Shape);
+
+    let text = load(dir.path(), &with("  verify_request_signature: sometimes"))
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("config.yaml:7:29: invalid boolean"), "{text}");
+}
+
+#[test]
 fn publish_subjects_are_literal() {
     for ok in ["audit", "entra-callout.audit", "a.b_c.D-1"] {
         assert!(is_publish_subject(ok), "{ok}");

@@ -212,6 +212,114 @@ fn flipped_signature_byte_fails_the_signature() {
     assert_eq!(open_plain(&bytes), Err(JwtError::Signature));
 }
 
+fn open_shape(payload: &[u8]) -> Result<Request, JwtError> {
+    open_request_with(
+        payload,
+        None,
+        None,
+        iat_of(PLAIN_TOKEN),
+        LEEWAY,
+        SignatureCheck::Shape,
+    )
+}
+
+#[test]
+fn without_the_signature_check_a_re_signable_change_passes_and_everything_else_is_checked() {
+    // What the shape check gives up: bytes changed after signing. Whoever changed them could
+    // have signed them with a server key of their own, which the request names.
+    let token = std::str::from_utf8(PLAIN_TOKEN).unwrap();
+    let mut json = payload_json(token);
+    json["nats"]["connect_opts"]["auth_token"] = Value::from("another-token");
+    let parts: Vec<&str> = token.split('.').collect();
+    let changed = format!(
+        "{}.{}.{}",
+        parts[0],
+        BASE64URL_NOPAD.encode(json.to_string().as_bytes()),
+        parts[2]
+    );
+    assert_eq!(open_plain(changed.as_bytes()), Err(JwtError::Signature));
+    let opened = open_shape(changed.as_bytes()).unwrap();
+    assert_eq!(opened.claims.nats.connect_opts.auth_token, "another-token");
+
+    // The signature must still be 64 bytes of base64url.
+    let short = format!("{}.{}.{}", parts[0], parts[1], &parts[2][..40]);
+    assert_eq!(open_shape(short.as_bytes()), Err(JwtError::Signature));
+    let garbled = format!("{}.{}.{}!", parts[0], parts[1], &parts[2][1..]);
+    assert_eq!(
+        open_shape(garbled.as_bytes()),
+        Err(JwtError::Base64 { part: "signature" })
+    );
+
+    // The issuer must still be a server key, with a valid checksum, naming the server.
+    let account = KeyPair::new_account();
+    let mut json = payload_json(token);
+    json["iss"] = Value::from(account.public_key());
+    json["nats"]["server_id"]["id"] = Value::from(account.public_key());
+    let by_account = sign_raw(HEADER_JSON, &json.to_string(), &account);
+    assert_eq!(
+        open_shape(by_account.as_bytes()),
+        Err(JwtError::IssuerKind {
+            expected: "server",
+            iss: account.public_key(),
+        })
+    );
+    let mut iss = payload_json(token)["iss"].as_str().unwrap().to_owned();
+    iss.replace_range(10..11, if &iss[10..11] == "A" { "B" } else { "A" });
+    let mut json = payload_json(token);
+    json["iss"] = Value::from(iss.as_str());
+    json["nats"]["server_id"]["id"] = Value::from(iss.as_str());
+    let bad_crc = format!(
+        "{}.{}.{}",
+        parts[0],
+        BASE64URL_NOPAD.encode(json.to_string().as_bytes()),
+        parts[2]
+    );
+    assert!(matches!(
+        open_shape(bad_crc.as_bytes()),
+        Err(JwtError::IssuerKind {
+            expected: "server",
+            ..
+        })
+    ));
+    let (other_server, now) =
+        forge(|c, _| c.nats.server_id.id = KeyPair::new_server().public_key());
+    assert!(matches!(
+        open_request_with(
+            other_server.as_bytes(),
+            None,
+            None,
+            now,
+            LEEWAY,
+            SignatureCheck::Shape
+        ),
+        Err(JwtError::IssuerNotServer { .. })
+    ));
+    let (account_nkey, now) = forge(|c, _| c.nats.user_nkey = KeyPair::new_account().public_key());
+    assert!(matches!(
+        open_request_with(
+            account_nkey.as_bytes(),
+            None,
+            None,
+            now,
+            LEEWAY,
+            SignatureCheck::Shape
+        ),
+        Err(JwtError::UserNkey { .. })
+    ));
+    let (stale, iat) = forge(|_, _| {});
+    assert!(matches!(
+        open_request_with(
+            stale.as_bytes(),
+            None,
+            None,
+            iat + 3600,
+            LEEWAY,
+            SignatureCheck::Shape
+        ),
+        Err(JwtError::Expired { .. })
+    ));
+}
+
 #[test]
 fn flipped_sealed_byte_fails_to_open() {
     let k = keys();
