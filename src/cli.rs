@@ -497,7 +497,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    telemetry::init(&config.log);
+    let _log = telemetry::init(&config.log);
     for warning in &config.warnings {
         warn!("{warning}");
     }

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use tracing::{Event, Subscriber};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{Format, Json, JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
@@ -36,26 +37,48 @@ pub struct LogSettings {
     pub level: String,
 }
 
+/// Keeps the log writer thread running; dropping it writes out every line still buffered.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard {
+    _writer: WorkerGuard,
+}
+
 /// Installs the global `tracing` subscriber. `RUST_LOG`, when set, overrides the configured level.
-pub fn init(settings: &LogSettings) {
+///
+/// Lines are formatted where they are logged and written to stderr by a thread of their own,
+/// through a buffer flushed whenever that thread has caught up: a burst of audit lines (a
+/// reconnect storm) costs one `write(2)` per burst instead of one per client, and no request
+/// task waits on the pipe. Lines are never dropped: when the writer is [`MAX_BUFFERED_LINES`]
+/// behind, loggers wait for it, as they did on a blocking stderr.
+pub fn init(settings: &LogSettings) -> LogGuard {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(MAX_BUFFERED_LINES)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(directives(&settings.level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     // A second init (tests, or `check` after `serve` in one process) is harmless; ignore it.
     let _ = match settings.format {
-        LogFormat::Json => registry.with(json_layer(std::io::stderr)).try_init(),
+        LogFormat::Json => registry.with(json_layer(writer)).try_init(),
         // Colours only for a person at a terminal: in files, pipes and `kubectl logs` the escape
         // codes are noise, and formatting them is work on every audit line.
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr),
+                    .with_writer(writer),
             )
             .try_init(),
     };
+    LogGuard { _writer: guard }
 }
+
+/// How far the log writer may fall behind before loggers wait: about two seconds of audit
+/// lines at the service's peak rate on two cores, at most a few MB while stderr is stuck.
+const MAX_BUFFERED_LINES: usize = 4_096;
 
 /// The filter for the configured `level`. async-nats logs every connection event at info — one
 /// line per reconnect attempt, several a second while nats-server is down — where the service's
