@@ -457,13 +457,24 @@ async fn only_the_build_agent_publishes_releases_and_every_event_names_its_sende
         let subject = delivery::subject(delivery::PREFIX, sender);
         assert_publish_denied(&mut trigger, "deploy trigger", &subject).await;
     }
-    // ... nor read the events outside its queue group.
-    assert_subscribe_denied(
-        &mut trigger,
-        "deploy trigger",
-        "contoso.web.deploy.image-ready.v1.*",
-    )
-    .await;
+    // ... nor subscribe to the events at all: it reads them only through its durable consumer,
+    // not even in the queue group an earlier policy granted.
+    let events = "contoso.web.deploy.image-ready.v1.*";
+    assert_subscribe_denied(&mut trigger, "deploy trigger", events).await;
+    let _queued = trigger
+        .client
+        .queue_subscribe(events, "deployer-web".to_owned())
+        .await
+        .unwrap();
+    trigger.client.flush().await.unwrap();
+    let err = next_error(&mut trigger).await;
+    assert_eq!(
+        err,
+        format!(
+            "permissions violation for subscription to \"{events}\" using queue \"deployer-web\""
+        ),
+        "deploy trigger <- {events} deployer-web"
+    );
 
     // Other principals are refused: another service principal, a user carrying the agent's
     // object id, and the agent's object id in another tenant.
