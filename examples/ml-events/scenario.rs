@@ -142,10 +142,10 @@ pub fn decide(payload: &[u8], min_score: f64) -> anyhow::Result<Option<String>> 
 
 /// A dashboard's replay consumer `name` on the outputs stream: every stored output from the
 /// first, then each new one, in stream order. The policy grants consumers of any name
-/// (`ephemeral`) but only with the filter `<prefix>.ml.outputs.>`, and only on the subject that
-/// carries name and filter (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`), which
-/// async-nats sends for a named consumer with one filter subject. Nothing is acknowledged: a
-/// dashboard only looks. The client must use the inbox prefix `_INBOX.<oid>`.
+/// (`ephemeral`) but only with a filter inside `<prefix>.ml.outputs.>` (this one is all of it),
+/// and only on the subject that carries name and filter,
+/// `$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`, which async-nats sends for a named
+/// consumer with one filter subject. Nothing is acknowledged: a dashboard only looks. The client must use the inbox prefix `_INBOX.<oid>`.
 pub async fn replay_consumer(
     js: &jetstream::Context,
     prefix: &str,
