@@ -72,6 +72,9 @@ pub struct Routing<'a> {
     pub provider: Option<&'a ProviderSettings>,
     /// A sentence saying how it was chosen, or why none was.
     pub note: String,
+    /// The verifier's refusal when it refuses the token while routing it (a tenant a provider
+    /// of the issuer's cloud does not accept), so the deny reason is the one the service gives.
+    pub refusal: Option<TokenError>,
 }
 
 /// Chooses the provider for `claims`: by name when given, else by `iss` with the verifier's own
@@ -89,7 +92,11 @@ pub fn route<'a>(
             Some(_) => format!("provider `{name}` (named by the test)"),
             None => format!("no configured provider is named `{name}`"),
         };
-        return Routing { provider, note };
+        return Routing {
+            provider,
+            note,
+            refusal: None,
+        };
     }
     if let Some(iss) = claims.get("iss").and_then(Value::as_str) {
         return route_by_issuer(providers, claims, iss);
@@ -103,18 +110,21 @@ pub fn route<'a>(
             return Routing {
                 provider: Some(p),
                 note: format!("tid {tid} is the tenant of provider `{}`", p.name()),
+                refusal: None,
             };
         }
         if let [only] = providers {
             return Routing {
                 provider: Some(only),
                 note: format!("the only configured provider, `{}`", only.name()),
+                refusal: None,
             };
         }
     }
     Routing {
         provider: None,
         note: "the claims have no `iss`, and no provider could be chosen".to_owned(),
+        refusal: None,
     }
 }
 
@@ -130,6 +140,7 @@ fn route_by_issuer<'a>(
             return Routing {
                 provider: None,
                 note: format!("no provider can be chosen: {error}"),
+                refusal: None,
             };
         }
     };
@@ -139,6 +150,7 @@ fn route_by_issuer<'a>(
         Routing {
             provider,
             note: format!("iss {iss} is an issuer of provider `{name}`{how}"),
+            refusal: None,
         }
     };
     match routes.route(iss, claims) {
@@ -154,7 +166,7 @@ fn route_by_issuer<'a>(
                 .iter()
                 .map(|p| format!("`{}` ({})", p.name(), p.issuers().join(", ")))
                 .collect();
-            let why = match refusal {
+            let why = match &refusal {
                 TokenError::IssuerUnknown => String::new(),
                 refusal => format!(" ({refusal})"),
             };
@@ -164,6 +176,7 @@ fn route_by_issuer<'a>(
                     "iss {iss} matches no configured provider{why}; configured: {}",
                     known.join(", ")
                 ),
+                refusal: Some(refusal),
             }
         }
     }
@@ -272,7 +285,12 @@ impl Explained<'_> {
     /// The stable deny code, when refused.
     pub fn deny_code(&self) -> Option<&'static str> {
         match (&self.identity, &self.explanation) {
-            (None, _) => Some("issuer_unknown"),
+            (None, _) => Some(
+                self.routing
+                    .refusal
+                    .as_ref()
+                    .map_or("issuer_unknown", |e| e.reason().code()),
+            ),
             (Some(Err(e)), _) => Some(e.reason().code()),
             (Some(Ok(_)), Some(x)) => x.decision.as_ref().err().map(|d| d.reason().code()),
             (Some(Ok(_)), None) => None,
@@ -907,6 +925,10 @@ mod tests {
             false,
         );
         assert_eq!(name(&refused), None);
+        assert_eq!(
+            refused.refusal.as_ref().map(|e| e.reason().code()),
+            Some("tenant_not_allowed")
+        );
         assert!(
             refused.note.contains(
                 "matches no configured provider (token tenant is not allowed by provider `contoso`)"

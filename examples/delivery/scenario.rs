@@ -28,8 +28,6 @@ use serde::{Deserialize, Serialize};
 pub const PREFIX: &str = "contoso.web";
 /// The event's schema version; a breaking change gets a new subject (`v2`) next to this one.
 pub const VERSION: &str = "v1";
-/// The queue group deploy triggers share (`deployer-{project}` in the policy).
-pub const TRIGGER_GROUP: &str = "deployer-web";
 
 /// The stream's local name (policies/delivery.yaml); on the server, [`stream_name`].
 pub const STREAM: &str = "image-ready";
@@ -189,21 +187,6 @@ pub async fn publish_raw(
         .with_context(|| format!("publish to {subject}"))?;
     client.flush().await.context("flush")?;
     Ok(())
-}
-
-/// The deploy trigger's feed: every sender's v1 events, shared in [`TRIGGER_GROUP`].
-pub async fn trigger_feed(
-    client: &async_nats::Client,
-    prefix: &str,
-) -> anyhow::Result<async_nats::Subscriber> {
-    let feed = client
-        .queue_subscribe(
-            format!("{prefix}.deploy.image-ready.{VERSION}.*"),
-            TRIGGER_GROUP.to_owned(),
-        )
-        .await?;
-    client.flush().await?;
-    Ok(feed)
 }
 
 /// An example event.

@@ -183,6 +183,23 @@ async fn allowed_publish_is_delivered_and_denials_are_enforced_by_the_server() {
     replica.stop().await;
 }
 
+/// The deny reason `entra-callout explain --json` gives `token` under the configuration at
+/// `config`.
+fn explained_reason(config: &std::path::Path, token: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_entra-callout"))
+        .args(["explain", "--json", "--config"])
+        .arg(config)
+        .args(["--token", token])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["decision"]["reason"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no reason in {json}"))
+        .to_owned()
+}
+
 #[tokio::test]
 async fn bad_tokens_are_refused_with_their_reason_in_the_server_log() {
     let stack = Stack::start(false, "").await;
@@ -221,6 +238,11 @@ async fn bad_tokens_are_refused_with_their_reason_in_the_server_log() {
             "{reason} not in server log:\n{}",
             stack.server.log()
         );
+        // `explain` never checks a signature, so it can only agree on the reasons that the
+        // claims alone decide; on those it must give the service's reason.
+        if !["token_missing", "signature_invalid"].contains(reason) {
+            assert_eq!(explained_reason(&stack.config_path, token), *reason);
+        }
     }
     replica
         .wait_answered(Answered::new(0, cases.len() as u64))

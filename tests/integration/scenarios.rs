@@ -122,6 +122,19 @@ async fn next_error(connection: &mut Connection) -> String {
         .expect("error channel open")
 }
 
+/// Waits (bounded) until the server sends `connection` the error `want`, passing over others.
+async fn refused_with(connection: &mut Connection, who: &str, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|e| e == want) {
+        let err = tokio::time::timeout_at(deadline, connection.errors.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{who}: no {want:?} within 5 s; got {seen:?}"))
+            .expect("error channel open");
+        seen.push(err);
+    }
+}
+
 /// Publishing `subject` is refused by the server.
 async fn assert_publish_denied(connection: &mut Connection, who: &str, subject: &str) {
     delivery::publish_raw(&connection.client, subject, b"{}".to_vec())
@@ -302,6 +315,122 @@ async fn ml_events_flow_within_the_project_and_nothing_crosses_tenants() {
     env.stop();
 }
 
+#[tokio::test]
+async fn a_late_dashboard_replays_the_stored_outputs_and_no_other_project_can() {
+    let env = start().await;
+    let producer = connect(&env, "producer", app_role("contoso", "Ml.Vision.Producer")).await;
+    // The job has no JetStream grant: it publishes plainly, and the stream, whose subjects
+    // capture the outputs, stores them.
+    let sent: Vec<ml::ModelOutput> = [("img-1", 0.93), ("img-2", 0.41), ("img-3", 0.88)]
+        .into_iter()
+        .map(|(input, score)| output(input, score))
+        .collect();
+    for o in &sent {
+        ml::publish_output(&producer.client, ml::PREFIX, o)
+            .await
+            .unwrap();
+    }
+
+    // A dashboard connects after the job published; once the stream holds the outputs, it
+    // replays exactly those, in order.
+    let dashboard = connect(&env, "late dashboard", analyst()).await;
+    let js = async_nats::jetstream::new(dashboard.client.clone());
+    let mut stream = js
+        .get_stream(ml::outputs_stream(ml::PREFIX))
+        .await
+        .unwrap_or_else(|e| panic!("stream info: {e}\n{}", env.server_log()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored = stream.info().await.unwrap().state.messages;
+        if stored == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream holds {stored} of 3 outputs after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let consumer = ml::replay_consumer(&js, ml::PREFIX, "late-dashboard")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", env.server_log()));
+    let replayed = ml::replay(&consumer, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let got: Vec<(String, ml::ModelOutput)> = replayed
+        .iter()
+        .map(|m| {
+            (
+                m.subject.to_string(),
+                serde_json::from_slice(&m.payload).unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, ml::ModelOutput)> = sent
+        .iter()
+        .map(|o| (ml::output_subject(ml::PREFIX, &o.model), o.clone()))
+        .collect();
+    assert_eq!(got, want);
+
+    // Then it keeps reading new outputs through the same consumer.
+    let live = output("img-4", 0.97);
+    ml::publish_output(&producer.client, ml::PREFIX, &live)
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("the live output within 10 s")
+        .expect("consumer open")
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<ml::ModelOutput>(&next.payload).unwrap(),
+        live
+    );
+
+    // Fabrikam's job (same project name, other tenant), Contoso's forecast job (other
+    // project) and the vision job itself (no consume grant) cannot create a consumer on the
+    // stream: the server refuses the create request, which then goes unanswered.
+    for (who, request) in [
+        (
+            "fabrikam's vision job",
+            app_role("fabrikam", "Ml.Vision.Producer"),
+        ),
+        (
+            "contoso's forecast job",
+            app_role("contoso", "Ml.Forecast.Producer"),
+        ),
+        (
+            "contoso's vision job",
+            app_role("contoso", "Ml.Vision.Producer"),
+        ),
+    ] {
+        let mut other = connect(&env, who, request).await;
+        let js = async_nats::jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(1))
+            .build(other.client.clone());
+        let err = ml::replay_consumer(&js, ml::PREFIX, "intruder")
+            .await
+            .expect_err(who);
+        let kind = err
+            .downcast_ref::<async_nats::jetstream::stream::ConsumerError>()
+            .map(async_nats::jetstream::stream::ConsumerError::kind);
+        assert_eq!(
+            kind,
+            Some(async_nats::jetstream::stream::ConsumerErrorKind::TimedOut),
+            "{who}: {err:#}"
+        );
+        // (Its reply inbox is refused too, first: these jobs subscribe to nothing.)
+        refused_with(
+            &mut other,
+            who,
+            "permissions violation for publish to \"$js.api.consumer.create.contoso_vision_outputs.intruder.contoso.vision.ml.outputs.>\"",
+        )
+        .await;
+    }
+    env.stop();
+}
+
 /// The deploy trigger of examples/delivery, in-process: its durable consumer served as the
 /// example binary serves it, every triggered release sent to the returned channel.
 async fn start_deploy_trigger(
@@ -457,13 +586,24 @@ async fn only_the_build_agent_publishes_releases_and_every_event_names_its_sende
         let subject = delivery::subject(delivery::PREFIX, sender);
         assert_publish_denied(&mut trigger, "deploy trigger", &subject).await;
     }
-    // ... nor read the events outside its queue group.
-    assert_subscribe_denied(
-        &mut trigger,
-        "deploy trigger",
-        "contoso.web.deploy.image-ready.v1.*",
-    )
-    .await;
+    // ... nor subscribe to the events at all: it reads them only through its durable consumer,
+    // not even in the queue group an earlier policy granted.
+    let events = "contoso.web.deploy.image-ready.v1.*";
+    assert_subscribe_denied(&mut trigger, "deploy trigger", events).await;
+    let _queued = trigger
+        .client
+        .queue_subscribe(events, "deployer-web".to_owned())
+        .await
+        .unwrap();
+    trigger.client.flush().await.unwrap();
+    let err = next_error(&mut trigger).await;
+    assert_eq!(
+        err,
+        format!(
+            "permissions violation for subscription to \"{events}\" using queue \"deployer-web\""
+        ),
+        "deploy trigger <- {events} deployer-web"
+    );
 
     // Other principals are refused: another service principal, a user carrying the agent's
     // object id, and the agent's object id in another tenant.
