@@ -181,8 +181,15 @@ pub(crate) fn decode_at_most<T: NatsClaim + DeserializeOwned>(
 /// serde_json does not; those characters can only occur inside strings, so rewriting them
 /// in the serialized text yields Go's exact bytes.
 pub fn hash_id(base: &ClaimsData) -> Result<String, JwtError> {
-    let json = serde_json::to_string(base).map_err(|_| JwtError::Serialize)?;
-    let mut go = String::with_capacity(json.len());
+    let json = serde_json::to_vec(base).map_err(|_| JwtError::Serialize)?;
+    // Almost no claims hold one of those characters: hash the bytes as they are, and rewrite
+    // only when there is something to rewrite. U+2028/U+2029 are E2 80 A8/A9 in UTF-8.
+    let plain = !json.iter().any(|&b| matches!(b, b'<' | b'>' | b'&' | 0xE2));
+    if plain {
+        return Ok(BASE32_NOPAD.encode(&Sha512_256::digest(&json)));
+    }
+    let json = String::from_utf8(json).map_err(|_| JwtError::Serialize)?;
+    let mut go = String::with_capacity(json.len() + 16);
     for c in json.chars() {
         match c {
             '<' => go.push_str("\\u003c"),
