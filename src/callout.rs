@@ -450,8 +450,8 @@ impl Authorizer {
     }
 
     /// Refuses one request message with `reason` without looking at the client's token: the
-    /// answer for requests the service cannot take on now. The request is still checked, so
-    /// nothing is signed for a forged one.
+    /// answer for requests the service cannot take on now. The request is still opened and
+    /// checked, so nothing is signed for bytes that are not a request.
     pub fn refuse(
         &self,
         payload: &[u8],
