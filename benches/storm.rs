@@ -13,7 +13,7 @@
 //!   connected to is the one restarted — the hard case: its clients and the responder race);
 //! * cases: `static` (token auth, no callout: the floor), `null` (the null callout of
 //!   `common/mod.rs`, a separate process that admits anyone at the protocol's minimum cost and
-//!   reconnects at once, then every `--null-reconnect-ms`, default 2: the floor a responder
+//!   reconnects at once, then every `--null-reconnect-ms`, default 10: the floor a responder
 //!   can reach) and `ours` (`entra-callout serve` with the example policies and the
 //!   Entra-shaped dev issuer, as `entra-callout dev` runs it).
 //!

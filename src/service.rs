@@ -262,8 +262,7 @@ pub fn display_urls(urls: &[async_nats::ServerAddr]) -> String {
 /// back first has its authorization request sent to nobody and waits out nats-server's callout
 /// timeout (`cargo bench --bench storm` measures it). Client libraries wait 100 ms or more,
 /// with jitter, between attempts; one process trying every [`RECONNECT_INTERVAL`] costs
-/// nothing (a refused connect on a live host is one round trip; an unreachable one waits out
-/// its connect timeout), and async-nats restores the subscription first thing on reconnect.
+/// nothing, and async-nats restores the subscription first thing on reconnect.
 fn reconnect_delay(attempts: usize) -> Duration {
     if attempts <= 1 {
         Duration::ZERO
@@ -273,10 +272,8 @@ fn reconnect_delay(attempts: usize) -> Duration {
 }
 
 /// The wait between reconnect attempts after the first, so the service answers again within
-/// milliseconds of nats-server coming back. 2 ms rather than 10: after a 500 ms outage with
-/// clients jittering their retries over a second, it cut the clients whose request reached
-/// nats-server before the service's subscription from 17–20 to 6 of 2,000 (BENCHMARKS.md).
-pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(2);
+/// milliseconds of nats-server coming back.
+pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Subscribes to the request subject in `queue_group` and waits until the server has the
 /// subscription, so requests are routed to this replica from the moment this returns.

@@ -44,10 +44,9 @@ const NULL_ACCOUNT: &str = "APP";
 const NULL_PUBLISH: [&str; 2] = ["contoso.vision.ml.outputs.>", "contoso.vision.ml.metrics.>"];
 
 /// The null callout's default wait between reconnect attempts after it lost its server: the
-/// first attempt at once, then every 2 ms, as the service does (`service::RECONNECT_INTERVAL`),
-/// so that in a reconnect storm it is the floor a responder can reach (async-nats' default
-/// doubles up to 4 s).
-pub(crate) const NULL_RECONNECT: Duration = Duration::from_millis(2);
+/// first attempt at once, then every 10 ms — as fast as is sane, so that in a reconnect storm it
+/// is the floor a responder can reach (async-nats' default doubles up to 4 s).
+pub(crate) const NULL_RECONNECT: Duration = Duration::from_millis(10);
 
 /// What the null callout is started with.
 #[derive(Clone, Debug)]
