@@ -18,22 +18,11 @@ use entra_callout::oidc::Verifier;
 
 use crate::support::binary::{Binary, ServiceDir, Settings, assert_no_secrets, providers};
 use crate::support::client::{self, Case, Outcome, Tally};
+use crate::support::eventually;
 use crate::support::issuer::{KID_1, KID_3, OTHER_TENANT, TENANT, TestIssuer};
 use crate::support::nats::{NatsCluster, NatsServer, free_port};
 use crate::support::proxy::Proxy;
 use crate::support::service::Replica;
-
-/// Polls `check` every 50 ms until it holds, for at most `secs` seconds.
-async fn eventually(what: &str, secs: u64, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {secs} s waiting for {what}");
-}
 
 fn settings<'a>(nats: &'a str, providers: Vec<(&'a str, &'a TestIssuer, String)>) -> Settings<'a> {
     Settings {
