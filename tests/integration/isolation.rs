@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use async_nats::{ConnectErrorKind, Event, ServerError};
+use async_nats::ConnectErrorKind;
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use crate::support::binary;
+use crate::support::client::{connect, next_error};
 use crate::support::issuer::{AUDIENCE, OTHER_TENANT, TENANT, TestIssuer};
 use crate::support::nats::{NatsServer, config_mode};
 use crate::support::service::{Answered, Replica};
@@ -61,35 +61,6 @@ impl Stack {
     async fn stop(self) {
         self.replica.stop().await;
     }
-}
-
-/// A connected client that records the server errors it is sent.
-struct Client {
-    nats: async_nats::Client,
-    errors: mpsc::UnboundedReceiver<String>,
-}
-
-async fn connect(url: &str, token: &str) -> Result<Client, async_nats::ConnectError> {
-    let (tx, errors) = mpsc::unbounded_channel();
-    let nats = async_nats::ConnectOptions::with_token(token.to_owned())
-        .event_callback(move |event| {
-            let tx = tx.clone();
-            async move {
-                if let Event::ServerError(ServerError::Other(text)) = event {
-                    let _ = tx.send(text.to_lowercase());
-                }
-            }
-        })
-        .connect(url)
-        .await?;
-    Ok(Client { nats, errors })
-}
-
-async fn next_error(client: &mut Client) -> String {
-    tokio::time::timeout(Duration::from_secs(5), client.errors.recv())
-        .await
-        .expect("a server error within 5 s")
-        .expect("error channel open")
 }
 
 #[tokio::test]
