@@ -10,9 +10,9 @@ use serde_json::json;
 
 use crate::support::binary;
 use crate::support::client::{connect, next_error};
-use crate::support::issuer::{AUDIENCE, OTHER_TENANT, TENANT, TestIssuer};
+use crate::support::issuer::{OTHER_TENANT, TENANT, TestIssuer};
 use crate::support::nats::{NatsServer, config_mode};
-use crate::support::service::{Answered, Replica};
+use crate::support::service::{Answered, Replica, write_two_tenant_config};
 
 struct Stack {
     contoso: TestIssuer,
@@ -31,23 +31,14 @@ impl Stack {
         let fabrikam = TestIssuer::start_for(OTHER_TENANT).await;
         let account = nkeys::KeyPair::new_account();
         let server = NatsServer::start(&config_mode(&account.public_key(), None, ""));
-        let dir = server.dir().to_path_buf();
-        std::fs::write(dir.join("issuer.nk"), account.seed().unwrap()).unwrap();
-        std::fs::write(dir.join("nats-password"), "pwd").unwrap();
-        std::fs::write(dir.join("policies.yaml"), policy).unwrap();
-        let config = format!(
-            "nats:\n  url: {url}\n  user: auth\n  password_file: nats-password\n\
-             callout:\n  issuer_seed_file: issuer.nk\n  drain_timeout: 5s\n\
-             providers:\n\
-             \x20 - name: contoso\n    kind: entra\n    tenant: {TENANT}\n    audiences: [\"{AUDIENCE}\"]\n    authority: {a}\n\
-             \x20 - name: fabrikam\n    kind: entra\n    tenant: {OTHER_TENANT}\n    audiences: [\"{AUDIENCE}\"]\n    authority: {b}\n\
-             policies: policies.yaml\n",
-            url = server.url(),
-            a = contoso.authority(),
-            b = fabrikam.authority(),
+        let config_path = write_two_tenant_config(
+            server.dir(),
+            &server.url(),
+            &account,
+            policy,
+            &contoso,
+            &fabrikam,
         );
-        let config_path = dir.join("entra-callout.yaml");
-        std::fs::write(&config_path, config).unwrap();
 
         let replica = Replica::start(&config_path).await;
         Self {

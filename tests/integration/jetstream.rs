@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::support::issuer::{AUDIENCE, OTHER_TENANT, TENANT, TestIssuer};
 use crate::support::nats::{NatsServer, config_mode_jetstream};
-use crate::support::service::Replica;
+use crate::support::service::{Replica, write_two_tenant_config};
 
 /// Two tenants in one account, the same project name, the same role.
 const POLICY: &str = r#"
@@ -74,26 +74,17 @@ impl Stack {
         let account = nkeys::KeyPair::new_account();
         let store = tempfile::tempdir().unwrap();
         let server = NatsServer::start(&config_mode_jetstream(&account.public_key(), store.path()));
-        let dir = server.dir().to_path_buf();
-        std::fs::write(dir.join("issuer.nk"), account.seed().unwrap()).unwrap();
-        std::fs::write(dir.join("nats-password"), "pwd").unwrap();
         let policy = policy
             .replace("CONTOSO_TID", TENANT)
             .replace("FABRIKAM_TID", OTHER_TENANT);
-        std::fs::write(dir.join("policies.yaml"), policy).unwrap();
-        let config = format!(
-            "nats:\n  url: {url}\n  user: auth\n  password_file: nats-password\n\
-             callout:\n  issuer_seed_file: issuer.nk\n  drain_timeout: 5s\n\
-             providers:\n\
-             \x20 - name: contoso\n    kind: entra\n    tenant: {TENANT}\n    audiences: [\"{AUDIENCE}\"]\n    authority: {a}\n\
-             \x20 - name: fabrikam\n    kind: entra\n    tenant: {OTHER_TENANT}\n    audiences: [\"{AUDIENCE}\"]\n    authority: {b}\n\
-             policies: policies.yaml\n",
-            url = server.url(),
-            a = contoso.authority(),
-            b = fabrikam.authority(),
+        let config_path = write_two_tenant_config(
+            server.dir(),
+            &server.url(),
+            &account,
+            &policy,
+            &contoso,
+            &fabrikam,
         );
-        let config_path = dir.join("entra-callout.yaml");
-        std::fs::write(&config_path, config).unwrap();
         let replica = Replica::start(&config_path).await;
         Self {
             contoso,
