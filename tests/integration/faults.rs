@@ -57,6 +57,14 @@ fn secrets(service: &ServiceDir, cases: &[Case]) -> Vec<String> {
     secrets
 }
 
+/// Stops `binary` with SIGTERM, asserts that it exited cleanly, and returns its log: how every
+/// test here ends, before it scans the log (for secrets at least, with [`secrets`]).
+async fn stop_cleanly(binary: Binary) -> String {
+    let (status, log) = binary.terminate().await;
+    assert!(status.success(), "{status}\n{log}");
+    log
+}
+
 #[tokio::test]
 async fn an_unreachable_identity_provider_keeps_known_keys_working_and_recovers() {
     let contoso = TestIssuer::start_for(TENANT).await;
@@ -122,8 +130,7 @@ async fn an_unreachable_identity_provider_keeps_known_keys_working_and_recovers(
     assert_eq!(client::attempt(&url, &case).await, Outcome::Admitted);
     used.push(case);
 
-    let (status, log) = binary.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(binary).await;
     assert!(
         log.contains("key fetch failed; keeping the last good keys"),
         "the outage is logged:\n{log}"
@@ -175,8 +182,7 @@ async fn a_restarted_nats_server_is_answered_again_within_two_seconds() {
         "the service answered again only after {elapsed:?}"
     );
 
-    let (status, log) = binary.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(binary).await;
     assert!(
         log.contains("disconnected from NATS; reconnecting"),
         "{log}"
@@ -236,8 +242,7 @@ async fn serve_started_before_nats_server_stays_up_not_ready_and_then_answers() 
         Outcome::Admitted
     );
 
-    let (status, log) = binary.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(binary).await;
     assert_no_secrets(&log, &secrets(&service, &[case]));
 }
 
@@ -255,8 +260,7 @@ async fn serve_waiting_for_nats_server_stops_cleanly_on_sigterm() {
         binary.stderr().contains("NATS not reachable yet")
     })
     .await;
-    let (status, log) = binary.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(binary).await;
     assert!(log.contains("stopped before NATS was reachable"), "{log}");
     assert_no_secrets(&log, &secrets(&service, &[]));
 }
@@ -318,8 +322,7 @@ async fn a_replica_killed_during_a_connect_storm_locks_nobody_out() {
     for url in &urls {
         assert_eq!(client::attempt(url, &cases[2]).await, Outcome::Admitted);
     }
-    let (status, log) = b.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(b).await;
     assert_no_secrets(&format!("{log}{}", a.stderr()), &secrets(&service, &cases));
 }
 
@@ -394,8 +397,7 @@ async fn an_invalid_policy_set_swapped_in_during_traffic_fails_no_authorization(
     assert_eq!(client::attempt(&url, &fresh[1]).await, Outcome::Refused);
     assert_eq!(client::attempt(&url, &fresh[0]).await, Outcome::Admitted);
 
-    let (status, log) = binary.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(binary).await;
     assert!(log.contains("policy reload rejected"), "{log}");
     let mut all = cases.clone();
     all.extend(fresh);
@@ -569,8 +571,7 @@ async fn hostile_requests_cannot_be_injected_and_are_never_answered_with_a_grant
     assert_eq!(client::attempt(&url, &cases[0]).await, Outcome::Admitted);
     let dropped = "entra_callout_requests_total{outcome=\"drop\",reason=\"\"}";
     assert_eq!(binary.metric(dropped).await, Some(0.0));
-    let (status, log) = binary.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(binary).await;
     let mut secrets = secrets(&service, &cases);
     secrets.push(token);
     assert_no_secrets(&log, &secrets);
@@ -725,8 +726,7 @@ async fn held_keys_decide_while_the_provider(fault: ProviderFault) -> Duration {
             .contains("key fetch failed; keeping the last good keys")
     })
     .await;
-    let (status, log) = binary.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(binary).await;
     assert_no_secrets(&log, &secrets(&service, &used));
     waited
 }
@@ -859,7 +859,6 @@ async fn a_token_of_a_megabyte_is_refused_as_too_large_not_left_to_time_out() {
     let normal = alpha(&contoso, KID_1);
     assert_eq!(client::attempt(&url, &normal).await, Outcome::Admitted);
 
-    let (status, log) = binary.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(binary).await;
     assert_no_secrets(&log, &secrets(&service, &[huge, normal]));
 }
