@@ -5,7 +5,7 @@
 //! updates a mounted ConfigMap by swapping its `..data` symlink: the files' own paths never see
 //! an event, the directory does. Events are debounced, since one save produces several
 //! (create, modify, close) and a ConfigMap update several more. Credential rotation
-//! ([`crate::rotate`]) watches its files' directories with the same [`watch_dir`].
+//! ([`crate::rotate`]) watches its files' directories with the same `watch_dir`.
 //!
 //! A set that fails to compile is rejected as a whole: every problem is logged with its
 //! `file:line:column`, the failure is counted, and the set in use stays. Compilation runs on
