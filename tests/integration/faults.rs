@@ -65,8 +65,9 @@ async fn stop_cleanly(binary: Binary) -> String {
     log
 }
 
-#[tokio::test]
-async fn an_unreachable_identity_provider_keeps_known_keys_working_and_recovers() {
+/// The contoso issuer with its keys served through a [`Proxy`], so a test can make the identity
+/// provider fail in the ways a network does while the issuer itself stays up.
+async fn issuer_behind_proxy() -> (TestIssuer, Proxy) {
     let contoso = TestIssuer::start_for(TENANT).await;
     let proxy = Proxy::start(
         contoso
@@ -77,6 +78,12 @@ async fn an_unreachable_identity_provider_keeps_known_keys_working_and_recovers(
     )
     .await;
     contoso.serve_keys_via(&proxy.url());
+    (contoso, proxy)
+}
+
+#[tokio::test]
+async fn an_unreachable_identity_provider_keeps_known_keys_working_and_recovers() {
+    let (contoso, proxy) = issuer_behind_proxy().await;
     let service = ServiceDir::new();
     let server = NatsServer::start(&service.server_config(2));
     let url = server.url();
@@ -614,16 +621,7 @@ enum ProviderFault {
 /// runs. Every valid client is admitted; the attacker is refused with `key_unknown` well before
 /// nats-server's callout timeout. Returns how long the attacker waited for its refusal.
 async fn held_keys_decide_while_the_provider(fault: ProviderFault) -> Duration {
-    let contoso = TestIssuer::start_for(TENANT).await;
-    let proxy = Proxy::start(
-        contoso
-            .authority()
-            .trim_start_matches("http://")
-            .parse()
-            .unwrap(),
-    )
-    .await;
-    contoso.serve_keys_via(&proxy.url());
+    let (contoso, proxy) = issuer_behind_proxy().await;
     let service = ServiceDir::new();
     let server = NatsServer::start(&service.server_config(CALLOUT_TIMEOUT.as_secs()));
     let url = server.url();
