@@ -54,8 +54,10 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Error, NullOptions, Proc, spawn_nats, spawn_null};
-use entra_callout::dev::token::{self, Randomness, TokenRequest};
+use common::{
+    Args, Error, NullOptions, Proc, load_average, mint, mint_tokens, spawn_nats, spawn_null,
+    version,
+};
 use entra_callout::dev::{DevOptions, Environment, find_nats_server};
 use entra_callout::telemetry::unix_now;
 
@@ -75,16 +77,7 @@ const TARGET_NULL_RATE_WARM: f64 = 0.93;
 const TARGET_NULL_COLD: f64 = 1.15;
 
 fn main() -> ExitCode {
-    if let Some(code) = common::null_main() {
-        return code;
-    }
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("connect bench: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    common::bench_main("connect bench", run)
 }
 
 /// Command-line options.
@@ -107,24 +100,16 @@ impl Options {
             warmup: 300,
             null_verify: false,
         };
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
-            match arg.as_str() {
-                // cargo bench passes `--bench` to every harness = false target.
-                "--bench" => {}
-                "--connections" => options.connections = value()?.parse()?,
-                "--rounds" => options.rounds = value()?.parse()?,
-                "--identities" => options.identities = value()?.parse()?,
-                "--warmup" => options.warmup = value()?.parse()?,
+        let mut args = Args::new(std::env::args().skip(1));
+        while let Some(option) = args.next_option() {
+            match option.as_str() {
+                "--connections" => options.connections = args.parse()?,
+                "--rounds" => options.rounds = args.parse()?,
+                "--identities" => options.identities = args.parse()?,
+                "--warmup" => options.warmup = args.parse()?,
                 "--null-verify" => options.null_verify = true,
-                "--concurrency" => {
-                    options.concurrency = value()?
-                        .split(',')
-                        .map(str::parse)
-                        .collect::<Result<_, _>>()?;
-                }
-                other => return Err(format!("unknown option {other}").into()),
+                "--concurrency" => options.concurrency = args.list(str::parse)?,
+                _ => return Err(args.unknown()),
             }
         }
         if options.connections == 0 || options.rounds == 0 || options.concurrency.contains(&0) {
@@ -598,15 +583,9 @@ fn measure(addr: SocketAddr, payloads: &[Vec<u8>], concurrency: usize) -> Result
     })
 }
 
-/// `CONNECT {...}\r\nPING\r\n` presenting `token`; tokens are base64url and dots, so they need
-/// no JSON escaping.
+/// The CONNECT line of this benchmark's clients (named `bench`), presenting `token`.
 fn connect_line(token: &str) -> Vec<u8> {
-    format!(
-        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"auth_token\":\"{token}\",\
-         \"name\":\"bench\",\"lang\":\"raw\",\"version\":\"0\",\"protocol\":1,\
-         \"headers\":true,\"no_responders\":true}}\r\nPING\r\n"
-    )
-    .into_bytes()
+    common::connect_line("bench", token)
 }
 
 fn repeat(payloads: &[Vec<u8>], n: usize) -> Vec<Vec<u8>> {
@@ -647,34 +626,6 @@ fn connect_once(addr: SocketAddr, payload: &[u8]) -> Result<Duration, Error> {
 
 fn truncate(line: &str) -> String {
     line.trim_end().chars().take(120).collect()
-}
-
-/// Mints `n` app-only dev tokens, each for a new made-up service principal, on two threads.
-fn mint_tokens(n: usize, now: u64) -> Result<Vec<String>, Error> {
-    let halves = [n / 2, n - n / 2];
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = halves
-            .iter()
-            .map(|&count| scope.spawn(move || (0..count).map(|_| mint(now)).collect()))
-            .collect();
-        let mut tokens = Vec::with_capacity(n);
-        for worker in workers {
-            let minted: Result<Vec<String>, Error> =
-                worker.join().map_err(|_| "minting thread panicked")?;
-            tokens.extend(minted?);
-        }
-        Ok(tokens)
-    })
-}
-
-fn mint(now: u64) -> Result<String, Error> {
-    let request = TokenRequest {
-        tenant: "contoso".into(),
-        roles: vec!["Ml.Vision.Producer".into()],
-        ttl_secs: 3600,
-        ..TokenRequest::default()
-    };
-    Ok(token::mint(&request, now, Randomness::from_os()?)?)
 }
 
 /// What the identities phase found.
@@ -1182,12 +1133,6 @@ fn memory(pid: u32) -> Result<Memory, Error> {
     })
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -1197,9 +1142,4 @@ fn cpu_model() -> String {
                 .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into())
-}
-
-fn version(bin: &Path) -> Result<String, Error> {
-    let out = Command::new(bin).arg("--version").output()?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }

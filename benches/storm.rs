@@ -57,11 +57,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Error, NullOptions, Proc, free_port, spawn_nats, spawn_null};
+use common::{
+    Args, Error, NullOptions, Proc, free_port, load_average, mint_tokens, spawn_nats, spawn_null,
+    version,
+};
 use entra_callout::dev::env::{nats_server_config, service_config};
 use entra_callout::dev::find_nats_server;
 use entra_callout::dev::issuer::DevIssuer;
-use entra_callout::dev::token::{self, Randomness, TokenRequest};
 use entra_callout::keys;
 use entra_callout::telemetry::unix_now;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -91,16 +93,7 @@ const POLICIES: [(&str, &str); 3] = [
 ];
 
 fn main() -> ExitCode {
-    if let Some(code) = common::null_main() {
-        return code;
-    }
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("storm bench: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    common::bench_main("storm bench", run)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,44 +164,34 @@ impl Options {
             rounds: 3,
             outage: Duration::ZERO,
         };
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
-            match arg.as_str() {
-                "--bench" => {}
-                "--clients" => options.clients = value()?.parse()?,
-                "--rounds" => options.rounds = value()?.parse()?,
-                "--outage-ms" => options.outage = Duration::from_millis(value()?.parse()?),
-                "--deadline" => options.deadline = Duration::from_secs_f64(value()?.parse()?),
-                "--retry-ms" => options.retry = Duration::from_millis(value()?.parse()?),
-                "--jitter-ms" => options.jitter_ms = value()?.parse()?,
-                "--initial-concurrency" => options.initial_concurrency = value()?.parse()?,
+        let mut args = Args::new(std::env::args().skip(1));
+        while let Some(option) = args.next_option() {
+            match option.as_str() {
+                "--clients" => options.clients = args.parse()?,
+                "--rounds" => options.rounds = args.parse()?,
+                "--outage-ms" => options.outage = args.millis()?,
+                "--deadline" => options.deadline = Duration::from_secs_f64(args.parse()?),
+                "--retry-ms" => options.retry = args.millis()?,
+                "--jitter-ms" => options.jitter_ms = args.parse()?,
+                "--initial-concurrency" => options.initial_concurrency = args.parse()?,
                 "--no-xkey" => options.xkey = false,
-                "--null-reconnect-ms" => {
-                    options.null_reconnect = Duration::from_millis(value()?.parse()?);
-                }
+                "--null-reconnect-ms" => options.null_reconnect = args.millis()?,
                 "--topology" => {
-                    options.topologies = value()?
-                        .split(',')
-                        .map(|t| match t {
-                            "single" => Ok(Topology::Single),
-                            "cluster" => Ok(Topology::Cluster),
-                            other => Err(format!("unknown topology {other}")),
-                        })
-                        .collect::<Result<_, _>>()?;
+                    options.topologies = args.list(|t| match t {
+                        "single" => Ok(Topology::Single),
+                        "cluster" => Ok(Topology::Cluster),
+                        other => Err(format!("unknown topology {other}")),
+                    })?;
                 }
                 "--cases" => {
-                    options.cases = value()?
-                        .split(',')
-                        .map(|c| match c {
-                            "static" => Ok(Case::Static),
-                            "null" => Ok(Case::Null),
-                            "ours" => Ok(Case::Ours),
-                            other => Err(format!("unknown case {other}")),
-                        })
-                        .collect::<Result<_, _>>()?;
+                    options.cases = args.list(|c| match c {
+                        "static" => Ok(Case::Static),
+                        "null" => Ok(Case::Null),
+                        "ours" => Ok(Case::Ours),
+                        other => Err(format!("unknown case {other}")),
+                    })?;
                 }
-                other => return Err(format!("unknown option {other}").into()),
+                _ => return Err(args.unknown()),
             }
         }
         if options.clients == 0 || options.initial_concurrency == 0 || options.rounds == 0 {
@@ -227,7 +210,7 @@ fn run() -> Result<(), Error> {
         "machine: {} CPU(s); load average before: {}; nats-server: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average(),
-        version(&nats_server)
+        version(&nats_server).unwrap_or_default()
     );
     println!(
         "{} clients, retry every {} ms + jitter <= {} ms, deadline {:.0} s after the kill, \
@@ -882,14 +865,9 @@ async fn attempt(addr: SocketAddr, payload: &[u8]) -> Attempt {
         .unwrap_or(Attempt::Down)
 }
 
-/// `CONNECT {...}\r\nPING\r\n` presenting `token` (base64url and dots: no JSON escaping).
+/// The CONNECT line of this benchmark's clients (named `storm`), presenting `token`.
 fn connect_line(token: &str) -> Vec<u8> {
-    format!(
-        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"auth_token\":\"{token}\",\
-         \"name\":\"storm\",\"lang\":\"raw\",\"version\":\"0\",\"protocol\":1,\
-         \"headers\":true,\"no_responders\":true}}\r\nPING\r\n"
-    )
-    .into_bytes()
+    common::connect_line("storm", token)
 }
 
 impl StormResult {
@@ -1078,48 +1056,4 @@ fn ensure_open_files(needed: usize) -> Result<(), Error> {
          first, or use fewer --clients"
     )
     .into())
-}
-
-/// Mints `n` app-only dev tokens, each for a new made-up service principal, on two threads.
-fn mint_tokens(n: usize, now: u64) -> Result<Vec<String>, Error> {
-    let halves = [n / 2, n - n / 2];
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = halves
-            .iter()
-            .map(|&count| {
-                scope.spawn(move || -> Result<Vec<String>, Error> {
-                    (0..count)
-                        .map(|_| {
-                            let request = TokenRequest {
-                                tenant: "contoso".into(),
-                                roles: vec!["Ml.Vision.Producer".into()],
-                                ttl_secs: 3600,
-                                ..TokenRequest::default()
-                            };
-                            Ok(token::mint(&request, now, Randomness::from_os()?)?)
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        let mut tokens = Vec::with_capacity(n);
-        for worker in workers {
-            tokens.extend(worker.join().map_err(|_| "minting thread panicked")??);
-        }
-        Ok(tokens)
-    })
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn version(bin: &Path) -> String {
-    Command::new(bin)
-        .arg("--version")
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .unwrap_or_default()
 }

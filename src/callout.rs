@@ -821,79 +821,74 @@ impl fmt::Display for JsonList<'_> {
     }
 }
 
+/// One audit line: `outcome`, the fields `$head` that explain it, the fields of the request and
+/// the identity every audit line carries (in this order), then `$tail`. A macro because tracing
+/// fixes a line's field names where it is logged: shared fields cannot be passed as a value.
+macro_rules! audit {
+    ($level:ident, $e:ident, [$($head:tt)*], [$($tail:tt)*], $message:literal) => {
+        $level!(
+            target: "audit",
+            outcome = $e.outcome,
+            $($head)*
+            id = %$e.id,
+            request_id = %$e.request_id,
+            server_id = %$e.server_id,
+            server_name = %$e.server_name,
+            client_host = %$e.client_host,
+            client_id = $e.client_id,
+            // For an admitted client, the minted user's key: what an operator revokes in the
+            // account JWT.
+            user_nkey = %$e.user_nkey,
+            provider = or_empty(&$e.provider),
+            tenant = or_empty(&$e.tenant),
+            subject = or_empty(&$e.subject),
+            object_id = or_empty(&$e.object_id),
+            app_id = or_empty(&$e.app_id),
+            $($tail)*
+            $message
+        )
+    };
+}
+
 fn log_audit(e: &AuditEvent) {
     match (e.is_late(), e.reason) {
-        (false, None) => info!(
-            target: "audit",
-            outcome = e.outcome,
-            id = %e.id,
-            request_id = %e.request_id,
-            server_id = %e.server_id,
-            server_name = %e.server_name,
-            client_host = %e.client_host,
-            client_id = e.client_id,
-            // The minted user's key: what an operator revokes in the account JWT.
-            user_nkey = %e.user_nkey,
-            provider = or_empty(&e.provider),
-            tenant = or_empty(&e.tenant),
-            subject = or_empty(&e.subject),
-            object_id = or_empty(&e.object_id),
-            app_id = or_empty(&e.app_id),
-            kind = e.kind.unwrap_or_default(),
-            name = or_empty(&e.name),
-            token = or_empty(&e.token),
-            rules = %JsonList(&e.rules),
-            cached = e.cached,
-            account = or_empty(&e.account),
-            publish = %JsonList(&e.publish),
-            publish_deny = %JsonList(&e.publish_deny),
-            subscribe = %JsonList(&e.subscribe),
-            subscribe_deny = %JsonList(&e.subscribe_deny),
-            expires_at = e.expires_at.unwrap_or_default(),
+        (false, None) => audit!(
+            info,
+            e,
+            [],
+            [
+                kind = e.kind.unwrap_or_default(),
+                name = or_empty(&e.name),
+                token = or_empty(&e.token),
+                rules = %JsonList(&e.rules),
+                cached = e.cached,
+                account = or_empty(&e.account),
+                publish = %JsonList(&e.publish),
+                publish_deny = %JsonList(&e.publish_deny),
+                subscribe = %JsonList(&e.subscribe),
+                subscribe_deny = %JsonList(&e.subscribe_deny),
+                expires_at = e.expires_at.unwrap_or_default(),
+            ],
             "client admitted"
         ),
-        (false, Some(reason)) => info!(
-            target: "audit",
-            outcome = e.outcome,
-            reason = reason.code(),
-            detail = or_empty(&e.detail),
-            id = %e.id,
-            request_id = %e.request_id,
-            server_id = %e.server_id,
-            server_name = %e.server_name,
-            client_host = %e.client_host,
-            client_id = e.client_id,
-            user_nkey = %e.user_nkey,
-            provider = or_empty(&e.provider),
-            tenant = or_empty(&e.tenant),
-            subject = or_empty(&e.subject),
-            object_id = or_empty(&e.object_id),
-            app_id = or_empty(&e.app_id),
-            token = or_empty(&e.token),
+        (false, Some(reason)) => audit!(
+            info,
+            e,
+            [reason = reason.code(), detail = or_empty(&e.detail),],
+            [token = or_empty(&e.token),],
             "client refused"
         ),
-        (true, reason) => warn!(
-            target: "audit",
-            outcome = e.outcome,
-            late_ms = e.late_ms.unwrap_or_default(),
-            // What the decision was; nats-server refused the client either way.
-            decision = if reason.is_some() { DENY } else { ALLOW },
-            reason = reason.map(DenyReason::code).unwrap_or_default(),
-            detail = or_empty(&e.detail),
-            id = %e.id,
-            request_id = %e.request_id,
-            server_id = %e.server_id,
-            server_name = %e.server_name,
-            client_host = %e.client_host,
-            client_id = e.client_id,
-            user_nkey = %e.user_nkey,
-            provider = or_empty(&e.provider),
-            tenant = or_empty(&e.tenant),
-            subject = or_empty(&e.subject),
-            object_id = or_empty(&e.object_id),
-            app_id = or_empty(&e.app_id),
-            token = or_empty(&e.token),
-            rules = %JsonList(&e.rules),
+        (true, reason) => audit!(
+            warn,
+            e,
+            [
+                late_ms = e.late_ms.unwrap_or_default(),
+                // What the decision was; nats-server refused the client either way.
+                decision = if reason.is_some() { DENY } else { ALLOW },
+                reason = reason.map(DenyReason::code).unwrap_or_default(),
+                detail = or_empty(&e.detail),
+            ],
+            [token = or_empty(&e.token), rules = %JsonList(&e.rules),],
             "answer sent after the deadline: nats-server refused the client"
         ),
     }

@@ -4,7 +4,8 @@
 //! The directory holding the policies is watched rather than the files, because Kubernetes
 //! updates a mounted ConfigMap by swapping its `..data` symlink: the files' own paths never see
 //! an event, the directory does. Events are debounced, since one save produces several
-//! (create, modify, close) and a ConfigMap update several more.
+//! (create, modify, close) and a ConfigMap update several more. Credential rotation
+//! ([`crate::rotate`]) watches its files' directories with the same `watch_dir`.
 //!
 //! A set that fails to compile is rejected as a whole: every problem is logged with its
 //! `file:line:column`, the failure is counted, and the set in use stays. Compilation runs on
@@ -169,25 +170,38 @@ impl Reloader {
 
     fn watch(&self, changed: mpsc::Sender<()>) -> Result<notify::RecommendedWatcher, ReloadError> {
         let (dir, watched) = watch_target(&self.path);
-        let on_event = move |event: notify::Result<notify::Event>| match event {
-            Ok(event) if concerns(&watched, &event) => {
-                // A full channel already holds a pending change; nothing is lost.
-                let _ = changed.try_send(());
-            }
-            Ok(_) => {}
-            Err(err) => warn!(error = %err, "policy file watch error"),
-        };
-        let watch_error = |source| ReloadError::Watch {
-            dir: dir.clone(),
-            source,
-        };
-        let mut watcher = notify::recommended_watcher(on_event).map_err(watch_error)?;
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(watch_error)?;
+        let watcher = watch_dir(&dir, vec![watched], changed, "policy file watch error").map_err(
+            |source| ReloadError::Watch {
+                dir: dir.clone(),
+                source,
+            },
+        )?;
         info!(dir = %dir.display(), "watching policies for changes");
         Ok(watcher)
     }
+}
+
+/// Watches `dir`, not recursively, and signals `changed` on every event that [`concerns`] one of
+/// `watched`; a watch error is logged as `error_message`. One watcher for policy reload and
+/// credential rotation, which watch directories for the same reason (`..data` swaps) and
+/// coalesce events alike.
+pub(crate) fn watch_dir(
+    dir: &Path,
+    watched: Vec<Watched>,
+    changed: mpsc::Sender<()>,
+    error_message: &'static str,
+) -> Result<notify::RecommendedWatcher, notify::Error> {
+    let on_event = move |event: notify::Result<notify::Event>| match event {
+        Ok(event) if watched.iter().any(|w| concerns(w, &event)) => {
+            // A full channel already holds a pending change; nothing is lost.
+            let _ = changed.try_send(());
+        }
+        Ok(_) => {}
+        Err(err) => warn!(error = %err, "{error_message}"),
+    };
+    let mut watcher = notify::recommended_watcher(on_event)?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
 }
 
 /// The directory to watch for `path`, and what in it matters.

@@ -27,16 +27,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::accounts::AccountsError;
 use crate::callout::Authorizer;
 use crate::metrics::Metrics;
 use crate::nats_jwt::Signer;
-use crate::reload::{Watched, concerns, hangup, watch_target};
+use crate::reload::{Watched, hangup, watch_dir, watch_target};
 use crate::secret::{Secret, SharedSecret};
 
 /// Quiet time after the last change before the files are read: one Secret update is several
@@ -422,23 +421,16 @@ impl Rotator {
         }
         let mut watchers = Vec::new();
         for (dir, watched) in dirs {
-            let changed = changed.clone();
-            let on_event = move |event: notify::Result<notify::Event>| match event {
-                Ok(event) if watched.iter().any(|w| concerns(w, &event)) => {
-                    // A full channel already holds a pending change; nothing is lost.
-                    let _ = changed.try_send(());
-                }
-                Ok(_) => {}
-                Err(err) => warn!(error = %err, "credential file watch error"),
-            };
-            let watch_error = |source| RotateError::Watch {
+            let watcher = watch_dir(
+                &dir,
+                watched,
+                changed.clone(),
+                "credential file watch error",
+            )
+            .map_err(|source| RotateError::Watch {
                 dir: dir.clone(),
                 source,
-            };
-            let mut watcher = notify::recommended_watcher(on_event).map_err(watch_error)?;
-            watcher
-                .watch(&dir, RecursiveMode::NonRecursive)
-                .map_err(watch_error)?;
+            })?;
             info!(dir = %dir.display(), "watching credential files for changes");
             watchers.push(watcher);
         }

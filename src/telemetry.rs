@@ -48,7 +48,7 @@ pub struct LogGuard {
 /// Lines are formatted where they are logged and written to stderr by a thread of their own,
 /// through a buffer flushed whenever that thread has caught up: a burst of audit lines (a
 /// reconnect storm) costs one `write(2)` per burst instead of one per client, and no request
-/// task waits on the pipe. Lines are never dropped: when the writer is [`MAX_BUFFERED_LINES`]
+/// task waits on the pipe. Lines are never dropped: when the writer is `MAX_BUFFERED_LINES` lines
 /// behind, loggers wait for it, as they did on a blocking stderr.
 pub fn init(settings: &LogSettings) -> LogGuard {
     let (writer, guard) = NonBlockingBuilder::default()

@@ -1,5 +1,6 @@
-//! Shared by the end-to-end benchmarks (`connect`, `storm`): the null callout, and nats-server
-//! processes started from a configuration file.
+//! Shared by the end-to-end benchmarks (`connect`, `storm`): the null callout, nats-server
+//! processes started from a configuration file, the command line, and the dev tokens, CONNECT
+//! lines and machine facts both benchmarks use.
 //!
 //! The **null callout** is the yardstick for the service: a responder that does only what the
 //! callout protocol forces — take the request apart (opening it first when it is xkey-sealed),
@@ -15,13 +16,15 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crypto_box::aead::Aead;
 use crypto_box::{Nonce, PublicKey, SalsaBox, SecretKey};
 use data_encoding::BASE64URL_NOPAD;
+use entra_callout::dev::token::{self, Randomness, TokenRequest};
 use entra_callout::keys;
 use entra_callout::nats_jwt::{
     self, AUTH_REQUEST_SUBJECT, AuthorizationRequest, Claims, Permission, Request, Signer, User,
@@ -92,17 +95,15 @@ impl NullOptions {
             verify: false,
             reconnect: NULL_RECONNECT,
         };
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
-            match arg.as_str() {
-                "--urls" => options.urls = value()?,
-                "--keys" => options.keys = PathBuf::from(value()?),
+        let mut args = Args::new(args);
+        while let Some(option) = args.next_option() {
+            match option.as_str() {
+                "--urls" => options.urls = args.value()?,
+                "--keys" => options.keys = PathBuf::from(args.value()?),
                 "--xkey" => options.xkey = true,
                 "--verify" => options.verify = true,
-                "--reconnect-ms" => options.reconnect = Duration::from_millis(value()?.parse()?),
-                "--bench" => {}
-                other => return Err(format!("null callout: unknown option {other}").into()),
+                "--reconnect-ms" => options.reconnect = args.millis()?,
+                _ => return Err(format!("null callout: {}", args.unknown()).into()),
             }
         }
         if options.urls.is_empty() || options.keys.as_os_str().is_empty() {
@@ -112,9 +113,25 @@ impl NullOptions {
     }
 }
 
+/// The `main` of a benchmark binary: the null callout when it was re-executed as one, else
+/// `run`, whose error is printed after `what`. One place, so every benchmark binary can serve as
+/// its own null callout ([`spawn_null`] re-executes the current binary).
+pub(crate) fn bench_main(what: &str, run: impl FnOnce() -> Result<(), Error>) -> ExitCode {
+    if let Some(code) = null_main() {
+        return code;
+    }
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{what}: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// If this process was started as the null callout, runs it (until killed) and returns its
 /// exit code; otherwise `None`.
-pub(crate) fn null_main() -> Option<std::process::ExitCode> {
+fn null_main() -> Option<ExitCode> {
     let mut args = std::env::args().skip(1);
     if args.next().as_deref() != Some(NULL_MODE) {
         return None;
@@ -127,10 +144,10 @@ pub(crate) fn null_main() -> Option<std::process::ExitCode> {
         runtime.block_on(serve_null(options))
     };
     Some(match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("null callout: {err}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     })
 }
@@ -389,4 +406,124 @@ pub(crate) fn free_port() -> Result<u16, Error> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// A command line read one option at a time. Shared so that the benchmarks and the null callout
+/// skip cargo's `--bench` alike, name the option whose value is missing, and parse values (numbers,
+/// milliseconds, comma-separated lists) the same way.
+pub(crate) struct Args<I> {
+    args: I,
+    /// The option last returned by [`Args::next_option`], for error messages.
+    option: String,
+}
+
+impl<I: Iterator<Item = String>> Args<I> {
+    pub(crate) fn new(args: impl IntoIterator<Item = String, IntoIter = I>) -> Self {
+        Self {
+            args: args.into_iter(),
+            option: String::new(),
+        }
+    }
+
+    /// The next option, `None` at the end.
+    pub(crate) fn next_option(&mut self) -> Option<String> {
+        loop {
+            let option = self.args.next()?;
+            // cargo bench passes `--bench` to every harness = false target.
+            if option != "--bench" {
+                self.option.clone_from(&option);
+                return Some(option);
+            }
+        }
+    }
+
+    /// The current option's value: the next argument.
+    pub(crate) fn value(&mut self) -> Result<String, Error> {
+        self.args
+            .next()
+            .ok_or_else(|| format!("{} needs a value", self.option).into())
+    }
+
+    /// The current option's value, parsed.
+    pub(crate) fn parse<T>(&mut self) -> Result<T, Error>
+    where
+        T: FromStr,
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        Ok(self.value()?.parse()?)
+    }
+
+    /// The current option's value, a whole number of milliseconds.
+    pub(crate) fn millis(&mut self) -> Result<Duration, Error> {
+        Ok(Duration::from_millis(self.parse()?))
+    }
+
+    /// The current option's value, a comma-separated list, each item read by `item`.
+    pub(crate) fn list<T, E: Into<Error>>(
+        &mut self,
+        mut item: impl FnMut(&str) -> Result<T, E>,
+    ) -> Result<Vec<T>, Error> {
+        self.value()?
+            .split(',')
+            .map(|s| item(s).map_err(Into::into))
+            .collect()
+    }
+
+    /// The error for an option the program does not know: the current one.
+    pub(crate) fn unknown(&self) -> Error {
+        format!("unknown option {}", self.option).into()
+    }
+}
+
+/// `CONNECT {...}\r\nPING\r\n` presenting `token` as client `name`; tokens are base64url and
+/// dots, so they need no JSON escaping.
+pub(crate) fn connect_line(name: &str, token: &str) -> Vec<u8> {
+    format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"auth_token\":\"{token}\",\
+         \"name\":\"{name}\",\"lang\":\"raw\",\"version\":\"0\",\"protocol\":1,\
+         \"headers\":true,\"no_responders\":true}}\r\nPING\r\n"
+    )
+    .into_bytes()
+}
+
+/// Mints `n` app-only dev tokens, each for a new made-up service principal, on two threads.
+pub(crate) fn mint_tokens(n: usize, now: u64) -> Result<Vec<String>, Error> {
+    let halves = [n / 2, n - n / 2];
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = halves
+            .iter()
+            .map(|&count| scope.spawn(move || (0..count).map(|_| mint(now)).collect()))
+            .collect();
+        let mut tokens = Vec::with_capacity(n);
+        for worker in workers {
+            let minted: Result<Vec<String>, Error> =
+                worker.join().map_err(|_| "minting thread panicked")?;
+            tokens.extend(minted?);
+        }
+        Ok(tokens)
+    })
+}
+
+/// One app-only dev token for a new made-up service principal with `Ml.Vision.Producer`.
+pub(crate) fn mint(now: u64) -> Result<String, Error> {
+    let request = TokenRequest {
+        tenant: "contoso".into(),
+        roles: vec!["Ml.Vision.Producer".into()],
+        ttl_secs: 3600,
+        ..TokenRequest::default()
+    };
+    Ok(token::mint(&request, now, Randomness::from_os()?)?)
+}
+
+/// The 1, 5 and 15 minute load averages, or "unknown".
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// What `bin --version` prints.
+pub(crate) fn version(bin: &Path) -> Result<String, Error> {
+    let out = Command::new(bin).arg("--version").output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }

@@ -3,26 +3,14 @@
 //! with the logged reason, or, for an answer sent after the server's deadline, timed out.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::support::binary::{Binary, ServiceDir, Settings, assert_no_secrets};
 use crate::support::client::{self, Case, Outcome};
+use crate::support::eventually;
 use crate::support::issuer::{self, KID_1, KID_3, TENANT, TestIssuer};
 use crate::support::nats::NatsServer;
-
-/// Polls `check` every 50 ms until it holds, for at most `secs` seconds.
-async fn eventually(what: &str, secs: u64, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {secs} s waiting for {what}");
-}
 
 fn case(who: &'static str, token: String, admitted: bool) -> Case {
     Case {

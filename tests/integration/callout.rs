@@ -7,11 +7,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::{ConnectErrorKind, Event, ServerError};
+use async_nats::ConnectErrorKind;
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::sync::mpsc;
 
+use crate::support::client::{connect, next_error};
 use crate::support::issuer::{AUDIENCE, KID_1, KID_3, TENANT, TestIssuer, merge};
 use crate::support::nats::{NatsServer, config_mode};
 use crate::support::policies;
@@ -82,41 +82,11 @@ impl Stack {
     }
 }
 
-/// A connected client that records the server errors it is sent.
-struct Client {
-    nats: async_nats::Client,
-    errors: mpsc::UnboundedReceiver<String>,
-}
-
-async fn connect(url: &str, token: &str) -> Result<Client, async_nats::ConnectError> {
-    let (tx, errors) = mpsc::unbounded_channel();
-    let nats = async_nats::ConnectOptions::with_token(token.to_owned())
-        .event_callback(move |event| {
-            let tx = tx.clone();
-            async move {
-                if let Event::ServerError(ServerError::Other(text)) = event {
-                    let _ = tx.send(text);
-                }
-            }
-        })
-        .connect(url)
-        .await?;
-    Ok(Client { nats, errors })
-}
-
 async fn refused(url: &str, token: &str) -> bool {
     match connect(url, token).await {
         Ok(_) => false,
         Err(err) => err.kind() == ConnectErrorKind::AuthorizationViolation,
     }
-}
-
-async fn next_error(client: &mut Client) -> String {
-    tokio::time::timeout(Duration::from_secs(5), client.errors.recv())
-        .await
-        .expect("a server error within 5 s")
-        .expect("error channel open")
-        .to_lowercase()
 }
 
 fn subject(rest: &str) -> String {

@@ -18,18 +18,52 @@ fn check(config: &std::path::Path) -> std::process::Output {
         .unwrap()
 }
 
-/// Writes keys and a configuration into `dir`, returning the configuration's path.
-fn write_config(dir: &std::path::Path, policy: &str) -> std::path::PathBuf {
-    let status = bin()
-        .args(["keys", "init"])
-        .arg(dir.join("keys"))
+/// Asserts that a command succeeded, showing its stderr if not: what tells a failed setup step
+/// from a failed assertion.
+#[track_caller]
+fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `entra-callout keys init dir`, which every configuration here needs first.
+fn keys_init(dir: &std::path::Path) {
+    assert_success(&bin().args(["keys", "init"]).arg(dir).output().unwrap());
+}
+
+/// Runs `entra-callout test --config config [tests]`; the output and all it printed.
+fn policy_tests(
+    config: &std::path::Path,
+    tests: Option<&std::path::Path>,
+) -> (std::process::Output, String) {
+    let out = bin()
+        .args(["test", "--config"])
+        .arg(config)
+        .args(tests)
         .output()
         .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    let printed = text(&out);
+    (out, printed)
+}
+
+/// Asserts that `stderr` names every problem in `problems` at its place in `file`
+/// (`file:line:column: ...`): checks report every problem located, not just the first.
+#[track_caller]
+fn assert_located(stderr: &str, file: &str, problems: &[&str]) {
+    for problem in problems {
+        assert!(
+            stderr.contains(&format!("{file}{problem}")),
+            "missing {problem} in:\n{stderr}"
+        );
+    }
+}
+
+/// Writes keys and a configuration into `dir`, returning the configuration's path.
+fn write_config(dir: &std::path::Path, policy: &str) -> std::path::PathBuf {
+    keys_init(&dir.join("keys"));
     std::fs::write(dir.join("policy.yaml"), policy).unwrap();
     let config = format!(
         "nats:\n  user: auth\n  password_file: keys/nats-password\n\
@@ -76,12 +110,11 @@ fn check_reports_every_policy_problem_with_line_and_column() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = dir.path().join("policy.yaml").display().to_string();
-    for at in [":5:14: ", ":8:24: ", ":10:26: ", ":14:16: "] {
-        assert!(
-            stderr.contains(&format!("{file}{at}")),
-            "missing {at} in:\n{stderr}"
-        );
-    }
+    assert_located(
+        &stderr,
+        &file,
+        &[":5:14: ", ":8:24: ", ":10:26: ", ":14:16: "],
+    );
 }
 
 #[test]
@@ -101,15 +134,14 @@ fn check_locates_signing_keys_app_id_problems() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = config.display().to_string();
-    for expected in [
-        ":12:26: provider `contoso`: signing keys app id is not a GUID",
-        ":17:26: `signing_keys_app_id` does not apply to `kind: oidc` providers",
-    ] {
-        assert!(
-            stderr.contains(&format!("{file}{expected}")),
-            "missing {expected} in:\n{stderr}"
-        );
-    }
+    assert_located(
+        &stderr,
+        &file,
+        &[
+            ":12:26: provider `contoso`: signing keys app id is not a GUID",
+            ":17:26: `signing_keys_app_id` does not apply to `kind: oidc` providers",
+        ],
+    );
 }
 
 #[test]
@@ -151,12 +183,7 @@ fn keys_init_never_prints_seeds() {
 /// A configuration with the two tenants of the shipped example policies, pointing at
 /// `policies` (a file or directory).
 fn write_example_config(dir: &std::path::Path, policies: &std::path::Path) -> std::path::PathBuf {
-    let out = bin()
-        .args(["keys", "init"])
-        .arg(dir.join("keys"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    keys_init(&dir.join("keys"));
     let config = format!(
         "nats:\n  user: auth\n  password_file: keys/nats-password\n\
          callout:\n  issuer_seed_file: keys/issuer.nk\n\
@@ -188,12 +215,7 @@ fn text(out: &std::process::Output) -> String {
 fn the_shipped_example_policies_pass_their_tests() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_example_config(dir.path(), &repo("policies"));
-    let out = bin()
-        .args(["test", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let printed = text(&out);
+    let (out, printed) = policy_tests(&config, None);
     assert!(out.status.success(), "{printed}");
     assert!(printed.contains(" 0 failed"), "{printed}");
     assert!(!printed.contains("FAIL"), "{printed}");
@@ -247,13 +269,7 @@ fn explain_and_test_take_the_connection_type() {
          connection_type: tcp\n    expect: { allow: false }\n",
     )
     .unwrap();
-    let out = bin()
-        .args(["test", "--config"])
-        .arg(&config)
-        .arg(&tests)
-        .output()
-        .unwrap();
-    let printed = text(&out);
+    let (out, printed) = policy_tests(&config, Some(&tests));
     assert_ne!(out.status.code(), Some(0), "{printed}");
     assert!(
         printed.contains(
@@ -276,13 +292,7 @@ fn a_failing_policy_test_fails_the_command_and_says_why() {
          expect: { allow: false, reason: no_matching_policy }\n",
     )
     .unwrap();
-    let out = bin()
-        .args(["test", "--config"])
-        .arg(&config)
-        .arg(&tests)
-        .output()
-        .unwrap();
-    let printed = text(&out);
+    let (out, printed) = policy_tests(&config, Some(&tests));
     assert_eq!(out.status.code(), Some(1), "{printed}");
     assert!(
         printed
@@ -407,11 +417,7 @@ fn operator_keys_print_a_service_configuration_that_checks_and_no_seed() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let keys = dir.path().join("keys");
     for entry in std::fs::read_dir(&keys).unwrap() {
@@ -445,12 +451,7 @@ fn operator_keys_print_a_service_configuration_that_checks_and_no_seed() {
             .output()
             .unwrap()
     };
-    let ok = check("APP");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert_success(&check("APP"));
     // A tenant whose account the service holds no key for fails the check, located.
     let missing = check("OTHER");
     assert!(!missing.status.success());
@@ -469,11 +470,7 @@ fn operator_keys_print_a_service_configuration_that_checks_and_no_seed() {
         .arg(&keys)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let server_config = String::from_utf8(out.stdout).unwrap();
     assert!(server_config.contains("max_control_line: 32KB"));
     assert!(server_config.contains("resolver: MEM"));
@@ -495,15 +492,7 @@ fn operator_keys_print_a_service_configuration_that_checks_and_no_seed() {
 fn nats_config_for_config_mode_names_only_the_service_as_auth_user() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
-    assert!(
-        bin()
-            .args(["keys", "init"])
-            .arg(&keys)
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    keys_init(&keys);
     let out = bin()
         .args([
             "nats-config",
@@ -518,11 +507,7 @@ fn nats_config_for_config_mode_names_only_the_service_as_auth_user() {
         .arg(&keys)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let text = String::from_utf8(out.stdout).unwrap();
     let issuer = std::fs::read_to_string(keys.join("issuer.pub")).unwrap();
     let xkey = std::fs::read_to_string(keys.join("xkey.pub")).unwrap();

@@ -18,22 +18,11 @@ use entra_callout::oidc::Verifier;
 
 use crate::support::binary::{Binary, ServiceDir, Settings, assert_no_secrets, providers};
 use crate::support::client::{self, Case, Outcome, Tally};
+use crate::support::eventually;
 use crate::support::issuer::{KID_1, KID_3, OTHER_TENANT, TENANT, TestIssuer};
 use crate::support::nats::{NatsCluster, NatsServer, free_port};
 use crate::support::proxy::Proxy;
 use crate::support::service::Replica;
-
-/// Polls `check` every 50 ms until it holds, for at most `secs` seconds.
-async fn eventually(what: &str, secs: u64, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {secs} s waiting for {what}");
-}
 
 fn settings<'a>(nats: &'a str, providers: Vec<(&'a str, &'a TestIssuer, String)>) -> Settings<'a> {
     Settings {
@@ -68,8 +57,17 @@ fn secrets(service: &ServiceDir, cases: &[Case]) -> Vec<String> {
     secrets
 }
 
-#[tokio::test]
-async fn an_unreachable_identity_provider_keeps_known_keys_working_and_recovers() {
+/// Stops `binary` with SIGTERM, asserts that it exited cleanly, and returns its log: how every
+/// test here ends, before it scans the log (for secrets at least, with [`secrets`]).
+async fn stop_cleanly(binary: Binary) -> String {
+    let (status, log) = binary.terminate().await;
+    assert!(status.success(), "{status}\n{log}");
+    log
+}
+
+/// The contoso issuer with its keys served through a [`Proxy`], so a test can make the identity
+/// provider fail in the ways a network does while the issuer itself stays up.
+async fn issuer_behind_proxy() -> (TestIssuer, Proxy) {
     let contoso = TestIssuer::start_for(TENANT).await;
     let proxy = Proxy::start(
         contoso
@@ -80,6 +78,12 @@ async fn an_unreachable_identity_provider_keeps_known_keys_working_and_recovers(
     )
     .await;
     contoso.serve_keys_via(&proxy.url());
+    (contoso, proxy)
+}
+
+#[tokio::test]
+async fn an_unreachable_identity_provider_keeps_known_keys_working_and_recovers() {
+    let (contoso, proxy) = issuer_behind_proxy().await;
     let service = ServiceDir::new();
     let server = NatsServer::start(&service.server_config(2));
     let url = server.url();
@@ -133,8 +137,7 @@ async fn an_unreachable_identity_provider_keeps_known_keys_working_and_recovers(
     assert_eq!(client::attempt(&url, &case).await, Outcome::Admitted);
     used.push(case);
 
-    let (status, log) = binary.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(binary).await;
     assert!(
         log.contains("key fetch failed; keeping the last good keys"),
         "the outage is logged:\n{log}"
@@ -186,8 +189,7 @@ async fn a_restarted_nats_server_is_answered_again_within_two_seconds() {
         "the service answered again only after {elapsed:?}"
     );
 
-    let (status, log) = binary.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(binary).await;
     assert!(
         log.contains("disconnected from NATS; reconnecting"),
         "{log}"
@@ -247,8 +249,7 @@ async fn serve_started_before_nats_server_stays_up_not_ready_and_then_answers() 
         Outcome::Admitted
     );
 
-    let (status, log) = binary.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(binary).await;
     assert_no_secrets(&log, &secrets(&service, &[case]));
 }
 
@@ -266,8 +267,7 @@ async fn serve_waiting_for_nats_server_stops_cleanly_on_sigterm() {
         binary.stderr().contains("NATS not reachable yet")
     })
     .await;
-    let (status, log) = binary.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(binary).await;
     assert!(log.contains("stopped before NATS was reachable"), "{log}");
     assert_no_secrets(&log, &secrets(&service, &[]));
 }
@@ -329,8 +329,7 @@ async fn a_replica_killed_during_a_connect_storm_locks_nobody_out() {
     for url in &urls {
         assert_eq!(client::attempt(url, &cases[2]).await, Outcome::Admitted);
     }
-    let (status, log) = b.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(b).await;
     assert_no_secrets(&format!("{log}{}", a.stderr()), &secrets(&service, &cases));
 }
 
@@ -405,8 +404,7 @@ async fn an_invalid_policy_set_swapped_in_during_traffic_fails_no_authorization(
     assert_eq!(client::attempt(&url, &fresh[1]).await, Outcome::Refused);
     assert_eq!(client::attempt(&url, &fresh[0]).await, Outcome::Admitted);
 
-    let (status, log) = binary.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(binary).await;
     assert!(log.contains("policy reload rejected"), "{log}");
     let mut all = cases.clone();
     all.extend(fresh);
@@ -580,8 +578,7 @@ async fn hostile_requests_cannot_be_injected_and_are_never_answered_with_a_grant
     assert_eq!(client::attempt(&url, &cases[0]).await, Outcome::Admitted);
     let dropped = "entra_callout_requests_total{outcome=\"drop\",reason=\"\"}";
     assert_eq!(binary.metric(dropped).await, Some(0.0));
-    let (status, log) = binary.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(binary).await;
     let mut secrets = secrets(&service, &cases);
     secrets.push(token);
     assert_no_secrets(&log, &secrets);
@@ -624,16 +621,7 @@ enum ProviderFault {
 /// runs. Every valid client is admitted; the attacker is refused with `key_unknown` well before
 /// nats-server's callout timeout. Returns how long the attacker waited for its refusal.
 async fn held_keys_decide_while_the_provider(fault: ProviderFault) -> Duration {
-    let contoso = TestIssuer::start_for(TENANT).await;
-    let proxy = Proxy::start(
-        contoso
-            .authority()
-            .trim_start_matches("http://")
-            .parse()
-            .unwrap(),
-    )
-    .await;
-    contoso.serve_keys_via(&proxy.url());
+    let (contoso, proxy) = issuer_behind_proxy().await;
     let service = ServiceDir::new();
     let server = NatsServer::start(&service.server_config(CALLOUT_TIMEOUT.as_secs()));
     let url = server.url();
@@ -736,8 +724,7 @@ async fn held_keys_decide_while_the_provider(fault: ProviderFault) -> Duration {
             .contains("key fetch failed; keeping the last good keys")
     })
     .await;
-    let (status, log) = binary.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(binary).await;
     assert_no_secrets(&log, &secrets(&service, &used));
     waited
 }
@@ -870,7 +857,6 @@ async fn a_token_of_a_megabyte_is_refused_as_too_large_not_left_to_time_out() {
     let normal = alpha(&contoso, KID_1);
     assert_eq!(client::attempt(&url, &normal).await, Outcome::Admitted);
 
-    let (status, log) = binary.terminate().await;
-    assert!(status.success(), "{status}\n{log}");
+    let log = stop_cleanly(binary).await;
     assert_no_secrets(&log, &secrets(&service, &[huge, normal]));
 }

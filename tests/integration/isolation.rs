@@ -4,15 +4,15 @@
 
 use std::time::Duration;
 
-use async_nats::{ConnectErrorKind, Event, ServerError};
+use async_nats::ConnectErrorKind;
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use crate::support::binary;
-use crate::support::issuer::{AUDIENCE, OTHER_TENANT, TENANT, TestIssuer};
+use crate::support::client::{connect, next_error};
+use crate::support::issuer::{OTHER_TENANT, TENANT, TestIssuer};
 use crate::support::nats::{NatsServer, config_mode};
-use crate::support::service::{Answered, Replica};
+use crate::support::service::{Answered, Replica, write_two_tenant_config};
 
 struct Stack {
     contoso: TestIssuer,
@@ -31,23 +31,14 @@ impl Stack {
         let fabrikam = TestIssuer::start_for(OTHER_TENANT).await;
         let account = nkeys::KeyPair::new_account();
         let server = NatsServer::start(&config_mode(&account.public_key(), None, ""));
-        let dir = server.dir().to_path_buf();
-        std::fs::write(dir.join("issuer.nk"), account.seed().unwrap()).unwrap();
-        std::fs::write(dir.join("nats-password"), "pwd").unwrap();
-        std::fs::write(dir.join("policies.yaml"), policy).unwrap();
-        let config = format!(
-            "nats:\n  url: {url}\n  user: auth\n  password_file: nats-password\n\
-             callout:\n  issuer_seed_file: issuer.nk\n  drain_timeout: 5s\n\
-             providers:\n\
-             \x20 - name: contoso\n    kind: entra\n    tenant: {TENANT}\n    audiences: [\"{AUDIENCE}\"]\n    authority: {a}\n\
-             \x20 - name: fabrikam\n    kind: entra\n    tenant: {OTHER_TENANT}\n    audiences: [\"{AUDIENCE}\"]\n    authority: {b}\n\
-             policies: policies.yaml\n",
-            url = server.url(),
-            a = contoso.authority(),
-            b = fabrikam.authority(),
+        let config_path = write_two_tenant_config(
+            server.dir(),
+            &server.url(),
+            &account,
+            policy,
+            &contoso,
+            &fabrikam,
         );
-        let config_path = dir.join("entra-callout.yaml");
-        std::fs::write(&config_path, config).unwrap();
 
         let replica = Replica::start(&config_path).await;
         Self {
@@ -61,35 +52,6 @@ impl Stack {
     async fn stop(self) {
         self.replica.stop().await;
     }
-}
-
-/// A connected client that records the server errors it is sent.
-struct Client {
-    nats: async_nats::Client,
-    errors: mpsc::UnboundedReceiver<String>,
-}
-
-async fn connect(url: &str, token: &str) -> Result<Client, async_nats::ConnectError> {
-    let (tx, errors) = mpsc::unbounded_channel();
-    let nats = async_nats::ConnectOptions::with_token(token.to_owned())
-        .event_callback(move |event| {
-            let tx = tx.clone();
-            async move {
-                if let Event::ServerError(ServerError::Other(text)) = event {
-                    let _ = tx.send(text.to_lowercase());
-                }
-            }
-        })
-        .connect(url)
-        .await?;
-    Ok(Client { nats, errors })
-}
-
-async fn next_error(client: &mut Client) -> String {
-    tokio::time::timeout(Duration::from_secs(5), client.errors.recv())
-        .await
-        .expect("a server error within 5 s")
-        .expect("error channel open")
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::support::issuer::{AUDIENCE, OTHER_TENANT, TENANT, TestIssuer};
 use crate::support::nats::{NatsServer, config_mode_jetstream};
-use crate::support::service::Replica;
+use crate::support::service::{Replica, write_two_tenant_config};
 
 /// Two tenants in one account, the same project name, the same role.
 const POLICY: &str = r#"
@@ -74,26 +74,17 @@ impl Stack {
         let account = nkeys::KeyPair::new_account();
         let store = tempfile::tempdir().unwrap();
         let server = NatsServer::start(&config_mode_jetstream(&account.public_key(), store.path()));
-        let dir = server.dir().to_path_buf();
-        std::fs::write(dir.join("issuer.nk"), account.seed().unwrap()).unwrap();
-        std::fs::write(dir.join("nats-password"), "pwd").unwrap();
         let policy = policy
             .replace("CONTOSO_TID", TENANT)
             .replace("FABRIKAM_TID", OTHER_TENANT);
-        std::fs::write(dir.join("policies.yaml"), policy).unwrap();
-        let config = format!(
-            "nats:\n  url: {url}\n  user: auth\n  password_file: nats-password\n\
-             callout:\n  issuer_seed_file: issuer.nk\n  drain_timeout: 5s\n\
-             providers:\n\
-             \x20 - name: contoso\n    kind: entra\n    tenant: {TENANT}\n    audiences: [\"{AUDIENCE}\"]\n    authority: {a}\n\
-             \x20 - name: fabrikam\n    kind: entra\n    tenant: {OTHER_TENANT}\n    audiences: [\"{AUDIENCE}\"]\n    authority: {b}\n\
-             policies: policies.yaml\n",
-            url = server.url(),
-            a = contoso.authority(),
-            b = fabrikam.authority(),
+        let config_path = write_two_tenant_config(
+            server.dir(),
+            &server.url(),
+            &account,
+            &policy,
+            &contoso,
+            &fabrikam,
         );
-        let config_path = dir.join("entra-callout.yaml");
-        std::fs::write(&config_path, config).unwrap();
         let replica = Replica::start(&config_path).await;
         Self {
             contoso,
@@ -251,6 +242,22 @@ fn pull_config(durable: &str, filter: &str) -> consumer::pull::Config {
     }
 }
 
+/// One message fetched from `consumer`, waiting at most 2 s: how the tests prove that a consume
+/// grant lets a client pull (and that the message is the one expected).
+async fn fetch_one(consumer: &consumer::PullConsumer) -> jetstream::Message {
+    consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .expect("fetch")
+        .next()
+        .await
+        .expect("one message")
+        .expect("message")
+}
+
 #[tokio::test]
 async fn each_grant_works_with_exactly_its_subjects() {
     let stack = Stack::start(POLICY).await;
@@ -291,14 +298,7 @@ async fn each_grant_works_with_exactly_its_subjects() {
         ))
         .await
         .expect("durable consumer created");
-    let mut batch = consumer
-        .fetch()
-        .max_messages(1)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .expect("fetch");
-    let message = batch.next().await.expect("one message").expect("message");
+    let message = fetch_one(&consumer).await;
     assert_eq!(&message.payload[..], b"image 1");
     message
         .double_ack()
@@ -634,14 +634,7 @@ async fn an_ack_for_another_stream_is_refused() {
         ))
         .await
         .unwrap();
-    let mut batch = f_consumer
-        .fetch()
-        .max_messages(1)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap();
-    let theirs = batch.next().await.unwrap().unwrap();
+    let theirs = fetch_one(&f_consumer).await;
     let their_ack = theirs.reply.clone().expect("an ack subject").to_string();
     assert!(
         their_ack.starts_with(&format!("$JS.ACK.{FABRIKAM_STREAM}.deployer.")),
@@ -826,17 +819,7 @@ async fn fetching_reads_what_the_consumers_filter_lets_through_not_the_grants() 
             .get_consumer("deployer")
             .await
             .unwrap();
-    let message = consumer
-        .fetch()
-        .max_messages(1)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap()
-        .next()
-        .await
-        .expect("one message")
-        .unwrap();
+    let message = fetch_one(&consumer).await;
     assert_eq!(
         message.subject.as_str(),
         "contoso.web.deploy.image-ready.v2.app"
@@ -1020,17 +1003,14 @@ fn explain_shows_the_jetstream_grants_of_the_shipped_policies_and_their_subjects
 
 /// Operator mode: the tenants' accounts carry JetStream limits in their JWTs.
 mod operator_mode {
-    use std::time::Duration;
-
     use async_nats::jetstream::{consumer, kv, stream};
-    use futures_util::StreamExt;
     use serde::Serialize;
     use serde_json::{Value, json};
 
     use entra_callout::nats_config::{self, Resolver};
     use entra_callout::nats_jwt::{self, CLAIM_VERSION, Claims, IssuerKind, NatsClaim, Signer};
 
-    use super::{CONTOSO_OID, connect, pull_config};
+    use super::{CONTOSO_OID, connect, fetch_one, pull_config};
     use crate::support::issuer::{AUDIENCE, OTHER_TENANT, TENANT, TestIssuer};
     use crate::support::nats::NatsServer;
     use crate::support::operator;
@@ -1171,17 +1151,7 @@ bindings:
             ))
             .await
             .expect("durable created");
-        let message = consumer
-            .fetch()
-            .max_messages(1)
-            .expires(Duration::from_secs(2))
-            .messages()
-            .await
-            .unwrap()
-            .next()
-            .await
-            .expect("one message")
-            .unwrap();
+        let message = fetch_one(&consumer).await;
         message.double_ack().await.expect("acked");
         bucket.put("release", "v1".into()).await.expect("put");
         assert_eq!(

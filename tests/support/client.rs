@@ -301,3 +301,38 @@ pub async fn storm(
     }
     tally
 }
+
+/// A connected client that records the server errors it is sent. Shared by the tests that
+/// assert which error the server sends a client after a refused publish or subscribe.
+pub struct Client {
+    /// The connection.
+    pub nats: async_nats::Client,
+    errors: mpsc::UnboundedReceiver<String>,
+}
+
+/// Connects with `token` as `auth_token`, recording server errors for [`next_error`].
+pub async fn connect(url: &str, token: &str) -> Result<Client, async_nats::ConnectError> {
+    let (tx, errors) = mpsc::unbounded_channel();
+    let nats = async_nats::ConnectOptions::with_token(token.to_owned())
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let Event::ServerError(ServerError::Other(text)) = event {
+                    let _ = tx.send(text);
+                }
+            }
+        })
+        .connect(url)
+        .await?;
+    Ok(Client { nats, errors })
+}
+
+/// The next server error `client` was sent, lower-cased (nats-server's casing of permission
+/// errors is not part of what the tests check); at most 5 s away.
+pub async fn next_error(client: &mut Client) -> String {
+    tokio::time::timeout(Duration::from_secs(5), client.errors.recv())
+        .await
+        .expect("a server error within 5 s")
+        .expect("error channel open")
+        .to_lowercase()
+}

@@ -2,7 +2,7 @@
 //! it: a configuration file loaded by `Config::load`, assembled by `app::start`. The only change
 //! to the configuration is the admin listener's port (0), so replicas run side by side.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +11,42 @@ use entra_callout::app::{self, Running};
 use entra_callout::callout::Authorizer;
 use entra_callout::config::{Config, ProcessEnv};
 
+use crate::support::issuer::{AUDIENCE, OTHER_TENANT, TENANT, TestIssuer};
+
 /// How long a replica may take to become ready (or subscribed) before a test fails.
 const START_LIMIT: Duration = Duration::from_secs(15);
+
+/// Writes into `dir` (a nats-server's own directory) the files of a service answering for both
+/// test tenants: the callout issuer seed of `account`, the password `pwd` that
+/// [`crate::support::nats::config_mode`] gives the user `auth`, `policy` as one file, and
+/// `entra-callout.yaml`; returns the configuration's path. For the stacks with two tenants on
+/// one server that want neither the xkey nor the ConfigMap-style policies of
+/// [`crate::support::binary::ServiceDir`].
+pub fn write_two_tenant_config(
+    dir: &Path,
+    url: &str,
+    account: &nkeys::KeyPair,
+    policy: &str,
+    contoso: &TestIssuer,
+    fabrikam: &TestIssuer,
+) -> PathBuf {
+    std::fs::write(dir.join("issuer.nk"), account.seed().unwrap()).unwrap();
+    std::fs::write(dir.join("nats-password"), "pwd").unwrap();
+    std::fs::write(dir.join("policies.yaml"), policy).unwrap();
+    let config = format!(
+        "nats:\n  url: {url}\n  user: auth\n  password_file: nats-password\n\
+         callout:\n  issuer_seed_file: issuer.nk\n  drain_timeout: 5s\n\
+         providers:\n\
+         \x20 - name: contoso\n    kind: entra\n    tenant: {TENANT}\n    audiences: [\"{AUDIENCE}\"]\n    authority: {a}\n\
+         \x20 - name: fabrikam\n    kind: entra\n    tenant: {OTHER_TENANT}\n    audiences: [\"{AUDIENCE}\"]\n    authority: {b}\n\
+         policies: policies.yaml\n",
+        a = contoso.authority(),
+        b = fabrikam.authority(),
+    );
+    let config_path = dir.join("entra-callout.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    config_path
+}
 
 /// One replica of the service, answering until stopped.
 pub struct Replica {
