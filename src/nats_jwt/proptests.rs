@@ -1,6 +1,7 @@
 //! Property tests over the request decoder: arbitrary bytes, and every small mutation of a
 //! request nats-server really sent, are refused without panicking — or, where a mutation does
-//! not change what was signed, decode to exactly the original claims.
+//! not change what was signed, decode to exactly the original claims; checked for shape only,
+//! a mutation passes only as a request that meets every other check.
 
 use nkeys::XKey;
 use proptest::prelude::*;
@@ -113,6 +114,21 @@ proptest! {
             // Only edits that do not change the signed bytes can pass (none exist for a
             // canonical token, but the property does not depend on that).
             prop_assert_eq!(request, genuine);
+        }
+    }
+
+    #[test]
+    fn a_mutated_request_checked_for_shape_is_refused_or_still_a_request(payload in mutate(PLAIN)) {
+        // The default since issue 18: the signature is not verified, so a mutation of the
+        // claims can pass — but only as a request that meets every other check.
+        let now = iat(PLAIN);
+        if let Ok(request) = open_request_with(&payload, None, None, now, LEEWAY, SignatureCheck::Shape) {
+            let claims = &request.claims;
+            prop_assert_eq!(claims.base.aud.as_str(), REQUEST_AUDIENCE);
+            prop_assert_eq!(&claims.base.iss, &claims.nats.server_id.id);
+            prop_assert!(codec::is_public_key_of(&claims.base.iss, &KeyPairType::Server));
+            prop_assert!(codec::is_public_key_of(&claims.nats.user_nkey, &KeyPairType::User));
+            prop_assert!(now <= claims.base.exp + LEEWAY);
         }
     }
 
