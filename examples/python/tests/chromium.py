@@ -10,6 +10,8 @@ import itertools
 import json
 import os
 import pathlib
+import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -26,16 +28,22 @@ FLAGS = [
 
 class Chromium:
     def __init__(self) -> None:
-        self.dir = tempfile.TemporaryDirectory(prefix="entra-callout-chromium-")
+        self.dir = tempfile.mkdtemp(prefix="entra-callout-chromium-")
         binary = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
+        # Its own process group: Chromium's helpers (zygote, renderers, crash handler) outlive
+        # the main process by a moment and keep writing into the profile directory.
         self.proc = subprocess.Popen(
-            [binary, *FLAGS, f"--user-data-dir={self.dir.name}", "about:blank"],
+            [binary, *FLAGS, f"--user-data-dir={self.dir}", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
-        active = pathlib.Path(self.dir.name, "DevToolsActivePort")
+        active = pathlib.Path(self.dir, "DevToolsActivePort")
         deadline = time.monotonic() + 30
         while not (active.exists() and active.read_text().strip()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self._signal(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                shutil.rmtree(self.dir, ignore_errors=True)
                 raise RuntimeError(f"{binary} did not start its DevTools endpoint")
             time.sleep(0.05)
         self.port = int(active.read_text().split()[0])
@@ -50,14 +58,40 @@ class Chromium:
         return page
 
     async def close(self) -> None:
+        """Stops Chromium and every helper it started, then removes its profile directory."""
         await self.session.close()
-        self.proc.terminate()
+        group = self.proc.pid
+        self._signal(group, signal.SIGTERM)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.dir.cleanup()
+            pass
+        self._signal(group, signal.SIGKILL)
+        self.proc.wait()
+        # Helpers are reaped by init, not by us: wait until none of the group is left.
+        deadline = time.monotonic() + 10
+        while self._signal(group, 0) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        # A helper that left the group may still be writing the profile for a moment.
+        for _ in range(50):
+            try:
+                shutil.rmtree(self.dir)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        else:
+            shutil.rmtree(self.dir)
+
+    @staticmethod
+    def _signal(group: int, sig: int) -> bool:
+        """Sends `sig` to the process group; whether any process of it was left to receive it."""
+        try:
+            os.killpg(group, sig)
+            return True
+        except ProcessLookupError:
+            return False
 
 
 class Page:
