@@ -77,6 +77,9 @@ callout:
   {{- with .Values.callout.keyWait }}
   key_wait: {{ . | quote }}
   {{- end }}
+  {{- if .Values.callout.verifyRequestSignature }}
+  verify_request_signature: true
+  {{- end }}
 providers:
 {{ toYaml .Values.providers | indent 2 }}
 policies: /etc/entra-callout/policies
