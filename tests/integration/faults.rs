@@ -81,6 +81,44 @@ async fn issuer_behind_proxy() -> (TestIssuer, Proxy) {
     (contoso, proxy)
 }
 
+/// `verify_request_signature: true`: the binary verifies every request against the key
+/// nats-server signed it with (generated at the server's start, named in the request), and
+/// decides as it does by default — what turning the check on changes is its cost.
+#[tokio::test]
+async fn with_request_signatures_verified_real_requests_are_decided_as_by_default() {
+    let contoso = TestIssuer::start_for(TENANT).await;
+    let service = ServiceDir::new();
+    let server = NatsServer::start(&service.server_config(2));
+    let url = server.url();
+    let settings = Settings {
+        callout: "  verify_request_signature: true\n",
+        ..settings(&url, vec![("contoso", &contoso, contoso.authority())])
+    };
+    let (config, admin) = service.write_config(&settings);
+    let binary = Binary::start_ready(&config, &admin).await;
+
+    let admitted = alpha(&contoso, KID_1);
+    assert_eq!(client::attempt(&url, &admitted).await, Outcome::Admitted);
+    let unbound = Case {
+        who: "contoso, no role a policy binds",
+        token: contoso.sign(
+            KID_1,
+            &crate::support::issuer::merge(contoso.app_claims(), json!({ "roles": ["Nobody"] })),
+        ),
+        as_password: false,
+        expect: None,
+    };
+    assert_eq!(client::attempt(&url, &unbound).await, Outcome::Refused);
+
+    let log = stop_cleanly(binary).await;
+    assert!(
+        log.contains("\"outcome\":\"allow\"") && log.contains("\"reason\":\"no_matching_policy\""),
+        "{log}"
+    );
+    assert!(!log.contains("\"outcome\":\"dropped\""), "{log}");
+    assert_no_secrets(&log, &secrets(&service, &[admitted, unbound]));
+}
+
 #[tokio::test]
 async fn an_unreachable_identity_provider_keeps_known_keys_working_and_recovers() {
     let (contoso, proxy) = issuer_behind_proxy().await;
@@ -482,6 +520,14 @@ async fn hostile_requests_cannot_be_injected_and_are_never_answered_with_a_grant
     let middle = tampered.len() / 2;
     tampered[middle] ^= 0x01;
     let header = SENDER.public_key();
+    // The genuine request's bytes under a well-formed signature of another request: only the
+    // signature check tells them apart.
+    let other = request(&server_key, &server_key, now + 31);
+    let resigned = format!(
+        "{}.{}",
+        genuine.rsplit_once('.').unwrap().0,
+        other.rsplit_once('.').unwrap().1
+    );
     let hostile: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
         ("empty", Vec::new(), Some(&header)),
         ("garbage", b"\x00\xffnot a jwt".to_vec(), Some(&header)),
@@ -497,6 +543,11 @@ async fn hostile_requests_cannot_be_injected_and_are_never_answered_with_a_grant
         ),
         ("oversized", vec![b'e'; 1 << 19], Some(&header)),
         ("tampered", seal(&tampered), Some(&header)),
+        (
+            "a signature over other bytes",
+            seal(resigned.as_bytes()),
+            Some(&header),
+        ),
         (
             "signed by a key that is not the server's",
             seal(request(&server_key, &nkeys::KeyPair::new_server(), now + 30).as_bytes()),
@@ -516,15 +567,20 @@ async fn hostile_requests_cannot_be_injected_and_are_never_answered_with_a_grant
             Some(&header),
         ),
     ];
-    // With `verify_request_signature: true` every one is dropped unanswered. By default the
+    // With `verify_request_signature: true` (read from a configuration file, as the binary
+    // does) every one is dropped unanswered. By default the
     // signature is not verified (SECURITY.md): a tampered request is then decided like any
     // other — dropped if the flipped bit broke its encoding or JSON, else refused on the
     // token it carries (the bit lands inside it: the token is most of the request).
-    let strict = Config::load(&config, &ProcessEnv).unwrap();
+    let strict_settings = Settings {
+        callout: "  verify_request_signature: true\n",
+        ..settings(&url, providers(&contoso, &fabrikam))
+    };
+    let (strict_config, _) = service.write_config_as("strict.yaml", &strict_settings);
+    let strict = Config::load(&strict_config, &ProcessEnv).unwrap();
     let verifier = Arc::new(Verifier::new(strict.providers.clone()).unwrap());
     verifier.warm().await.unwrap();
-    let verifying = Authorizer::from_config(&strict.callout, strict.policies, verifier)
-        .with_request_signature(nats_jwt::SignatureCheck::Verify);
+    let verifying = Authorizer::from_config(&strict.callout, strict.policies, verifier);
     for (what, payload, header) in &hostile {
         match verifying.handle(payload, *header, now).await {
             Handled::Drop(_) => {}
@@ -533,6 +589,8 @@ async fn hostile_requests_cannot_be_injected_and_are_never_answered_with_a_grant
         match (authorizer.handle(payload, *header, now).await, *what) {
             (Handled::Drop(_), what) if what != "tampered" => {}
             (Handled::Drop(_) | Handled::Respond { allowed: false, .. }, "tampered") => {}
+            // What the shape check gives up: the request is decided on its token.
+            (Handled::Respond { allowed: true, .. }, "a signature over other bytes") => {}
             (Handled::Drop(error), what) => panic!("{what}: dropped ({error})"),
             (Handled::Respond { allowed, .. }, what) => {
                 panic!("{what}: answered (allowed: {allowed})")
