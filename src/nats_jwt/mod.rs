@@ -194,7 +194,7 @@ pub fn open_request(
 
 /// [`open_request`], checking the request's signature as `check` says.
 ///
-/// [`SignatureCheck::Shape`] runs every check but the ed25519 verification (~35 µs of the
+/// [`SignatureCheck::Shape`] runs every check but the ed25519 verification (~30 µs of the
 /// ~60 µs a request costs the service). What that verification proves is weak: nats-server
 /// signs requests with a server key generated at every start and named by the request itself,
 /// so anyone able to publish a request could sign it with a key of their own. What keeps
