@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::Map;
 
 use crate::identity::{Identity, PrincipalKind};
+use crate::policy::{CompileOptions, PolicyErrors, PolicySet, PolicySource, compile};
 
 /// The tenant the fixtures belong to.
 pub(crate) const TENANT: &str = "72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41";
@@ -29,4 +30,20 @@ pub(crate) fn identity() -> Identity {
         token_id: None,
         claims: Map::new(),
     }
+}
+
+/// Compiles `text` as the one policy file `p.yaml`, with the options the policy tests share:
+/// account `SYS` forbidden, no account keys, a one-hour default `max_ttl`, no providers.
+pub(crate) fn compile_policy(text: &str) -> Result<PolicySet, PolicyErrors> {
+    let opts = CompileOptions {
+        forbidden_accounts: vec!["SYS".into()],
+        accounts: Vec::new(),
+        default_max_ttl: std::time::Duration::from_secs(3600),
+        providers: Vec::new(),
+    };
+    let source = PolicySource {
+        name: "p.yaml".into(),
+        text: text.into(),
+    };
+    compile(&[source], &opts)
 }

@@ -207,11 +207,10 @@ mod tests {
     }
 
     mod policies {
-        use std::time::Duration;
 
         use super::super::ConnectionType::{self, *};
         use crate::deny::DenyReason;
-        use crate::policy::{CompileOptions, PolicySet, PolicySource, compile};
+        use crate::policy::PolicySet;
         use crate::testutil;
 
         const POLICIES: &str = "version: 1
@@ -240,17 +239,7 @@ bindings:
 ";
 
         fn compiled(text: &str) -> Result<PolicySet, String> {
-            let opts = CompileOptions {
-                forbidden_accounts: vec!["SYS".into()],
-                accounts: Vec::new(),
-                default_max_ttl: Duration::from_secs(3600),
-                providers: Vec::new(),
-            };
-            let src = PolicySource {
-                name: "t.yaml".into(),
-                text: text.into(),
-            };
-            compile(&[src], &opts).map_err(|e| e.to_string())
+            crate::testutil::compile_policy(text).map_err(|e| e.to_string())
         }
 
         fn analyst() -> crate::identity::Identity {
@@ -354,7 +343,7 @@ bindings:
             let err = compiled(&bad).unwrap_err();
             assert!(
                 err.contains(
-                    "t.yaml:17:37: `connection_types` value `tcp` is not one of standard, websocket, mqtt, leafnode"
+                    "p.yaml:17:37: `connection_types` value `tcp` is not one of standard, websocket, mqtt, leafnode"
                 ),
                 "{err}"
             );

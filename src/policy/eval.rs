@@ -575,7 +575,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::policy::{CompileOptions, PolicySource, compile};
     use crate::testutil;
 
     const OTHER_TID: &str = "0b9e7c2a-4d1f-4e8b-a3c6-9f2d5e8b1a07";
@@ -635,17 +634,7 @@ bindings:
 ";
 
     fn set(text: &str) -> PolicySet {
-        let opts = CompileOptions {
-            forbidden_accounts: vec!["SYS".into()],
-            accounts: Vec::new(),
-            default_max_ttl: Duration::from_secs(3600),
-            providers: Vec::new(),
-        };
-        let src = PolicySource {
-            name: "t.yaml".into(),
-            text: text.into(),
-        };
-        match compile(&[src], &opts) {
+        match crate::testutil::compile_policy(text) {
             Ok(set) => set,
             Err(e) => panic!("{e}"),
         }

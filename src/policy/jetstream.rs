@@ -664,11 +664,10 @@ pub fn operation_subjects(op: &str) -> Result<Vec<String>, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use serde_json::json;
 
-    use crate::policy::{CompileOptions, PolicySet, PolicySource, compile};
+    use crate::policy::PolicySet;
     use crate::testutil;
 
     const POLICY: &str = "
@@ -701,21 +700,9 @@ bindings:
   - { name: own-prefs, tenant: globex, roles: [mine], when: { everyone: true } }
 ";
 
-    fn opts() -> CompileOptions {
-        CompileOptions {
-            forbidden_accounts: vec!["SYS".into()],
-            accounts: Vec::new(),
-            default_max_ttl: Duration::from_secs(3600),
-            providers: Vec::new(),
-        }
-    }
-
     fn compile_text(text: &str) -> Result<PolicySet, Vec<String>> {
-        let src = PolicySource {
-            name: "p.yaml".into(),
-            text: text.to_owned(),
-        };
-        compile(&[src], &opts()).map_err(|e| e.0.iter().map(ToString::to_string).collect())
+        crate::testutil::compile_policy(text)
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect())
     }
 
     fn errors(roles: &str, tenants_share: bool) -> Vec<String> {

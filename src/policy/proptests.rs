@@ -5,12 +5,11 @@
 //! in every field a placeholder or condition reads.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::{Map, json};
 
-use super::{CompileOptions, Grant, PolicySet, PolicySource, compile};
+use super::{Grant, PolicySet};
 use crate::identity::{Identity, PrincipalKind};
 
 const TID_A: &str = "72f1e1d4-3c5b-4e0a-9d62-5b8e0f3a9c41";
@@ -41,17 +40,7 @@ bindings:
 "#;
 
 fn policies() -> PolicySet {
-    let opts = CompileOptions {
-        forbidden_accounts: vec!["SYS".into()],
-        accounts: Vec::new(),
-        default_max_ttl: Duration::from_secs(3600),
-        providers: Vec::new(),
-    };
-    let source = PolicySource {
-        name: "p.yaml".into(),
-        text: POLICY.into(),
-    };
-    match compile(&[source], &opts) {
+    match crate::testutil::compile_policy(POLICY) {
         Ok(set) => set,
         Err(e) => panic!("{e}"),
     }
@@ -336,13 +325,7 @@ bindings:
             a = app.0,
             o = object.0,
         );
-        let opts = CompileOptions {
-            forbidden_accounts: vec!["SYS".into()],
-            accounts: Vec::new(),
-            default_max_ttl: Duration::from_secs(3600),
-            providers: Vec::new(),
-        };
-        let set = compile(&[PolicySource { name: "p.yaml".into(), text: policy }], &opts)
+        let set = crate::testutil::compile_policy(&policy)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         // The token side of a generic provider's client id, which is not a GUID, is compared
         // exactly; an Entra app id is a GUID and compared in any case.
