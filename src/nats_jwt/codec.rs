@@ -71,10 +71,9 @@ pub fn encode<T: NatsClaim + Serialize>(
 }
 
 /// Whether decoding checks the ed25519 signature over `header.payload`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SignatureCheck {
     /// Verify it against the `iss` key.
-    #[default]
     Verify,
     /// Check only that it is 64 bytes of base64url: for authorization requests, whose signer
     /// is an ephemeral key the request itself names (see [`super::open_request_with`]).
